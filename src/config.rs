@@ -1,0 +1,480 @@
+//! The two configuration files exactly as operators write them.
+//!
+//! This module owns parsing only: typed structs with `deny_unknown_fields` (a
+//! typo must not silently switch a check off), duration strings, file-size caps
+//! and locating YAML errors. Turning a parsed registry into something a Check
+//! can use is `registry`'s job.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Default location of the static config, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "config/service-auth.yaml";
+
+/// Largest YAML file we parse. A 10,000-service registry is about 3 MiB; the
+/// cap keeps a runaway file (or alias bomb) from eating the sidecar's memory.
+pub const MAX_YAML_BYTES: u64 = 16 * 1024 * 1024;
+
+/// An error in one configuration file, located as precisely as we can.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {size} bytes is above the {MAX_YAML_BYTES}-byte limit")]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("{path}:{line}:{column}: {message}")]
+    Yaml {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl ConfigError {
+    pub fn invalid(path: &Path, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads a YAML file (size-capped) and deserializes it into `T`.
+pub fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = read_capped(path, MAX_YAML_BYTES)?;
+    parse_yaml(path, &text)
+}
+
+/// Deserializes YAML text, attributing errors to `path` with line and column.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    serde_yaml::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        ConfigError::Yaml {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.to_string(),
+        }
+    })
+}
+
+/// Reads a whole UTF-8 file, refusing anything larger than `limit` bytes.
+pub fn read_capped(path: &Path, limit: u64) -> Result<String, ConfigError> {
+    let bytes = read_capped_bytes(path, limit)?;
+    String::from_utf8(bytes).map_err(|_| ConfigError::invalid(path, "file is not valid UTF-8"))
+}
+
+/// Reads a whole file, refusing anything larger than `limit` bytes.
+pub fn read_capped_bytes(path: &Path, limit: u64) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let read_err = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    // Read one byte past the limit so an oversized file is detected without
+    // trusting metadata (a file may grow while we read it).
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Resolves `relative` against the directory of the file that named it.
+pub fn resolve(base_file: &Path, relative: &Path) -> PathBuf {
+    if relative.is_absolute() {
+        return relative.to_path_buf();
+    }
+    base_file
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join(relative)
+}
+
+// ---------------------------------------------------------------------------
+// Static config: config/service-auth.yaml
+// ---------------------------------------------------------------------------
+
+/// The static config, read once at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    pub listen: Listen,
+    pub registry: PathBuf,
+    #[serde(default)]
+    pub reload: Reload,
+    #[serde(default)]
+    pub telemetry: Telemetry,
+    #[serde(default)]
+    pub log: Log,
+}
+
+impl StaticConfig {
+    /// Loads the static config and resolves the paths it names relative to it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut config: StaticConfig = read_yaml(path)?;
+        config.registry = resolve(path, &config.registry);
+        if let Some(tls) = &mut config.listen.tls {
+            tls.cert = resolve(path, &tls.cert);
+            tls.key = resolve(path, &tls.key);
+            tls.client_ca = resolve(path, &tls.client_ca);
+        }
+        if let ListenAddr::Unix(socket) = &mut config.listen.grpc {
+            *socket = resolve(path, socket);
+        }
+        if config.reload.poll_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                path,
+                "reload.poll_interval must be above zero",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub grpc: ListenAddr,
+    pub tls: Option<ListenTls>,
+}
+
+/// Where the gRPC listener binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| format!("{s:?} is neither HOST:PORT (an IP address) nor unix:PATH"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reload {
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+}
+
+impl Default for Reload {
+    fn default() -> Self {
+        Reload {
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    pub otlp: Option<Otlp>,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            otlp: None,
+            service_name: default_service_name(),
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "service-auth".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Otlp {
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    #[serde(default = "default_export_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+fn default_export_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    #[serde(default)]
+    pub format: LogFormat,
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+// ---------------------------------------------------------------------------
+// Registry file: config/registry.yaml
+// ---------------------------------------------------------------------------
+
+/// The registry file as written; validated into a `registry::Registry`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    pub token: TokenSection,
+    #[serde(default)]
+    pub request: RequestSection,
+    #[serde(default)]
+    pub revocation: RevocationSection,
+    #[serde(default)]
+    pub services: Vec<ServiceEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default = "default_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+    #[serde(default = "default_leeway", deserialize_with = "duration")]
+    pub leeway: Duration,
+    #[serde(default = "default_token_header")]
+    pub header: String,
+    pub keys: Vec<KeyEntry>,
+}
+
+fn default_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_token_header() -> String {
+    "x-service-jwt".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    pub kid: String,
+    pub secret_file: Option<PathBuf>,
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub verify_only: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSection {
+    #[serde(default = "default_api_key_header")]
+    pub api_key_header: String,
+    #[serde(default = "default_scope_header")]
+    pub scope_header: Option<String>,
+    #[serde(default)]
+    pub forward_api_key: bool,
+}
+
+impl Default for RequestSection {
+    fn default() -> Self {
+        RequestSection {
+            api_key_header: default_api_key_header(),
+            scope_header: default_scope_header(),
+            forward_api_key: false,
+        }
+    }
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".into()
+}
+fn default_scope_header() -> Option<String> {
+    Some("x-auth-scope".into())
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationSection {
+    #[serde(default)]
+    pub serials: Vec<String>,
+    #[serde(default)]
+    pub crl_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEntry {
+    pub id: String,
+    pub principals: Vec<String>,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub certificate_sha256: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyEntry {
+    pub id: String,
+    pub sha256: String,
+    pub not_after: Option<String>,
+}
+
+/// Deserializes `300ms`, `30s`, `5m`, `1h` (anything `humantime` accepts).
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addr_forms() {
+        assert_eq!(
+            "127.0.0.1:9191".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Tcp("127.0.0.1:9191".parse().unwrap())
+        );
+        assert_eq!(
+            "unix:/run/a.sock".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Unix("/run/a.sock".into())
+        );
+        assert!("localhost:9191".parse::<ListenAddr>().is_err());
+        assert!("unix:".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_with_location() {
+        let text = "listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\nreload:\n  pol_interval: 2s\n";
+        let err = parse_yaml::<StaticConfig>(Path::new("c.yaml"), text).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("c.yaml:5:"), "{msg}");
+        assert!(msg.contains("pol_interval"), "{msg}");
+    }
+
+    #[test]
+    fn durations_parse_and_bad_ones_fail() {
+        let ok: Reload = serde_yaml::from_str("poll_interval: 300ms").unwrap();
+        assert_eq!(ok.poll_interval, Duration::from_millis(300));
+        assert!(serde_yaml::from_str::<Reload>("poll_interval: soon").is_err());
+    }
+
+    #[test]
+    fn duplicate_keys_are_rejected() {
+        let text = "id: a\nid: b\nprincipals: []\n";
+        assert!(serde_yaml::from_str::<ServiceEntry>(text).is_err());
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_naming_file() {
+        assert_eq!(
+            resolve(Path::new("/etc/sa/config.yaml"), Path::new("reg.yaml")),
+            PathBuf::from("/etc/sa/reg.yaml")
+        );
+        assert_eq!(
+            resolve(Path::new("/etc/sa/config.yaml"), Path::new("/abs/reg.yaml")),
+            PathBuf::from("/abs/reg.yaml")
+        );
+    }
+
+    #[test]
+    fn oversized_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.yaml");
+        std::fs::write(&path, vec![b'a'; 2048]).unwrap();
+        assert!(matches!(
+            read_capped(&path, 1024),
+            Err(ConfigError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            read_capped(&dir.path().join("missing.yaml"), 1024),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,14 @@
+//! service-auth: an Envoy external-authorization sidecar.
+//!
+//! Data flows one way: `config` parses files, `registry` validates them into
+//! an immutable snapshot, `identity` reads the peer certificate, `check`
+//! decides (a pure function), `token` signs and verifies, `server`
+//! translates to and from gRPC, and `telemetry` observes the result.
+
+pub mod check;
+pub mod config;
+pub mod identity;
+pub mod registry;
+pub mod server;
+pub mod telemetry;
+pub mod token;

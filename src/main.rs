@@ -1,0 +1,276 @@
+//! The `service-auth` command line: the binary's edge, where library errors
+//! become messages and exit codes.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use clap::{Parser, Subcommand};
+
+use service_auth::config::{self, ConfigError, StaticConfig};
+use service_auth::registry::{self, Registry};
+use service_auth::{server, telemetry, token};
+
+#[derive(Parser)]
+#[command(
+    name = "service-auth",
+    version,
+    about = "Envoy external-authorization sidecar"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Static config file.
+    #[arg(long, env = "SERVICE_AUTH_CONFIG", default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Serve(ConfigArg),
+    /// Validate the config, the registry and every file they name.
+    CheckConfig(ConfigArg),
+    /// Print a new random API key and its registry entry.
+    GenKey,
+    /// Read an API key on stdin and print its registry hash.
+    HashKey,
+    /// Print a new HS256 signing secret for a key file.
+    GenSecret,
+    /// Issue or verify mesh tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a token exactly as a Check would; prints only the token.
+    Issue {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Registered service id (the `sub` claim).
+        #[arg(long)]
+        service: String,
+        /// Scope to include (repeatable); default: all of the service's scopes.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+    /// Verify a token and print its claims as JSON.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The token, or `-` (the default) to read it from stdin.
+        #[arg(default_value = "-")]
+        token: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(c) => serve(&c.config),
+        Command::CheckConfig(c) => return check_config(&c.config),
+        Command::GenKey => gen_key(),
+        Command::HashKey => hash_key(),
+        Command::GenSecret => {
+            println!("{}", random_secret());
+            Ok(())
+        }
+        Command::Token(TokenCommand::Issue {
+            config,
+            service,
+            scopes,
+        }) => token_issue(&config.config, &service, &scopes),
+        Command::Token(TokenCommand::Verify { config, token }) => {
+            token_verify(&config.config, &token)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("service-auth: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the static config and its registry, joining every error into one message.
+fn load(config_path: &Path) -> anyhow::Result<(StaticConfig, Registry)> {
+    let config = StaticConfig::load(config_path)?;
+    let registry = Registry::load(&config.registry).map_err(|errors| joined(&errors))?;
+    Ok((config, registry))
+}
+
+fn joined(errors: &[ConfigError]) -> anyhow::Error {
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    anyhow::anyhow!("invalid registry:\n  {}", lines.join("\n  "))
+}
+
+fn serve(config_path: &Path) -> anyhow::Result<()> {
+    let config = StaticConfig::load(config_path)?;
+    telemetry::init_logging(&config.log).map_err(anyhow::Error::msg)?;
+    if config.listen.tls.is_some() {
+        bail!(
+            "{}: listen.tls is not supported by this build yet",
+            config_path.display()
+        );
+    }
+    let registry = Registry::load(&config.registry).map_err(|errors| joined(&errors))?;
+    if registry.uses_dev_secret {
+        tracing::warn!(
+            event = "dev_signing_secret",
+            "signing tokens with the bundled DEVELOPMENT secret: anyone with this repository can forge tokens; generate your own with `service-auth gen-secret`"
+        );
+    }
+    tracing::info!(
+        event = "registry_loaded",
+        path = %config.registry.display(),
+        services = registry.services().len(),
+    );
+    let shared = Arc::new(ArcSwap::from_pointee(registry));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        server::serve(&config.listen.grpc, shared, shutdown_signal()).await?;
+        tracing::info!(event = "stopped", "drained in-flight checks; exiting");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        // Without a SIGTERM handler, Ctrl-C still stops us.
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!(
+        event = "shutdown",
+        "stop accepting; draining in-flight checks"
+    );
+}
+
+fn check_config(config_path: &Path) -> ExitCode {
+    let config = match StaticConfig::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match Registry::load(&config.registry) {
+        Ok(registry) => {
+            println!(
+                "ok: {} and {} ({} services)",
+                config_path.display(),
+                config.registry.display(),
+                registry.services().len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{} error(s)", errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// 256 random bits, base64url: no `,` (which would read as a repeated header).
+fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn gen_key() -> anyhow::Result<()> {
+    let key = random_secret();
+    let hash = hex::encode(registry::hash_api_key(key.as_bytes()));
+    let id = time::OffsetDateTime::now_utc().date().to_string();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{key}")?;
+    writeln!(out, "# registry entry (under the service's api_keys):")?;
+    writeln!(out, "- id: {id}")?;
+    writeln!(out, "  sha256: \"{hash}\"")?;
+    Ok(())
+}
+
+fn hash_key() -> anyhow::Result<()> {
+    let mut key = String::new();
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut key)
+        .context("cannot read the key from stdin")?;
+    let key = key.trim_end_matches(['\n', '\r']);
+    if key.is_empty() {
+        bail!("no key on stdin");
+    }
+    println!("{}", hex::encode(registry::hash_api_key(key.as_bytes())));
+    Ok(())
+}
+
+fn token_issue(config_path: &Path, service_id: &str, scopes: &[String]) -> anyhow::Result<()> {
+    let (_, registry) = load(config_path)?;
+    let service = registry
+        .service(service_id)
+        .with_context(|| format!("no service {service_id:?} in the registry"))?;
+    if let Some(bad) = scopes.iter().find(|s| !service.allows_scope(s)) {
+        bail!("scope {bad:?} is not allowed for service {service_id:?}");
+    }
+    let scope = if scopes.is_empty() {
+        service.all_scopes.clone()
+    } else {
+        scopes.join(" ")
+    };
+    let principal = service.principals.first().map_or("", String::as_str);
+    let subject = token::Subject {
+        service: &service.id,
+        principal,
+        scope: &scope,
+        certificate_sha256: None,
+    };
+    let issued = token::issue(&registry.token, subject, unix_now())?;
+    println!("{}", issued.token);
+    Ok(())
+}
+
+fn token_verify(config_path: &Path, token: &str) -> anyhow::Result<()> {
+    let (_, registry) = load(config_path)?;
+    let mut input = String::new();
+    let token = if token == "-" {
+        std::io::stdin()
+            .take(token::MAX_TOKEN_LEN as u64 + 2)
+            .read_to_string(&mut input)
+            .context("cannot read the token from stdin")?;
+        input.trim()
+    } else {
+        token
+    };
+    let verified = token::verify(&registry.token, token, unix_now())
+        .map_err(|e| anyhow::anyhow!("invalid token ({}): {e}", e.as_str()))?;
+    println!("{}", serde_json::to_string_pretty(&verified.claims)?);
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

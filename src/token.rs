@@ -1,0 +1,631 @@
+//! The mesh token: issuing and verifying short-lived HS256 JWTs.
+//!
+//! One function issues, one verifies; the Check (both modes) and the
+//! `token` CLI all go through them, so there is a single definition of what
+//! a valid token is. Verification configures `jsonwebtoken` explicitly and
+//! checks the parts it cannot (header allow-list, `kid`, time against an
+//! injected clock with the registry's leeway) itself.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// Tokens longer than this are refused before any decoding. Ours are about
+/// 600 bytes; 8 KiB leaves room for long principals and scope lists.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// JOSE header parameters that would let a token choose its own key or add
+/// processing rules; we refuse tokens that carry any of them.
+const FORBIDDEN_HEADER_PARAMS: [&str; 5] = ["crit", "jku", "jwk", "x5u", "x5c"];
+
+/// One HS256 key. The secret never leaves this struct (no Debug of it).
+pub struct SigningKey {
+    pub kid: String,
+    pub verify_only: bool,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl SigningKey {
+    pub fn new(kid: String, secret: &[u8], verify_only: bool) -> Self {
+        SigningKey {
+            kid,
+            verify_only,
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+        }
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("verify_only", &self.verify_only)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything about tokens that the registry configures.
+#[derive(Debug)]
+pub struct TokenSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub ttl: Duration,
+    pub leeway: Duration,
+    /// Lower-case header name the token is injected into (and read from in verify mode).
+    pub header: String,
+    keys: Vec<SigningKey>,
+    by_kid: HashMap<String, usize>,
+    signer: usize,
+    validation: Validation,
+}
+
+impl TokenSettings {
+    /// Builds settings; `keys` must be non-empty with unique kids and one signer.
+    pub fn new(
+        issuer: String,
+        audience: String,
+        ttl: Duration,
+        leeway: Duration,
+        header: String,
+        keys: Vec<SigningKey>,
+    ) -> Result<Self, String> {
+        let signer = keys
+            .iter()
+            .position(|k| !k.verify_only)
+            .ok_or("token.keys has no signing key (every key is verify_only)")?;
+        let mut by_kid = HashMap::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            if by_kid.insert(key.kid.clone(), i).is_some() {
+                return Err(format!("token.keys: kid {:?} is listed twice", key.kid));
+            }
+        }
+        let validation = validation(&issuer, &audience);
+        Ok(TokenSettings {
+            issuer,
+            audience,
+            ttl,
+            leeway,
+            header,
+            keys,
+            by_kid,
+            signer,
+            validation,
+        })
+    }
+
+    /// The key new tokens are signed with.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.keys[self.signer]
+    }
+
+    pub fn keys(&self) -> &[SigningKey] {
+        &self.keys
+    }
+}
+
+/// `jsonwebtoken` does signature, `iss`, `aud`, presence of required claims
+/// and their JSON types. Time is checked by [`verify`] against the injected
+/// clock, so every knob is set here rather than left at a library default.
+fn validation(issuer: &str, audience: &str) -> Validation {
+    let mut v = Validation::new(Algorithm::HS256);
+    v.algorithms = vec![Algorithm::HS256];
+    v.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+    v.set_issuer(&[issuer]);
+    v.set_audience(&[audience]);
+    v.validate_aud = true;
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.leeway = 0;
+    v.reject_tokens_expiring_in_less_than = 0;
+    v
+}
+
+/// RFC 8705 confirmation: the token is bound to this certificate thumbprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirmation {
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+impl Confirmation {
+    pub fn for_certificate_sha256(sha256: &[u8; 32]) -> Self {
+        Confirmation {
+            x5t_s256: URL_SAFE_NO_PAD.encode(sha256),
+        }
+    }
+}
+
+/// The claims of a mesh token. Numeric dates are integers: a string `exp`
+/// fails to deserialize and the token is invalid (CVE-2026-25537).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub jti: String,
+    #[serde(default)]
+    pub scope: String,
+    #[serde(default)]
+    pub principal: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+impl Claims {
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scope.split_ascii_whitespace()
+    }
+}
+
+/// What a caller is issued a token for.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub service: &'a str,
+    pub principal: &'a str,
+    pub scope: &'a str,
+    pub certificate_sha256: Option<&'a [u8; 32]>,
+}
+
+/// A freshly signed token and the identifiers worth logging about it.
+#[derive(Debug, Clone)]
+pub struct Issued<'r> {
+    pub token: String,
+    pub kid: &'r str,
+    pub jti: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("signing failed: {0}")]
+pub struct IssueError(#[from] jsonwebtoken::errors::Error);
+
+/// Signs a token for `subject` at `now` (Unix seconds).
+pub fn issue<'r>(
+    settings: &'r TokenSettings,
+    subject: Subject<'_>,
+    now: i64,
+) -> Result<Issued<'r>, IssueError> {
+    let key = settings.signing_key();
+    let jti = new_jti();
+    let claims = Claims {
+        iss: settings.issuer.clone(),
+        sub: subject.service.to_owned(),
+        aud: settings.audience.clone(),
+        iat: now,
+        nbf: now,
+        exp: now.saturating_add(settings.ttl.as_secs() as i64),
+        jti: jti.clone(),
+        scope: subject.scope.to_owned(),
+        principal: subject.principal.to_owned(),
+        cnf: subject
+            .certificate_sha256
+            .map(Confirmation::for_certificate_sha256),
+    };
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(key.kid.clone());
+    let token = jsonwebtoken::encode(&header, &claims, &key.encoding)?;
+    Ok(Issued {
+        token,
+        kid: &key.kid,
+        jti,
+    })
+}
+
+/// 128 random bits from the OS-seeded CSPRNG, base64url.
+fn new_jti() -> String {
+    let bytes: [u8; 16] = rand::random();
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token header is not acceptable (alg, kid or a forbidden parameter)")]
+    BadHeader,
+    #[error("token is signed with an unknown kid")]
+    UnknownKid,
+    #[error("token signature does not verify")]
+    BadSignature,
+    #[error("token claims are missing, mistyped, or name another issuer or audience")]
+    BadClaims,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+}
+
+impl VerifyError {
+    /// Bounded label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyError::Malformed => "malformed",
+            VerifyError::BadHeader => "bad_header",
+            VerifyError::UnknownKid => "unknown_kid",
+            VerifyError::BadSignature => "bad_signature",
+            VerifyError::BadClaims => "bad_claims",
+            VerifyError::Expired => "expired",
+            VerifyError::NotYetValid => "not_yet_valid",
+        }
+    }
+}
+
+/// A verified token and the key that signed it.
+#[derive(Debug, Clone)]
+pub struct Verified<'r> {
+    pub claims: Claims,
+    pub kid: &'r str,
+}
+
+/// Verifies `token` at `now` (Unix seconds) against the registry's keys.
+pub fn verify<'r>(
+    settings: &'r TokenSettings,
+    token: &str,
+    now: i64,
+) -> Result<Verified<'r>, VerifyError> {
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(VerifyError::Malformed);
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(VerifyError::Malformed);
+    };
+    let key = &settings.keys[checked_header(settings, header_b64)?];
+
+    let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &settings.validation).map_err(
+        |e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::InvalidSignature => VerifyError::BadSignature,
+                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+                    VerifyError::Malformed
+                }
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    VerifyError::BadHeader
+                }
+                _ => VerifyError::BadClaims,
+            }
+        },
+    )?;
+    let claims = data.claims;
+    let leeway = settings.leeway.as_secs() as i64;
+    if claims.exp.saturating_add(leeway) <= now {
+        return Err(VerifyError::Expired);
+    }
+    if claims.nbf.saturating_sub(leeway) > now {
+        return Err(VerifyError::NotYetValid);
+    }
+    Ok(Verified {
+        claims,
+        kid: &key.kid,
+    })
+}
+
+/// Parses the JOSE header ourselves: exactly `alg: HS256`, a known string
+/// `kid`, and none of the parameters that delegate trust. Returns the key index.
+fn checked_header(settings: &TokenSettings, header_b64: &str) -> Result<usize, VerifyError> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(header_b64)
+        .map_err(|_| VerifyError::Malformed)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&raw).map_err(|_| VerifyError::Malformed)?;
+    if header.get("alg").and_then(|v| v.as_str()) != Some("HS256")
+        || FORBIDDEN_HEADER_PARAMS
+            .iter()
+            .any(|p| header.contains_key(*p))
+    {
+        return Err(VerifyError::BadHeader);
+    }
+    let kid = header
+        .get("kid")
+        .and_then(|v| v.as_str())
+        .ok_or(VerifyError::BadHeader)?;
+    settings
+        .by_kid
+        .get(kid)
+        .copied()
+        .ok_or(VerifyError::UnknownKid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn settings(keys: Vec<SigningKey>) -> TokenSettings {
+        TokenSettings::new(
+            "https://issuer".into(),
+            "orders".into(),
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+            "x-service-jwt".into(),
+            keys,
+        )
+        .unwrap()
+    }
+
+    fn key(kid: &str, verify_only: bool) -> SigningKey {
+        SigningKey::new(
+            kid.into(),
+            format!("{kid}-secret-0123456789abcdef0123456789").as_bytes(),
+            verify_only,
+        )
+    }
+
+    fn subject() -> Subject<'static> {
+        Subject {
+            service: "api",
+            principal: "spiffe://mesh/api",
+            scope: "read write",
+            certificate_sha256: Some(&[7; 32]),
+        }
+    }
+
+    fn sign_raw(header: &str, claims: &str, secret: &[u8]) -> String {
+        use hmac_sign::sign;
+        let h = URL_SAFE_NO_PAD.encode(header);
+        let c = URL_SAFE_NO_PAD.encode(claims);
+        let input = format!("{h}.{c}");
+        let sig = sign(secret, input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+
+    /// HMAC through jsonwebtoken's own primitive, so hand-built tokens carry
+    /// signatures that would verify if their content were acceptable.
+    mod hmac_sign {
+        pub fn sign(secret: &[u8], input: &[u8]) -> Vec<u8> {
+            use base64::Engine;
+            let key = jsonwebtoken::EncodingKey::from_secret(secret);
+            let sig =
+                jsonwebtoken::crypto::sign(input, &key, jsonwebtoken::Algorithm::HS256).unwrap();
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(sig)
+                .unwrap()
+        }
+    }
+
+    #[test]
+    fn issued_token_verifies_with_all_claims() {
+        let s = settings(vec![key("k1", false)]);
+        let issued = issue(&s, subject(), NOW).unwrap();
+        assert_eq!(issued.kid, "k1");
+        assert!(URL_SAFE_NO_PAD.decode(&issued.jti).unwrap().len() >= 16);
+        let v = verify(&s, &issued.token, NOW).unwrap();
+        assert_eq!(v.claims.sub, "api");
+        assert_eq!(v.claims.aud, "orders");
+        assert_eq!(v.claims.iss, "https://issuer");
+        assert_eq!(v.claims.exp - v.claims.iat, 300);
+        assert_eq!(v.claims.nbf, NOW);
+        assert_eq!(v.claims.scope, "read write");
+        assert_eq!(v.claims.principal, "spiffe://mesh/api");
+        assert_eq!(
+            v.claims.cnf.unwrap().x5t_s256,
+            URL_SAFE_NO_PAD.encode([7u8; 32])
+        );
+        let header = jsonwebtoken::decode_header(&issued.token).unwrap();
+        assert_eq!(header.kid.as_deref(), Some("k1"));
+        assert_eq!(header.typ.as_deref(), Some("JWT"));
+    }
+
+    #[test]
+    fn jti_is_unique() {
+        let s = settings(vec![key("k1", false)]);
+        let a = issue(&s, subject(), NOW).unwrap();
+        let b = issue(&s, subject(), NOW).unwrap();
+        assert_ne!(a.jti, b.jti);
+    }
+
+    #[test]
+    fn first_non_verify_only_key_signs_and_all_verify() {
+        let old = settings(vec![key("old", false)]);
+        let token = issue(&old, subject(), NOW).unwrap().token;
+        let rotated = settings(vec![key("new", false), key("old", true)]);
+        assert_eq!(rotated.signing_key().kid, "new");
+        assert_eq!(verify(&rotated, &token, NOW).unwrap().kid, "old");
+        let removed = settings(vec![key("new", false)]);
+        assert_eq!(
+            verify(&removed, &token, NOW).unwrap_err(),
+            VerifyError::UnknownKid
+        );
+    }
+
+    #[test]
+    fn no_signing_key_or_duplicate_kid_is_refused() {
+        let r = TokenSettings::new(
+            "i".into(),
+            "a".into(),
+            Duration::from_secs(1),
+            Duration::ZERO,
+            "h".into(),
+            vec![key("a", true)],
+        );
+        assert!(r.is_err());
+        let r = TokenSettings::new(
+            "i".into(),
+            "a".into(),
+            Duration::from_secs(1),
+            Duration::ZERO,
+            "h".into(),
+            vec![key("a", false), key("a", true)],
+        );
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn time_checks_use_the_configured_leeway_exactly() {
+        let s = settings(vec![key("k1", false)]);
+        let token = issue(&s, subject(), NOW).unwrap().token;
+        // exp = NOW + 300; valid while now < exp + 30.
+        assert!(verify(&s, &token, NOW + 329).is_ok());
+        assert_eq!(
+            verify(&s, &token, NOW + 330).unwrap_err(),
+            VerifyError::Expired
+        );
+        // nbf = NOW; valid from nbf - 30.
+        assert!(verify(&s, &token, NOW - 30).is_ok());
+        assert_eq!(
+            verify(&s, &token, NOW - 31).unwrap_err(),
+            VerifyError::NotYetValid
+        );
+    }
+
+    #[test]
+    fn hostile_tokens_are_refused() {
+        let s = settings(vec![key("k1", false)]);
+        let secret = b"k1-secret-0123456789abcdef0123456789";
+        let good_claims = format!(
+            r#"{{"iss":"https://issuer","sub":"api","aud":"orders","iat":{NOW},"nbf":{NOW},"exp":{},"jti":"x"}}"#,
+            NOW + 300
+        );
+        let cases: Vec<(String, VerifyError)> = vec![
+            (
+                sign_raw(r#"{"alg":"none","kid":"k1"}"#, &good_claims, secret),
+                VerifyError::BadHeader,
+            ),
+            (
+                sign_raw(r#"{"alg":"HS512","kid":"k1"}"#, &good_claims, secret),
+                VerifyError::BadHeader,
+            ),
+            (
+                sign_raw(r#"{"alg":"RS256","kid":"k1"}"#, &good_claims, secret),
+                VerifyError::BadHeader,
+            ),
+            (
+                sign_raw(r#"{"alg":"HS256"}"#, &good_claims, secret),
+                VerifyError::BadHeader,
+            ),
+            (
+                sign_raw(r#"{"alg":"HS256","kid":7}"#, &good_claims, secret),
+                VerifyError::BadHeader,
+            ),
+            (
+                sign_raw(r#"{"alg":"HS256","kid":"nope"}"#, &good_claims, secret),
+                VerifyError::UnknownKid,
+            ),
+            (
+                sign_raw(r#"{"alg":"HS256","kid":"../../k1"}"#, &good_claims, secret),
+                VerifyError::UnknownKid,
+            ),
+            (
+                sign_raw(
+                    r#"{"alg":"HS256","kid":"k1","crit":["exp"]}"#,
+                    &good_claims,
+                    secret,
+                ),
+                VerifyError::BadHeader,
+            ),
+            (
+                sign_raw(
+                    r#"{"alg":"HS256","kid":"k1","jku":"https://x"}"#,
+                    &good_claims,
+                    secret,
+                ),
+                VerifyError::BadHeader,
+            ),
+            (
+                sign_raw(
+                    r#"{"alg":"HS256","kid":"k1"}"#,
+                    &good_claims,
+                    b"another-secret-0123456789abcdef0123",
+                ),
+                VerifyError::BadSignature,
+            ),
+            (
+                sign_raw(
+                    r#"{"alg":"HS256","kid":"k1"}"#,
+                    &good_claims.replace(r#""sub":"api","#, ""),
+                    secret,
+                ),
+                VerifyError::BadClaims,
+            ),
+            (
+                sign_raw(
+                    r#"{"alg":"HS256","kid":"k1"}"#,
+                    &good_claims.replace(
+                        &format!(r#""exp":{}"#, NOW + 300),
+                        &format!(r#""exp":"{}""#, NOW + 300),
+                    ),
+                    secret,
+                ),
+                VerifyError::BadClaims,
+            ),
+            (
+                sign_raw(
+                    r#"{"alg":"HS256","kid":"k1"}"#,
+                    &good_claims.replace("https://issuer", "https://evil"),
+                    secret,
+                ),
+                VerifyError::BadClaims,
+            ),
+            (
+                sign_raw(
+                    r#"{"alg":"HS256","kid":"k1"}"#,
+                    &good_claims.replace("orders", "billing"),
+                    secret,
+                ),
+                VerifyError::BadClaims,
+            ),
+            ("a.b".into(), VerifyError::Malformed),
+            ("a.b.c.d".into(), VerifyError::Malformed),
+            ("!!!.b.c".into(), VerifyError::Malformed),
+            ("x".repeat(1024 * 1024), VerifyError::Malformed),
+        ];
+        for (token, want) in cases {
+            assert_eq!(verify(&s, &token, NOW).unwrap_err(), want, "{token:.120}");
+        }
+        // The well-formed control case verifies, so the cases above fail for their named reason.
+        assert!(
+            verify(
+                &s,
+                &sign_raw(r#"{"alg":"HS256","kid":"k1"}"#, &good_claims, secret),
+                NOW
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn tampering_breaks_the_signature() {
+        let s = settings(vec![key("k1", false)]);
+        let token = issue(&s, subject(), NOW).unwrap().token;
+        let parts: Vec<&str> = token.split('.').collect();
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        claims["sub"] = "admin".into();
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(claims.to_string()),
+            parts[2]
+        );
+        assert_eq!(
+            verify(&s, &forged, NOW).unwrap_err(),
+            VerifyError::BadSignature
+        );
+        let mut sig = parts[2].to_string();
+        sig.replace_range(0..1, if sig.starts_with('A') { "B" } else { "A" });
+        let forged = format!("{}.{}.{}", parts[0], parts[1], sig);
+        assert_eq!(
+            verify(&s, &forged, NOW).unwrap_err(),
+            VerifyError::BadSignature
+        );
+        assert_eq!(
+            verify(&s, &token[..token.len() - 5], NOW).unwrap_err(),
+            VerifyError::BadSignature
+        );
+    }
+}
