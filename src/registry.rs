@@ -7,7 +7,7 @@
 //! reported with the file and the YAML path it concerns.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ::time::OffsetDateTime;
 use ::time::format_description::well_known::Rfc3339;
@@ -473,7 +473,7 @@ fn parse_serial(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Revoked serials from a PEM or DER CRL.
-fn read_crl_serials(path: &PathBuf) -> Result<Vec<Vec<u8>>, String> {
+fn read_crl_serials(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     let raw = config::read_capped_bytes(path, MAX_AUX_FILE_BYTES).map_err(|e| e.to_string())?;
     let der = if raw.starts_with(b"-----BEGIN") {
         let (_, pem) = parse_x509_pem(&raw).map_err(|e| format!("bad PEM: {e}"))?;

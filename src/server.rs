@@ -44,16 +44,15 @@ impl AuthzService {
     pub fn check_now(&self, req: &CheckRequest) -> CheckResponse {
         let snapshot = self.registry.load();
         let now = unix_now();
+        // A panic in the decision is a bug, and still a denial (fail closed).
         let decision =
             std::panic::catch_unwind(AssertUnwindSafe(|| check::decide(req, &snapshot, now)))
-                .unwrap_or_else(|_| {
-                    Decision::Deny(check::Denial {
-                        mode: check::Mode::Issue,
-                        reason: check::Reason::InternalError,
-                        service: None,
-                        token_error: None,
-                    })
-                });
+                .unwrap_or(Decision::Deny(check::Denial {
+                    mode: check::Mode::Issue,
+                    reason: check::Reason::InternalError,
+                    service: None,
+                    token_error: None,
+                }));
         telemetry::observe_check(req, &decision);
         to_response(decision)
     }
