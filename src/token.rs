@@ -623,9 +623,11 @@ mod tests {
             verify(&s, &forged, NOW).unwrap_err(),
             VerifyError::BadSignature
         );
-        assert_eq!(
+        // A truncated signature is refused; whether as undecodable base64 or
+        // as a wrong signature depends on where the cut falls.
+        assert!(matches!(
             verify(&s, &token[..token.len() - 5], NOW).unwrap_err(),
-            VerifyError::BadSignature
-        );
+            VerifyError::BadSignature | VerifyError::Malformed
+        ));
     }
 }
