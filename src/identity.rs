@@ -140,6 +140,17 @@ impl TrustAnchor {
     }
 }
 
+impl TrustAnchor {
+    /// `Some(valid)` when this CA issued `crl` (same name), `None` otherwise.
+    pub fn verifies_crl(&self, crl: &CertificateRevocationList<'_>) -> Option<bool> {
+        let (_, ca) = X509Certificate::from_der(&self.der).ok()?;
+        if ca.subject().as_raw() != crl.issuer().as_raw() {
+            return None;
+        }
+        Some(crl.verify_signature(ca.public_key()).is_ok())
+    }
+}
+
 /// CA certificates and leaves whose extended key usage excludes client
 /// authentication must not authenticate a caller, even if Envoy let them in.
 fn reject_non_client(cert: &X509Certificate<'_>) -> Result<(), CertError> {

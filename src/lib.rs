@@ -1,7 +1,7 @@
 //! service-auth: an Envoy external-authorization sidecar.
 //!
 //! Data flows one way: `config` parses files, `registry` validates them into
-//! an immutable snapshot, `identity` reads the peer certificate, `check`
+//! an immutable snapshot (which `reload` keeps current), `identity` reads the peer certificate, `check`
 //! decides (a pure function), `token` signs and verifies, `server`
 //! translates to and from gRPC, and `telemetry` observes the result.
 
@@ -9,6 +9,7 @@ pub mod check;
 pub mod config;
 pub mod identity;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
 pub mod token;

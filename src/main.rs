@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 use service_auth::config::{self, ConfigError, StaticConfig};
 use service_auth::registry::{self, Registry};
+use service_auth::reload::Reloader;
 use service_auth::{server, telemetry, token};
 
 #[derive(Parser)]
@@ -136,12 +137,21 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
         path = %config.registry.display(),
         services = registry.services().len(),
     );
+    for warning in registry.warnings() {
+        tracing::warn!(event = "registry_warning", warning = %warning);
+    }
     let shared = Arc::new(ArcSwap::from_pointee(registry));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        let reloader = Reloader::new(
+            config.registry.clone(),
+            shared.clone(),
+            config.reload.poll_interval,
+        );
+        tokio::spawn(reloader.run());
         server::serve(&config.listen.grpc, shared, shutdown_signal()).await?;
         tracing::info!(event = "stopped", "drained in-flight checks; exiting");
         Ok(())
@@ -176,6 +186,9 @@ fn check_config(config_path: &Path) -> ExitCode {
     };
     match Registry::load(&config.registry) {
         Ok(registry) => {
+            for warning in registry.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "ok: {} and {} ({} services)",
                 config_path.display(),

@@ -7,7 +7,7 @@
 //! reported with the file and the YAML path it concerns.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ::time::OffsetDateTime;
 use ::time::format_description::well_known::Rfc3339;
@@ -71,6 +71,12 @@ pub struct RequestSettings {
     pub forward_api_key: bool,
 }
 
+/// The outcome of one load attempt and the files it involved.
+pub struct Loaded {
+    pub result: Result<Registry, Vec<ConfigError>>,
+    pub sources: Vec<PathBuf>,
+}
+
 /// The immutable, indexed registry a Check reads.
 #[derive(Debug)]
 pub struct Registry {
@@ -84,22 +90,46 @@ pub struct Registry {
     revoked_serials: HashSet<Vec<u8>>,
     /// True when tokens are signed with the bundled development secret.
     pub uses_dev_secret: bool,
+    sources: Vec<PathBuf>,
+    warnings: Vec<String>,
 }
 
 impl Registry {
     /// Reads and validates the registry file at `path`, returning every error found.
     pub fn load(path: &Path) -> Result<Registry, Vec<ConfigError>> {
-        let file: RegistryFile = config::read_yaml(path).map_err(|e| vec![e])?;
-        Registry::build(file, path)
+        Registry::load_tracked(path).result
     }
 
-    /// Validates a parsed registry file; `path` anchors relative paths and errors.
-    pub fn build(file: RegistryFile, path: &Path) -> Result<Registry, Vec<ConfigError>> {
-        Builder {
+    /// Like [`Registry::load`], and also says which files the attempt read
+    /// (or tried to read), so a reloader knows what to watch even when the
+    /// attempt failed because one of them was missing.
+    pub fn load_tracked(path: &Path) -> Loaded {
+        let mut builder = Builder {
             path,
             errors: Vec::new(),
+            warnings: Vec::new(),
+            sources: vec![path.to_path_buf()],
+        };
+        let result = match config::read_yaml::<RegistryFile>(path) {
+            Ok(file) => builder.build(file),
+            Err(e) => Err(vec![e]),
+        };
+        Loaded {
+            result,
+            sources: builder.sources,
         }
-        .build(file)
+    }
+
+    /// Every file this snapshot was built from: the registry file first,
+    /// then secret, CA and CRL files.
+    pub fn sources(&self) -> &[PathBuf] {
+        &self.sources
+    }
+
+    /// Problems that do not invalidate the registry but deserve an operator's
+    /// attention (e.g. a CRL past its `nextUpdate`).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     pub fn services(&self) -> &[Service] {
@@ -137,6 +167,8 @@ impl Registry {
 struct Builder<'p> {
     path: &'p Path,
     errors: Vec<ConfigError>,
+    warnings: Vec<String>,
+    sources: Vec<PathBuf>,
 }
 
 impl Builder<'_> {
@@ -144,10 +176,16 @@ impl Builder<'_> {
         self.errors.push(ConfigError::invalid(self.path, message));
     }
 
-    fn build(mut self, file: RegistryFile) -> Result<Registry, Vec<ConfigError>> {
+    /// Resolves a path named by the registry and records it as a source.
+    fn source(&mut self, relative: &Path) -> PathBuf {
+        let full = config::resolve(self.path, relative);
+        self.sources.push(full.clone());
+        full
+    }
+
+    fn build(&mut self, file: RegistryFile) -> Result<Registry, Vec<ConfigError>> {
         let token = self.token(&file);
         let request = self.request(&file);
-        let revoked_serials = self.revocations(&file);
 
         let mut services = Vec::with_capacity(file.services.len());
         let mut by_id = HashMap::with_capacity(file.services.len());
@@ -199,6 +237,7 @@ impl Builder<'_> {
             }
             services.push(service);
         }
+        let revoked_serials = self.revocations(&file, &services);
 
         match (token, request) {
             (Some((token, uses_dev_secret)), Some(request)) if self.errors.is_empty() => {
@@ -212,9 +251,11 @@ impl Builder<'_> {
                     by_key_hash,
                     revoked_serials,
                     uses_dev_secret,
+                    sources: self.sources.clone(),
+                    warnings: std::mem::take(&mut self.warnings),
                 })
             }
-            _ => Err(self.errors),
+            _ => Err(std::mem::take(&mut self.errors)),
         }
     }
 
@@ -239,7 +280,7 @@ impl Builder<'_> {
             }
             let secret = match (&k.secret_file, &k.secret_env) {
                 (Some(file), None) => {
-                    let full = config::resolve(self.path, file);
+                    let full = self.source(file);
                     match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
                         Ok(bytes) => Some(trim_trailing_newline(bytes)),
                         Err(e) => {
@@ -320,7 +361,11 @@ impl Builder<'_> {
         Some(name.to_ascii_lowercase())
     }
 
-    fn revocations(&mut self, file: &RegistryFile) -> HashSet<Vec<u8>> {
+    /// Revoked serials from the list and the CRL files. A CRL issued by one
+    /// of the services' CAs must carry that CA's signature; a CRL past its
+    /// `nextUpdate` still revokes (stale revocations are still revocations)
+    /// but is reported.
+    fn revocations(&mut self, file: &RegistryFile, services: &[Service]) -> HashSet<Vec<u8>> {
         let mut serials = HashSet::new();
         for (i, s) in file.revocation.serials.iter().enumerate() {
             match parse_serial(s) {
@@ -332,14 +377,22 @@ impl Builder<'_> {
                 )),
             }
         }
+        let anchors: Vec<&TrustAnchor> = services.iter().filter_map(|s| s.ca.as_ref()).collect();
         for (i, crl) in file.revocation.crl_files.iter().enumerate() {
-            let full = config::resolve(self.path, crl);
-            match read_crl_serials(&full) {
-                Ok(list) => serials.extend(list),
-                Err(e) => self.err(format!(
-                    "revocation.crl_files[{i}]: {}: {e}",
-                    full.display()
-                )),
+            let full = self.source(crl);
+            let at = format!("revocation.crl_files[{i}]: {}", full.display());
+            match read_crl(&full, &anchors) {
+                Ok(crl) => {
+                    if crl
+                        .next_update
+                        .is_some_and(|t| t < OffsetDateTime::now_utc().unix_timestamp())
+                    {
+                        self.warnings
+                            .push(format!("{at}: CRL is past its nextUpdate; refresh it"));
+                    }
+                    serials.extend(crl.serials);
+                }
+                Err(e) => self.err(format!("{at}: {e}")),
             }
         }
         serials
@@ -361,7 +414,7 @@ impl Builder<'_> {
             }
         }
         let ca = entry.ca_file.as_ref().and_then(|ca| {
-            let full = config::resolve(self.path, ca);
+            let full = self.source(ca);
             let loaded = config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES)
                 .map_err(|e| e.to_string())
                 .and_then(|pem| TrustAnchor::from_pem(&pem));
@@ -472,8 +525,14 @@ fn parse_serial(s: &str) -> Option<Vec<u8>> {
     Some(identity::normalize_serial(&bytes).to_vec())
 }
 
-/// Revoked serials from a PEM or DER CRL.
-fn read_crl_serials(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+struct Crl {
+    serials: Vec<Vec<u8>>,
+    next_update: Option<i64>,
+}
+
+/// Reads a PEM or DER CRL, checking its signature when one of `anchors`
+/// issued it.
+fn read_crl(path: &Path, anchors: &[&TrustAnchor]) -> Result<Crl, String> {
     let raw = config::read_capped_bytes(path, MAX_AUX_FILE_BYTES).map_err(|e| e.to_string())?;
     let der = if raw.starts_with(b"-----BEGIN") {
         let (_, pem) = parse_x509_pem(&raw).map_err(|e| format!("bad PEM: {e}"))?;
@@ -485,10 +544,18 @@ fn read_crl_serials(path: &Path) -> Result<Vec<Vec<u8>>, String> {
         raw
     };
     let (_, crl) = parse_x509_crl(&der).map_err(|e| format!("not a CRL: {e}"))?;
-    Ok(crl
-        .iter_revoked_certificates()
-        .map(|r| identity::normalize_serial(r.raw_serial()).to_vec())
-        .collect())
+    for anchor in anchors {
+        if anchor.verifies_crl(&crl) == Some(false) {
+            return Err("CRL signature does not verify against the CA that issued it".into());
+        }
+    }
+    Ok(Crl {
+        serials: crl
+            .iter_revoked_certificates()
+            .map(|r| identity::normalize_serial(r.raw_serial()).to_vec())
+            .collect(),
+        next_update: crl.next_update().map(|t| t.timestamp()),
+    })
 }
 
 fn trim_trailing_newline(mut bytes: Vec<u8>) -> Vec<u8> {

@@ -6,7 +6,8 @@
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 
 use crate::check::Decision;
-use crate::config::{Log, LogFormat};
+use crate::config::{ConfigError, Log, LogFormat};
+use crate::registry::Registry;
 
 /// Installs the global `tracing` subscriber (JSON or text, to stderr).
 /// `RUST_LOG` overrides the configured level when set.
@@ -76,4 +77,30 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// Records one registry reload attempt: one log line either way.
+pub fn observe_reload(result: Result<&Registry, &[ConfigError]>) {
+    match result {
+        Ok(registry) => {
+            tracing::info!(
+                event = "registry_reload",
+                result = "success",
+                services = registry.services().len(),
+                "registry reloaded"
+            );
+            for warning in registry.warnings() {
+                tracing::warn!(event = "registry_warning", warning = %warning);
+            }
+        }
+        Err(errors) => {
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            tracing::error!(
+                event = "registry_reload",
+                result = "failure",
+                errors = ?errors,
+                "registry rejected; still serving the previous one"
+            );
+        }
+    }
 }
