@@ -146,7 +146,7 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let reloader = Reloader::new(
+        let reloader = Reloader::start(
             config.registry.clone(),
             shared.clone(),
             config.reload.poll_interval,

@@ -24,6 +24,8 @@ use crate::telemetry;
 /// File events arrive in bursts (truncate + write, rename + chmod, the
 /// kubelet's several symlink steps): wait this long for quiet first.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// The longest a burst may delay a look at the files.
+const MAX_DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// What identifies a file's content without reading it: device, inode,
 /// size and modification time of the path *after* following symlinks, so a
@@ -47,71 +49,114 @@ fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
 pub struct Reloader {
     path: PathBuf,
     shared: SharedRegistry,
-    poll_interval: Duration,
     /// Files the last attempt read, and their state at that time.
     sources: Vec<PathBuf>,
     seen: Fingerprint,
+    poll: tokio::time::Interval,
+    events: mpsc::Receiver<()>,
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: BTreeSet<PathBuf>,
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Reloader {
+    /// Sets up the watch, the poll and the SIGHUP handler before returning,
+    /// so no change (and no SIGHUP, whose default action would kill the
+    /// process) can slip in between start-up and [`Reloader::run`].
     /// `shared` already holds the snapshot loaded at start from `path`.
-    pub fn new(path: PathBuf, shared: SharedRegistry, poll_interval: Duration) -> Self {
+    /// Must be called within a Tokio runtime.
+    pub fn start(path: PathBuf, shared: SharedRegistry, poll_interval: Duration) -> Self {
         let sources = shared.load().sources().to_vec();
         let seen = fingerprint(&sources);
-        Reloader {
+        let (tx, events) = mpsc::channel::<()>(1);
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                // A full channel already means "something changed".
+                let _ = tx.try_send(());
+            }
+        })
+        .map_err(|e| {
+            tracing::warn!(event = "watch_unavailable", error = %e, "file events unavailable; relying on polling and SIGHUP");
+        })
+        .ok();
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| tracing::warn!(event = "sighup_unavailable", error = %e))
+            .ok();
+        let mut poll =
+            tokio::time::interval_at(tokio::time::Instant::now() + poll_interval, poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reloader = Reloader {
             path,
             shared,
-            poll_interval,
             sources,
             seen,
-        }
+            poll,
+            events,
+            watcher,
+            watched: BTreeSet::new(),
+            hangup,
+        };
+        reloader.watch_sources();
+        reloader
     }
 
     /// Runs until the task is dropped.
     pub async fn run(mut self) {
-        let (tx, mut events) = mpsc::channel::<()>(1);
-        let mut watcher = match notify::recommended_watcher(
-            move |res: notify::Result<notify::Event>| {
-                if res.is_ok() {
-                    // A full channel already means "something changed".
-                    let _ = tx.try_send(());
-                }
-            },
-        ) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(event = "watch_unavailable", error = %e, "file events unavailable; relying on polling and SIGHUP");
-                None
-            }
-        };
-        let mut watched = BTreeSet::new();
-        if let Some(w) = &mut watcher {
-            watch_dirs(w, &mut watched, &self.sources);
-        }
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut poll = tokio::time::interval(self.poll_interval);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        poll.tick().await;
-
         loop {
             let forced = tokio::select! {
-                _ = poll.tick() => false,
-                Some(()) = events.recv() => {
-                    // Let the burst finish before looking.
-                    while tokio::time::timeout(DEBOUNCE, events.recv()).await.is_ok_and(|e| e.is_some()) {}
+                _ = self.poll.tick() => false,
+                Some(()) = self.events.recv() => {
+                    // Let the burst finish before looking, but not forever:
+                    // a directory that never goes quiet (a log file written
+                    // beside the registry) must not starve reloads.
+                    let deadline = tokio::time::Instant::now() + MAX_DEBOUNCE;
+                    while tokio::time::timeout_at(
+                        deadline.min(tokio::time::Instant::now() + DEBOUNCE),
+                        self.events.recv(),
+                    )
+                    .await
+                    .is_ok_and(|e| e.is_some())
+                    {}
                     false
                 }
-                Some(()) = recv_hangup(&mut hangup) => {
+                Some(()) = recv_hangup(&mut self.hangup) => {
                     tracing::info!(event = "sighup", "reloading the registry");
                     true
                 }
             };
             if forced || fingerprint(&self.sources) != self.seen {
                 self.reload().await;
-                if let Some(w) = &mut watcher {
-                    watch_dirs(w, &mut watched, &self.sources);
+                self.watch_sources();
+            }
+        }
+    }
+
+    /// Watches the parent directory of every source (non-recursively).
+    fn watch_sources(&mut self) {
+        let Some(watcher) = &mut self.watcher else {
+            return;
+        };
+        let wanted: BTreeSet<PathBuf> = self
+            .sources
+            .iter()
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .map(|d| {
+                if d.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    d
                 }
+            })
+            .collect();
+        for dir in self.watched.difference(&wanted) {
+            let _ = watcher.unwatch(dir);
+        }
+        self.watched.retain(|d| wanted.contains(d));
+        for dir in &wanted {
+            if !self.watched.contains(dir)
+                && watcher.watch(dir, RecursiveMode::NonRecursive).is_ok()
+            {
+                self.watched.insert(dir.clone());
             }
         }
     }
@@ -155,29 +200,5 @@ async fn recv_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option
     match signal {
         Some(s) => s.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Watches the parent directory of every source (non-recursively).
-fn watch_dirs(watcher: &mut impl Watcher, watched: &mut BTreeSet<PathBuf>, sources: &[PathBuf]) {
-    let wanted: BTreeSet<PathBuf> = sources
-        .iter()
-        .filter_map(|p| p.parent().map(Path::to_path_buf))
-        .map(|d| {
-            if d.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                d
-            }
-        })
-        .collect();
-    for dir in watched.difference(&wanted) {
-        let _ = watcher.unwatch(dir);
-    }
-    watched.retain(|d| wanted.contains(d));
-    for dir in &wanted {
-        if !watched.contains(dir) && watcher.watch(dir, RecursiveMode::NonRecursive).is_ok() {
-            watched.insert(dir.clone());
-        }
     }
 }

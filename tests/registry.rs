@@ -233,3 +233,71 @@ fn bundled_config_is_valid_and_flags_the_dev_secret() {
     );
     assert!(registry.service("api_service").is_some());
 }
+
+#[test]
+fn crls_are_checked_against_the_issuing_ca_and_for_staleness() {
+    use common::pki::Ca;
+    let f = Fixture::new(&[]);
+    let ca = Ca::new("mesh CA");
+    std::fs::write(f.path().join("ca.crt"), ca.cert_pem()).unwrap();
+    let mut svc = Svc::new("a", A_URI, "k-0123456789");
+    svc.ca_file = Some("ca.crt".into());
+    let with_crl = |file: &str| {
+        registry_yaml(
+            &[svc.clone()],
+            &format!("revocation:\n  crl_files: [{file}]\n"),
+        )
+    };
+
+    std::fs::write(f.path().join("good.crl"), ca.crl_pem(&[&[1]])).unwrap();
+    assert!(errors_for(&f, &with_crl("good.crl")).is_empty());
+    assert!(
+        Registry::load(&f.registry_path())
+            .unwrap()
+            .warnings()
+            .is_empty()
+    );
+
+    // Same issuer name, another key: a forged CRL.
+    let impostor = Ca::new("mesh CA");
+    std::fs::write(f.path().join("forged.crl"), impostor.crl_pem(&[&[1]])).unwrap();
+    assert_rejected(&f, &with_crl("forged.crl"), "signature does not verify");
+
+    // Past nextUpdate: still applied, and reported.
+    let stale = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    std::fs::write(f.path().join("stale.crl"), ca.crl_pem_until(&[&[1]], stale)).unwrap();
+    assert!(errors_for(&f, &with_crl("stale.crl")).is_empty());
+    let r = Registry::load(&f.registry_path()).unwrap();
+    assert!(
+        r.warnings().iter().any(|w| w.contains("nextUpdate")),
+        "{:?}",
+        r.warnings()
+    );
+    assert!(r.is_revoked(&[1]));
+    // check-config shows the warning.
+    let config = f.write_config("127.0.0.1:1", "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_service-auth"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning:"));
+}
+
+#[test]
+fn sources_list_every_file_read() {
+    use common::pki::Ca;
+    let f = Fixture::new(&[]);
+    std::fs::write(f.path().join("ca.crt"), Ca::new("x").cert_pem()).unwrap();
+    let mut svc = Svc::new("a", A_URI, "k-0123456789");
+    svc.ca_file = Some("ca.crt".into());
+    std::fs::write(f.registry_path(), registry_yaml(&[svc], "")).unwrap();
+    let r = Registry::load(&f.registry_path()).unwrap();
+    let names: Vec<_> = r
+        .sources()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["registry.yaml", "jwt.key", "ca.crt"]);
+}

@@ -177,11 +177,16 @@ impl Ca {
 
     /// A PEM CRL revoking these serials, signed by this CA.
     pub fn crl_pem(&self, serials: &[&[u8]]) -> String {
+        self.crl_pem_until(serials, OffsetDateTime::now_utc() + Duration::days(7))
+    }
+
+    /// A PEM CRL with the given `nextUpdate`.
+    pub fn crl_pem_until(&self, serials: &[&[u8]], next_update: OffsetDateTime) -> String {
         use rcgen::{CertificateRevocationListParams, RevokedCertParams};
         let now = OffsetDateTime::now_utc();
         let params = CertificateRevocationListParams {
-            this_update: now - Duration::hours(1),
-            next_update: now + Duration::days(7),
+            this_update: next_update.min(now) - Duration::days(1),
+            next_update,
             crl_number: SerialNumber::from(1u64),
             issuing_distribution_point: None,
             revoked_certs: serials
