@@ -278,11 +278,18 @@ pub fn verify<'r>(
         return Err(VerifyError::Malformed);
     }
     let mut parts = token.split('.');
-    let (Some(header_b64), Some(_), Some(_), None) =
+    let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(VerifyError::Malformed);
     };
+    let base64url = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !(base64url(header_b64) && base64url(claims_b64) && base64url(signature_b64)) {
+        return Err(VerifyError::Malformed);
+    }
     let key = &settings.keys[checked_header(settings, header_b64)?];
 
     let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &settings.validation).map_err(
