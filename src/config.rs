@@ -127,6 +127,8 @@ pub struct StaticConfig {
     pub telemetry: Telemetry,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 impl StaticConfig {
@@ -148,6 +150,16 @@ impl StaticConfig {
                 "reload.poll_interval must be above zero",
             ));
         }
+        if config.listen.tls.is_some() && matches!(config.listen.grpc, ListenAddr::Unix(_)) {
+            return Err(ConfigError::invalid(
+                path,
+                "listen.tls needs a TCP address: a Unix socket is protected by its file permissions",
+            ));
+        }
+        config
+            .limits
+            .validate()
+            .map_err(|m| ConfigError::invalid(path, m))?;
         Ok(config)
     }
 }
@@ -203,6 +215,85 @@ pub struct ListenTls {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+}
+
+/// Resource limits of the gRPC listener. Defaults suit one Envoy per pod;
+/// every one can be set in `limits:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest decoded gRPC message. Envoy's CheckRequest carries the
+    /// request headers (at most 60 KiB by default) and the peer certificate.
+    pub max_message_bytes: usize,
+    /// Largest HTTP/2 header block of the gRPC call itself.
+    pub max_header_list_bytes: u32,
+    /// Concurrent Checks per connection (HTTP/2 streams). Envoy keeps one
+    /// connection per worker, so this is a per-worker limit.
+    pub max_concurrent_streams: u32,
+    /// Open connections; further clients wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection must finish its TLS handshake (or, without TLS, send its
+    /// first bytes) within this time, or it is closed.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Upper bound on one Check, after which gRPC answers DEADLINE_EXCEEDED.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// HTTP/2 PING interval, and how long a PING may go unanswered before the
+    /// connection is closed: dead peers do not hold connections.
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 1024 * 1024,
+            max_header_list_bytes: 16 * 1024,
+            max_concurrent_streams: 1024,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_message_bytes", self.max_message_bytes as u64),
+            (
+                "max_header_list_bytes",
+                u64::from(self.max_header_list_bytes),
+            ),
+            (
+                "max_concurrent_streams",
+                u64::from(self.max_concurrent_streams),
+            ),
+            ("max_connections", self.max_connections as u64),
+            (
+                "handshake_timeout",
+                self.handshake_timeout.as_millis() as u64,
+            ),
+            ("request_timeout", self.request_timeout.as_millis() as u64),
+            (
+                "keepalive_interval",
+                self.keepalive_interval.as_millis() as u64,
+            ),
+            (
+                "keepalive_timeout",
+                self.keepalive_timeout.as_millis() as u64,
+            ),
+        ];
+        match positive.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(format!("limits.{name} must be above zero")),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,13 +1,15 @@
 //! service-auth: an Envoy external-authorization sidecar.
 //!
 //! Data flows one way: `config` parses files, `registry` validates them into
-//! an immutable snapshot (which `reload` keeps current), `identity` reads the peer certificate, `check`
-//! decides (a pure function), `token` signs and verifies, `server`
-//! translates to and from gRPC, and `telemetry` observes the result.
+//! an immutable snapshot (which `reload` keeps current), `identity` reads the
+//! peer certificate, `check` decides (a pure function), `token` signs and
+//! verifies, `server` translates to and from gRPC on the connections
+//! `listener` accepts, and `telemetry` observes the result.
 
 pub mod check;
 pub mod config;
 pub mod identity;
+pub mod listener;
 pub mod registry;
 pub mod reload;
 pub mod server;

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use service_auth::config::{self, ConfigError, StaticConfig};
 use service_auth::registry::{self, Registry};
 use service_auth::reload::Reloader;
-use service_auth::{server, telemetry, token};
+use service_auth::{listener, server, telemetry, token};
 
 #[derive(Parser)]
 #[command(
@@ -119,12 +119,6 @@ fn joined(errors: &[ConfigError]) -> anyhow::Error {
 fn serve(config_path: &Path) -> anyhow::Result<()> {
     let config = StaticConfig::load(config_path)?;
     telemetry::init_logging(&config.log).map_err(anyhow::Error::msg)?;
-    if config.listen.tls.is_some() {
-        bail!(
-            "{}: listen.tls is not supported by this build yet",
-            config_path.display()
-        );
-    }
     let registry = Registry::load(&config.registry).map_err(|errors| joined(&errors))?;
     if registry.uses_dev_secret {
         tracing::warn!(
@@ -152,7 +146,30 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
             config.reload.poll_interval,
         );
         tokio::spawn(reloader.run());
-        server::serve(&config.listen.grpc, shared, shutdown_signal()).await?;
+        let tls = match &config.listen.tls {
+            Some(files) => {
+                let (tls_config, not_after) = listener::load_tls(files)
+                    .with_context(|| format!("{}: listen.tls", config_path.display()))?;
+                let state = Arc::new(listener::TlsState {
+                    config: ArcSwap::from_pointee(tls_config),
+                    not_after: not_after.into(),
+                });
+                tokio::spawn(listener::watch_tls(
+                    files.clone(),
+                    state.clone(),
+                    config.reload.poll_interval,
+                ));
+                Some(state)
+            }
+            None => None,
+        };
+        let incoming = listener::bind(&config.listen.grpc, tls.clone(), &config.limits)?;
+        tracing::info!(
+            event = "listening",
+            address = %config.listen.grpc,
+            tls = tls.is_some(),
+        );
+        server::serve(incoming, shared, &config.limits, shutdown_signal()).await?;
         tracing::info!(event = "stopped", "drained in-flight checks; exiting");
         Ok(())
     })

@@ -1,13 +1,14 @@
-//! Keeping the registry snapshot current without a restart.
+//! Keeping file-backed state current without a restart.
 //!
-//! The reloader only builds and swaps snapshots. Three triggers lead to a
-//! reload attempt: file events on the directories of every file the registry
-//! reads (directories, not inodes: Kubernetes updates ConfigMap and Secret
-//! volumes by swapping a `..data` symlink, and editors save by renaming), a
-//! poll that compares file fingerprints (catches what events miss), and
-//! SIGHUP (always reloads). Each attempt builds a complete snapshot on a
-//! blocking thread, off the request path; only a valid one is swapped in.
-//! In-flight Checks finish on the snapshot they loaded.
+//! [`FileWatch`] says *when* a set of files has changed; [`Reloader`] uses it
+//! to rebuild and swap the registry snapshot (the listener uses it for its
+//! TLS files). Three triggers lead to a look: file events on the directories
+//! of the watched files (directories, not inodes: Kubernetes updates
+//! ConfigMap and Secret volumes by swapping a `..data` symlink, and editors
+//! save by renaming), a poll that compares file fingerprints (catches what
+//! events miss), and SIGHUP (always reloads). The reloader builds a complete
+//! snapshot on a blocking thread, off the request path, and swaps in only a
+//! valid one; in-flight Checks finish on the snapshot they loaded.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,15 +25,16 @@ use crate::telemetry;
 /// File events arrive in bursts (truncate + write, rename + chmod, the
 /// kubelet's several symlink steps): wait this long for quiet first.
 const DEBOUNCE: Duration = Duration::from_millis(100);
-/// The longest a burst may delay a look at the files.
+/// The longest a burst may delay a look at the files: a directory that never
+/// goes quiet (a log file written beside the registry) must not starve reloads.
 const MAX_DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// What identifies a file's content without reading it: device, inode,
 /// size and modification time of the path *after* following symlinks, so a
 /// `..data` swap, an atomic rename and an in-place write all change it.
-type Fingerprint = Vec<Option<(u64, u64, u64, i128)>>;
+pub type Fingerprint = Vec<Option<(u64, u64, u64, i128)>>;
 
-fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
+pub fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
     use std::os::unix::fs::MetadataExt;
     paths
         .iter()
@@ -45,11 +47,9 @@ fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
         .collect()
 }
 
-/// Reloads the registry at `path` into `shared` whenever it changes.
-pub struct Reloader {
-    path: PathBuf,
-    shared: SharedRegistry,
-    /// Files the last attempt read, and their state at that time.
+/// Tells when any of a set of files changes (or SIGHUP arrives).
+pub struct FileWatch {
+    /// The files, and their state when last acted upon.
     sources: Vec<PathBuf>,
     seen: Fingerprint,
     poll: tokio::time::Interval,
@@ -59,14 +59,12 @@ pub struct Reloader {
     hangup: Option<tokio::signal::unix::Signal>,
 }
 
-impl Reloader {
-    /// Sets up the watch, the poll and the SIGHUP handler before returning,
-    /// so no change (and no SIGHUP, whose default action would kill the
-    /// process) can slip in between start-up and [`Reloader::run`].
-    /// `shared` already holds the snapshot loaded at start from `path`.
+impl FileWatch {
+    /// Starts watching `sources` as they are now. Everything is set up before
+    /// this returns, so no change (and no SIGHUP, whose default action would
+    /// kill the process) can slip in before the first [`FileWatch::changed`].
     /// Must be called within a Tokio runtime.
-    pub fn start(path: PathBuf, shared: SharedRegistry, poll_interval: Duration) -> Self {
-        let sources = shared.load().sources().to_vec();
+    pub fn new(sources: Vec<PathBuf>, poll_interval: Duration) -> Self {
         let seen = fingerprint(&sources);
         let (tx, events) = mpsc::channel::<()>(1);
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -85,9 +83,7 @@ impl Reloader {
         let mut poll =
             tokio::time::interval_at(tokio::time::Instant::now() + poll_interval, poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reloader = Reloader {
-            path,
-            shared,
+        let mut watch = FileWatch {
             sources,
             seen,
             poll,
@@ -96,19 +92,20 @@ impl Reloader {
             watched: BTreeSet::new(),
             hangup,
         };
-        reloader.watch_sources();
-        reloader
+        watch.watch_dirs();
+        watch
     }
 
-    /// Runs until the task is dropped.
-    pub async fn run(mut self) {
+    /// Waits until the files differ from what was last acted upon, or SIGHUP.
+    /// Returns the fingerprint as it was *before* the caller reads the files:
+    /// pass it back to [`FileWatch::acted`] so a write that lands while the
+    /// caller reads still counts as a change.
+    pub async fn changed(&mut self) -> Fingerprint {
         loop {
             let forced = tokio::select! {
                 _ = self.poll.tick() => false,
                 Some(()) = self.events.recv() => {
-                    // Let the burst finish before looking, but not forever:
-                    // a directory that never goes quiet (a log file written
-                    // beside the registry) must not starve reloads.
+                    // Let the burst finish before looking, within bounds.
                     let deadline = tokio::time::Instant::now() + MAX_DEBOUNCE;
                     while tokio::time::timeout_at(
                         deadline.min(tokio::time::Instant::now() + DEBOUNCE),
@@ -120,19 +117,33 @@ impl Reloader {
                     false
                 }
                 Some(()) = recv_hangup(&mut self.hangup) => {
-                    tracing::info!(event = "sighup", "reloading the registry");
+                    tracing::info!(event = "sighup", "reloading");
                     true
                 }
             };
-            if forced || fingerprint(&self.sources) != self.seen {
-                self.reload().await;
-                self.watch_sources();
+            let now = fingerprint(&self.sources);
+            if forced || now != self.seen {
+                return now;
             }
         }
     }
 
+    /// Records that the caller acted on the files: `before` is what
+    /// [`FileWatch::changed`] returned, `sources` the files the attempt read
+    /// (a new registry may name new files). Unchanged broken files are then
+    /// not retried (and re-reported) on every poll.
+    pub fn acted(&mut self, before: Fingerprint, sources: Vec<PathBuf>) {
+        self.seen = if sources == self.sources {
+            before
+        } else {
+            fingerprint(&sources)
+        };
+        self.sources = sources;
+        self.watch_dirs();
+    }
+
     /// Watches the parent directory of every source (non-recursively).
-    fn watch_sources(&mut self) {
+    fn watch_dirs(&mut self) {
         let Some(watcher) = &mut self.watcher else {
             return;
         };
@@ -160,45 +171,59 @@ impl Reloader {
             }
         }
     }
-
-    /// One attempt: build a snapshot off the runtime's workers, swap it in if valid.
-    async fn reload(&mut self) {
-        let path = self.path.clone();
-        let before = fingerprint(&self.sources);
-        let attempt = tokio::task::spawn_blocking(move || Registry::load_tracked(&path)).await;
-        let loaded = match attempt {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                // The load panicked: a bug, and still not a reason to drop the good snapshot.
-                tracing::error!(event = "registry_reload", result = "failure", error = %e);
-                telemetry::observe_reload(Err(&[]));
-                return;
-            }
-        };
-        // Remember what this attempt saw, so an unchanged broken file is not
-        // retried (and re-reported) on every poll. For the same files, keep
-        // their state from *before* reading: a write that lands during the
-        // load then still differs, and the next look reloads again.
-        self.seen = if loaded.sources == self.sources {
-            before
-        } else {
-            fingerprint(&loaded.sources)
-        };
-        self.sources = loaded.sources;
-        match loaded.result {
-            Ok(registry) => {
-                let registry = Arc::new(registry);
-                telemetry::observe_reload(Ok(&registry));
-                self.shared.store(registry);
-            }
-            Err(errors) => telemetry::observe_reload(Err(&errors)),
-        }
-    }
 }
 
 async fn recv_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
     match signal {
         Some(s) => s.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Reloads the registry at `path` into `shared` whenever it changes.
+pub struct Reloader {
+    path: PathBuf,
+    shared: SharedRegistry,
+    watch: FileWatch,
+}
+
+impl Reloader {
+    /// `shared` already holds the snapshot loaded at start from `path`.
+    /// Must be called within a Tokio runtime (see [`FileWatch::new`]).
+    pub fn start(path: PathBuf, shared: SharedRegistry, poll_interval: Duration) -> Self {
+        let sources = shared.load().sources().to_vec();
+        Reloader {
+            path,
+            shared,
+            watch: FileWatch::new(sources, poll_interval),
+        }
+    }
+
+    /// Runs until the task is dropped.
+    pub async fn run(mut self) {
+        loop {
+            let before = self.watch.changed().await;
+            let path = self.path.clone();
+            let attempt = tokio::task::spawn_blocking(move || Registry::load_tracked(&path)).await;
+            let Ok(loaded) = attempt else {
+                // The load panicked: a bug, and no reason to drop the good snapshot.
+                tracing::error!(
+                    event = "registry_reload",
+                    result = "failure",
+                    error = "panic while loading"
+                );
+                telemetry::observe_reload(Err(&[]));
+                continue;
+            };
+            self.watch.acted(before, loaded.sources);
+            match loaded.result {
+                Ok(registry) => {
+                    let registry = Arc::new(registry);
+                    telemetry::observe_reload(Ok(&registry));
+                    self.shared.store(registry);
+                }
+                Err(errors) => telemetry::observe_reload(Err(&errors)),
+            }
+        }
     }
 }

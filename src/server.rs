@@ -7,7 +7,6 @@
 //! through wherever Envoy runs with `failure_mode_allow: true`.
 
 use std::panic::AssertUnwindSafe;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,7 +20,8 @@ use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
 use crate::check::{self, Decision, Outcome};
-use crate::config::ListenAddr;
+use crate::config::Limits;
+use crate::listener::Incoming;
 use crate::registry::Registry;
 use crate::telemetry;
 
@@ -176,69 +176,28 @@ fn service_auth_metadata(fields: Vec<(&str, String)>) -> Struct {
     }
 }
 
-/// Binds the configured listener and serves until `shutdown` resolves, then
+/// Serves Checks and health on `incoming` until `shutdown` resolves, then
 /// stops accepting and lets in-flight Checks finish.
 pub async fn serve(
-    addr: &ListenAddr,
+    incoming: Incoming,
     registry: SharedRegistry,
+    limits: &Limits,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
+) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<AuthorizationServer<AuthzService>>()
         .await;
-    let router = tonic::transport::Server::builder()
+    let authz = AuthorizationServer::new(AuthzService::new(registry))
+        .max_decoding_message_size(limits.max_message_bytes);
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .http2_max_header_list_size(Some(limits.max_header_list_bytes))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .timeout(limits.request_timeout)
         .add_service(health_service)
-        .add_service(AuthorizationServer::new(AuthzService::new(registry)));
-    match addr {
-        ListenAddr::Tcp(addr) => {
-            // serve_with_incoming does not set TCP_NODELAY for us; without it
-            // small responses wait out Nagle's 40 ms.
-            let incoming = tonic::transport::server::TcpIncoming::bind(*addr)
-                .map_err(|e| ServeError::Bind(addr.to_string(), e))?
-                .with_nodelay(Some(true));
-            tracing::info!(event = "listening", address = %addr);
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-                .map_err(ServeError::Transport)
-        }
-        ListenAddr::Unix(path) => {
-            let listener = bind_unix(path)?;
-            tracing::info!(event = "listening", address = %format!("unix:{}", path.display()));
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-                .map_err(ServeError::Transport)
-        }
-    }
-}
-
-/// Binds a Unix socket readable and writable by owner and group only,
-/// replacing a stale socket file but never any other kind of file.
-fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let bind_err = |e| ServeError::Bind(format!("unix:{}", path.display()), e);
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(bind_err)?,
-        Ok(_) => {
-            return Err(bind_err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "path exists and is not a socket",
-            )));
-        }
-        Err(_) => {}
-    }
-    let listener = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
-    Ok(listener)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("cannot listen on {0}: {1}")]
-    Bind(String, std::io::Error),
-    #[error("gRPC server failed: {0}")]
-    Transport(tonic::transport::Error),
+        .add_service(authz)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
 }
