@@ -4,9 +4,13 @@
 //! an immutable snapshot (which `reload` keeps current), `identity` reads the peer certificate, `check`
 //! decides (a pure function), `token` signs and verifies, `server`
 //! translates to and from gRPC, and `telemetry` observes the result.
+//! Beside that flow: `health` probes a running sidecar, and `devpki`
+//! generates the development-only demo PKI.
 
 pub mod check;
 pub mod config;
+pub mod devpki;
+pub mod health;
 pub mod identity;
 pub mod registry;
 pub mod reload;
