@@ -5,9 +5,13 @@
 //! peer certificate, `check` decides (a pure function), `token` signs and
 //! verifies, `server` translates to and from gRPC on the connections
 //! `listener` accepts, and `telemetry` observes the result.
+//! Beside that flow: `health` probes a running sidecar, and `devpki`
+//! generates the development-only demo PKI.
 
 pub mod check;
 pub mod config;
+pub mod devpki;
+pub mod health;
 pub mod identity;
 pub mod listener;
 pub mod registry;

@@ -5,17 +5,16 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::{Parser, Subcommand};
 
-use service_auth::config::{self, ConfigError, StaticConfig};
+use service_auth::config::{self, ConfigError, ListenAddr, StaticConfig};
 use service_auth::registry::{self, Registry};
 use service_auth::reload::Reloader;
-use service_auth::{listener, server, telemetry, token};
+use service_auth::{devpki, health, listener, server, telemetry, token};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +49,25 @@ enum Command {
     /// Issue or verify mesh tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Ask a running sidecar's gRPC health service; exit 0 only when SERVING.
+    Health {
+        /// `IP:PORT` or `unix:PATH`; default: `listen.grpc` of the config.
+        #[arg(long)]
+        addr: Option<ListenAddr>,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Give up (and fail) after this long, e.g. `2s`.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Generate a DEVELOPMENT CA, certificates, API keys, signing secret and
+    /// configs for the docker-compose demo into DIR. Prints the API keys once.
+    DevPki {
+        dir: PathBuf,
+        /// Overwrite existing files (invalidates what was handed out before).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,7 +101,7 @@ fn main() -> ExitCode {
         Command::GenKey => gen_key(),
         Command::HashKey => hash_key(),
         Command::GenSecret => {
-            println!("{}", random_secret());
+            println!("{}", registry::random_secret());
             Ok(())
         }
         Command::Token(TokenCommand::Issue {
@@ -94,6 +112,12 @@ fn main() -> ExitCode {
         Command::Token(TokenCommand::Verify { config, token }) => {
             token_verify(&config.config, &token)
         }
+        Command::Health {
+            addr,
+            config,
+            timeout,
+        } => health(addr, &config.config, timeout),
+        Command::DevPki { dir, force } => dev_pki(&dir, force),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -224,14 +248,8 @@ fn check_config(config_path: &Path) -> ExitCode {
     }
 }
 
-/// 256 random bits, base64url: no `,` (which would read as a repeated header).
-fn random_secret() -> String {
-    let bytes: [u8; 32] = rand::random();
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
 fn gen_key() -> anyhow::Result<()> {
-    let key = random_secret();
+    let key = registry::random_secret();
     let hash = hex::encode(registry::hash_api_key(key.as_bytes()));
     let id = time::OffsetDateTime::now_utc().date().to_string();
     let mut out = std::io::stdout().lock();
@@ -296,6 +314,48 @@ fn token_verify(config_path: &Path, token: &str) -> anyhow::Result<()> {
     let verified = token::verify(&registry.token, token, unix_now())
         .map_err(|e| anyhow::anyhow!("invalid token ({}): {e}", e.as_str()))?;
     println!("{}", serde_json::to_string_pretty(&verified.claims)?);
+    Ok(())
+}
+
+fn health(addr: Option<ListenAddr>, config_path: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let addr = match addr {
+        Some(addr) => addr,
+        None => StaticConfig::load(config_path)?.listen.grpc,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(health::probe(&addr, timeout))?;
+    println!("SERVING");
+    Ok(())
+}
+
+/// Prints the API keys as `export` lines and comments, so the output can be
+/// `eval`ed into a shell for the README's curl walk-through.
+fn dev_pki(dir: &Path, force: bool) -> anyhow::Result<()> {
+    let generated = devpki::generate(dir, force)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "# DEVELOPMENT PKI written to {}. Not for production.",
+        dir.display()
+    )?;
+    writeln!(
+        out,
+        "# API keys, shown only now (the registry stores their SHA-256):"
+    )?;
+    for service in &generated.services {
+        writeln!(
+            out,
+            "export {}_API_KEY={}  # {}: cert {}, key {}",
+            service.id.to_uppercase(),
+            service.api_key,
+            service.principal,
+            service.cert.display(),
+            service.key.display()
+        )?;
+    }
     Ok(())
 }
 

@@ -35,6 +35,15 @@ pub fn hash_api_key(key: &[u8]) -> KeyHash {
     Sha256::digest(key).into()
 }
 
+/// A new random credential: 256 bits, base64url without padding. Used for API
+/// keys and signing secrets; base64url has no `,`, which would read as a
+/// repeated header.
+pub fn random_secret() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// One registered service.
 #[derive(Debug)]
 pub struct Service {
