@@ -13,6 +13,9 @@
 //!
 //! ```text
 //! certs/ca.crt, certs/envoy.crt, certs/envoy.key   what envoy/envoy.yaml reads
+//! certs/envoy-client.{crt,key}                     Envoy's client certificate for the
+//!                                                  mTLS hop (envoy/envoy-mtls-hop.yaml)
+//! sidecar/sidecar.{crt,key}                        the sidecar's `listen.tls` certificate
 //! ca/ca.key                                        to sign more certificates; mount it nowhere
 //! clients/<service>.crt, clients/<service>.key     for curl, one pair per demo service
 //! secrets/jwt-signing.key                          HS256 secret named by the registry
@@ -44,6 +47,8 @@ pub const DEMO_OTLP_ENDPOINT: &str = "http://otel-collector:4317";
 /// Names Envoy's server certificate answers to: the host (curl to
 /// localhost), the compose service name, and the loopback address.
 pub const ENVOY_SERVER_NAMES: [&str; 3] = ["localhost", "envoy", "127.0.0.1"];
+/// Names the sidecar's `listen.tls` certificate answers to (envoy/envoy-mtls-hop.yaml checks `service-auth`).
+pub const SIDECAR_SERVER_NAMES: [&str; 2] = ["service-auth", "localhost"];
 
 /// A demo service: its registry id and the scopes it is allowed.
 pub struct DemoService {
@@ -130,9 +135,20 @@ pub fn generate(dir: &Path, force: bool) -> Result<Generated, DevPkiError> {
     let ca = CertifiedIssuer::self_signed(ca_params(now), ca_key)?;
     outputs.push(Output::public("certs/ca.crt", ca.pem()));
 
-    let (cert, key) = sign(envoy_params(now)?, &ca)?;
+    let (cert, key) = sign(server_params("envoy", &ENVOY_SERVER_NAMES, now)?, &ca)?;
     outputs.push(Output::public("certs/envoy.crt", cert));
     outputs.push(Output::secret("certs/envoy.key", key));
+
+    // The Envoy -> sidecar hop, for `listen.tls` and envoy/envoy-mtls-hop.yaml.
+    let (cert, key) = sign(
+        server_params("service-auth", &SIDECAR_SERVER_NAMES, now)?,
+        &ca,
+    )?;
+    outputs.push(Output::public("sidecar/sidecar.crt", cert));
+    outputs.push(Output::secret("sidecar/sidecar.key", key));
+    let (cert, key) = sign(hop_client_params(now), &ca)?;
+    outputs.push(Output::public("certs/envoy-client.crt", cert));
+    outputs.push(Output::secret("certs/envoy-client.key", key));
 
     let mut services = Vec::new();
     for service in &DEMO_SERVICES {
@@ -176,15 +192,33 @@ fn ca_params(now: OffsetDateTime) -> CertificateParams {
     params
 }
 
-fn envoy_params(now: OffsetDateTime) -> Result<CertificateParams, rcgen::Error> {
-    let names: Vec<String> = ENVOY_SERVER_NAMES.iter().map(|n| n.to_string()).collect();
+fn server_params(
+    cn: &str,
+    names: &[&str],
+    now: OffsetDateTime,
+) -> Result<CertificateParams, rcgen::Error> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let mut params = CertificateParams::new(names)?;
-    params.distinguished_name.push(DnType::CommonName, "envoy");
+    params.distinguished_name.push(DnType::CommonName, cn);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.not_before = now - Duration::hours(1);
     params.not_after = now + Duration::days(90);
     Ok(params)
+}
+
+/// Envoy's client certificate for the hop to the sidecar: the sidecar's
+/// `client_ca` check is what it proves, so it carries no service identity.
+fn hop_client_params(now: OffsetDateTime) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "envoy ext_authz client");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(90);
+    params
 }
 
 /// A client certificate whose identity is its URI SAN. The CN repeats the

@@ -48,6 +48,14 @@ impl Sidecar {
     /// Starts `serve --config <config>` listening on `addr`, and waits until
     /// its health service reports SERVING.
     pub async fn start(config: &Path, addr: SocketAddr) -> Sidecar {
+        let mut sidecar = Sidecar::spawn(config, addr);
+        sidecar.wait_serving().await;
+        sidecar
+    }
+
+    /// Starts `serve --config <config>` without waiting for readiness (for
+    /// listeners the plaintext health probe cannot reach).
+    pub fn spawn(config: &Path, addr: SocketAddr) -> Sidecar {
         let log = config.with_extension("log");
         let child = Command::new(env!("CARGO_BIN_EXE_service-auth"))
             .arg("serve")
@@ -58,9 +66,14 @@ impl Sidecar {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn service-auth");
-        let mut sidecar = Sidecar { child, addr, log };
-        sidecar.wait_serving().await;
-        sidecar
+        Sidecar { child, addr, log }
+    }
+
+    /// Panics with the log if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("service-auth exited with {status}: {}", self.log_text());
+        }
     }
 
     async fn wait_serving(&mut self) {
@@ -160,8 +173,18 @@ pub struct EnvoyPorts {
 /// Reads the shipped `envoy/envoy.yaml` and changes only addresses and
 /// ports, so the tests run every security-relevant setting as shipped.
 pub fn envoy_config(ports: &EnvoyPorts) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/envoy.yaml");
-    let text = std::fs::read_to_string(&path).expect("read envoy/envoy.yaml");
+    envoy_config_variant("envoy/envoy.yaml", ports, None)
+}
+
+/// Like [`envoy_config`] for any file in `envoy/`; a variant that reaches
+/// the sidecar over a Unix socket gets `sidecar_socket` as its path.
+pub fn envoy_config_variant(
+    file: &str,
+    ports: &EnvoyPorts,
+    sidecar_socket: Option<&Path>,
+) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let text = std::fs::read_to_string(&path).expect("read the envoy config");
     let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("parse envoy.yaml");
     let set_addr = |v: &mut serde_yaml::Value, ip: String, port: u16| {
         let sa = &mut v["socket_address"];
@@ -188,11 +211,16 @@ pub fn envoy_config(ports: &EnvoyPorts) -> String {
         };
         let endpoint =
             &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"];
-        set_addr(
-            &mut endpoint["address"],
-            target.ip().to_string(),
-            target.port(),
-        );
+        if endpoint["address"].get("pipe").is_some() {
+            let socket = sidecar_socket.expect("this variant needs a sidecar socket path");
+            endpoint["address"]["pipe"]["path"] = socket.display().to_string().into();
+        } else {
+            set_addr(
+                &mut endpoint["address"],
+                target.ip().to_string(),
+                target.port(),
+            );
+        }
     }
     serde_yaml::to_string(&doc).unwrap()
 }
