@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
@@ -15,6 +16,8 @@ use clap::{Parser, Subcommand};
 use service_auth::config::{self, ConfigError, StaticConfig};
 use service_auth::registry::{self, Registry};
 use service_auth::reload::Reloader;
+use service_auth::server::{Readiness, RegistrySlot};
+use service_auth::telemetry::export::{ExportSettings, MetricsExport};
 use service_auth::{server, telemetry, token};
 
 #[derive(Parser)]
@@ -116,6 +119,10 @@ fn joined(errors: &[ConfigError]) -> anyhow::Error {
     anyhow::anyhow!("invalid registry:\n  {}", lines.join("\n  "))
 }
 
+/// How long shutdown waits for the last metrics export: a dead or hanging
+/// collector must not keep a terminating pod alive.
+const METRICS_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
 fn serve(config_path: &Path) -> anyhow::Result<()> {
     let config = StaticConfig::load(config_path)?;
     telemetry::init_logging(&config.log).map_err(anyhow::Error::msg)?;
@@ -125,7 +132,68 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
             config_path.display()
         );
     }
-    let registry = Registry::load(&config.registry).map_err(|errors| joined(&errors))?;
+    let export = ExportSettings::resolve(&config.telemetry, |var| std::env::var(var).ok())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let slot = RegistrySlot::default();
+    let metrics = match &export {
+        Some(settings) => {
+            // The gRPC exporter's channel is spawned on the runtime.
+            let _context = runtime.enter();
+            let metrics = MetricsExport::start(settings, slot.clone())?;
+            tracing::info!(
+                event = "metrics_export",
+                protocol = ?settings.protocol,
+                endpoint = settings.endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_* environment)"),
+                interval = ?settings.interval,
+                service_name = %settings.service_name,
+            );
+            Some(metrics)
+        }
+        None => None,
+    };
+    let result = runtime.block_on(run(&config, slot));
+    // Flush from this thread, outside the runtime's workers: the exporter's
+    // channel needs them running while the flush waits (PITFALLS: tonic
+    // exporter deadlock).
+    if let Some(metrics) = metrics {
+        match metrics.shutdown(METRICS_FLUSH_TIMEOUT) {
+            Ok(()) => tracing::info!(event = "metrics_flushed"),
+            Err(e) => tracing::warn!(event = "metrics_flush_failed", error = %e),
+        }
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Listens first (health NOT_SERVING), then loads the registry off the
+/// workers, installs it (SERVING) and serves until SIGTERM or Ctrl-C.
+async fn run(config: &StaticConfig, slot: RegistrySlot) -> anyhow::Result<()> {
+    let listener = server::bind(&config.listen.grpc)?;
+    let readiness = Readiness::new(slot).await;
+    let (abort, aborted) = tokio::sync::oneshot::channel::<()>();
+    let stop = async {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            _ = aborted => {}
+        }
+    };
+    let server = tokio::spawn(server::serve(listener, readiness.clone(), stop));
+
+    let path = config.registry.clone();
+    let loaded = tokio::task::spawn_blocking(move || Registry::load(&path))
+        .await
+        .context("loading the registry panicked")?;
+    let registry = match loaded {
+        Ok(registry) => registry,
+        Err(errors) => {
+            let _ = abort.send(());
+            let _ = server.await;
+            return Err(joined(&errors));
+        }
+    };
     if registry.uses_dev_secret {
         tracing::warn!(
             event = "dev_signing_secret",
@@ -141,21 +209,16 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
         tracing::warn!(event = "registry_warning", warning = %warning);
     }
     let shared = Arc::new(ArcSwap::from_pointee(registry));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let reloader = Reloader::new(
-            config.registry.clone(),
-            shared.clone(),
-            config.reload.poll_interval,
-        );
-        tokio::spawn(reloader.run());
-        server::serve(&config.listen.grpc, shared, shutdown_signal()).await?;
-        tracing::info!(event = "stopped", "drained in-flight checks; exiting");
-        Ok(())
-    })
+    let reloader = Reloader::new(
+        config.registry.clone(),
+        shared.clone(),
+        config.reload.poll_interval,
+    );
+    tokio::spawn(reloader.run());
+    readiness.serving(shared).await;
+    server.await.context("the server task panicked")??;
+    tracing::info!(event = "stopped", "drained in-flight checks; exiting");
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -1,0 +1,46 @@
+//! Credentials that expire, for the `service_auth.credentials.expiry` gauge.
+//!
+//! The gauge's `kind` attribute names where a credential comes from:
+//!
+//! * `api_key` — every registry API key with a `not_after`
+//!   (`service` = its service id, `id` = the key id). Keys without one never
+//!   expire and are not reported.
+//! * `signing_key` — reported only for signing keys that carry an expiry
+//!   date. HS256 secrets in the registry have none today, so this kind does
+//!   not appear yet; a key format with an expiry adds its entries here.
+//! * `listener_certificate` — the sidecar's own certificate once `listen.tls`
+//!   is implemented; that listener will add its `not_after` here, with
+//!   `service` = `"listener"` and `id` = the certificate file name.
+//!
+//! All values come from the registry or the static config, never from a
+//! request, so the series count is bounded by what the operator configures.
+
+use crate::registry::Registry;
+
+/// One credential and when it stops working.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    pub kind: &'static str,
+    pub service: String,
+    pub id: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// Every expiring credential in `registry`.
+pub fn expiries(registry: &Registry) -> Vec<Expiry> {
+    registry
+        .services()
+        .iter()
+        .flat_map(|service| {
+            service.api_keys.iter().filter_map(|key| {
+                key.not_after.map(|not_after| Expiry {
+                    kind: "api_key",
+                    service: service.id.clone(),
+                    id: key.id.clone(),
+                    not_after,
+                })
+            })
+        })
+        .collect()
+}
