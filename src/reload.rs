@@ -24,6 +24,9 @@ use crate::telemetry;
 /// File events arrive in bursts (truncate + write, rename + chmod, the
 /// kubelet's several symlink steps): wait this long for quiet first.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// ...but never longer than this: a neighbour file written all the time (a
+/// log file next to the registry) must not postpone a reload forever.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// What identifies a file's content without reading it: device, inode,
 /// size and modification time of the path *after* following symlinks, so a
@@ -72,7 +75,9 @@ impl Reloader {
         let (tx, mut events) = mpsc::channel::<()>(1);
         let mut watcher = match notify::recommended_watcher(
             move |res: notify::Result<notify::Event>| {
-                if res.is_ok() {
+                // Opening or reading a file changes nothing, and happens all
+                // the time (our own reloads, anyone reading the directory).
+                if res.is_ok_and(|e| !e.kind.is_access()) {
                     // A full channel already means "something changed".
                     let _ = tx.try_send(());
                 }
@@ -99,7 +104,10 @@ impl Reloader {
                 _ = poll.tick() => false,
                 Some(()) = events.recv() => {
                     // Let the burst finish before looking.
-                    while tokio::time::timeout(DEBOUNCE, events.recv()).await.is_ok_and(|e| e.is_some()) {}
+                    let give_up = tokio::time::Instant::now() + MAX_DEBOUNCE;
+                    while tokio::time::Instant::now() < give_up
+                        && tokio::time::timeout(DEBOUNCE, events.recv()).await.is_ok_and(|e| e.is_some())
+                    {}
                     false
                 }
                 Some(()) = recv_hangup(&mut hangup) => {
