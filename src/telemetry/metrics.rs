@@ -212,3 +212,59 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::Denial;
+
+    fn denial(mode: Mode, reason: Reason, token_error: Option<VerifyError>) -> Decision<'static> {
+        Decision::Deny(Denial {
+            mode,
+            reason,
+            service: None,
+            token_error,
+        })
+    }
+
+    #[test]
+    fn token_verification_outcomes() {
+        let bad_sig = denial(
+            Mode::Verify,
+            Reason::InvalidToken,
+            Some(VerifyError::BadSignature),
+        );
+        assert_eq!(
+            token_verification(&bad_sig),
+            Some(("failure", "bad_signature"))
+        );
+        let scope = denial(Mode::Verify, Reason::ScopeNotAllowed, None);
+        assert_eq!(token_verification(&scope), Some(("success", NO_REASON)));
+        let cnf = denial(Mode::Verify, Reason::InvalidToken, None);
+        assert_eq!(
+            token_verification(&cnf),
+            Some(("failure", CERTIFICATE_BINDING))
+        );
+        let issue = denial(Mode::Issue, Reason::InvalidApiKey, None);
+        assert_eq!(token_verification(&issue), None);
+    }
+
+    #[test]
+    fn alerts_cover_stolen_credentials_and_forged_tokens() {
+        let forged = denial(
+            Mode::Verify,
+            Reason::InvalidToken,
+            Some(VerifyError::BadSignature),
+        );
+        assert_eq!(alert(&forged), Some(INVALID_TOKEN_SIGNATURE));
+        let expired = denial(
+            Mode::Verify,
+            Reason::ExpiredToken,
+            Some(VerifyError::Expired),
+        );
+        assert_eq!(alert(&expired), None);
+        for reason in Reason::ALL {
+            assert_eq!(alert(&denial(Mode::Issue, reason, None)), reason.alert());
+        }
+    }
+}
