@@ -160,6 +160,13 @@ impl StaticConfig {
             .limits
             .validate()
             .map_err(|m| ConfigError::invalid(path, m))?;
+        let otlp = config.telemetry.otlp.as_ref();
+        if otlp.and_then(|o| o.interval).is_some_and(|i| i.is_zero()) {
+            return Err(ConfigError::invalid(
+                path,
+                "telemetry.otlp.interval must be above zero",
+            ));
+        }
         Ok(config)
     }
 }
@@ -311,44 +318,27 @@ impl Default for Reload {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `telemetry`: every field is optional so that the standard `OTEL_*`
+/// environment variables can fill what the file leaves out (the file wins
+/// where it speaks; see `telemetry::export`).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Telemetry {
     pub otlp: Option<Otlp>,
-    #[serde(default = "default_service_name")]
-    pub service_name: String,
+    pub service_name: Option<String>,
 }
 
-impl Default for Telemetry {
-    fn default() -> Self {
-        Telemetry {
-            otlp: None,
-            service_name: default_service_name(),
-        }
-    }
-}
-
-fn default_service_name() -> String {
-    "service-auth".into()
-}
-
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Otlp {
     pub endpoint: Option<String>,
-    #[serde(default)]
-    pub protocol: OtlpProtocol,
-    #[serde(default = "default_export_interval", deserialize_with = "duration")]
-    pub interval: Duration,
+    pub protocol: Option<OtlpProtocol>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub interval: Option<Duration>,
 }
 
-fn default_export_interval() -> Duration {
-    Duration::from_secs(10)
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum OtlpProtocol {
-    #[default]
     #[serde(rename = "grpc")]
     Grpc,
     #[serde(rename = "http/protobuf")]
@@ -500,6 +490,10 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s)
         .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 #[cfg(test)]

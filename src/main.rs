@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand};
 use service_auth::config::{self, ConfigError, ListenAddr, StaticConfig};
 use service_auth::registry::{self, Registry};
 use service_auth::reload::Reloader;
+use service_auth::server::{Readiness, RegistrySlot};
+use service_auth::telemetry::export::{ExportSettings, MetricsExport};
 use service_auth::{devpki, health, listener, server, telemetry, token};
 
 #[derive(Parser)]
@@ -140,10 +142,106 @@ fn joined(errors: &[ConfigError]) -> anyhow::Error {
     anyhow::anyhow!("invalid registry:\n  {}", lines.join("\n  "))
 }
 
+/// How long shutdown waits for the last metrics export: a dead or hanging
+/// collector must not keep a terminating pod alive.
+const METRICS_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
 fn serve(config_path: &Path) -> anyhow::Result<()> {
     let config = StaticConfig::load(config_path)?;
     telemetry::init_logging(&config.log).map_err(anyhow::Error::msg)?;
-    let registry = Registry::load(&config.registry).map_err(|errors| joined(&errors))?;
+    let export = ExportSettings::resolve(&config.telemetry, |var| std::env::var(var).ok())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let slot = RegistrySlot::default();
+    let metrics = match &export {
+        Some(settings) => {
+            // The gRPC exporter's channel is spawned on the runtime.
+            let _context = runtime.enter();
+            let metrics = MetricsExport::start(settings, slot.clone())?;
+            tracing::info!(
+                event = "metrics_export",
+                protocol = ?settings.protocol,
+                endpoint = settings.endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_* environment)"),
+                interval = ?settings.interval,
+                service_name = %settings.service_name,
+            );
+            Some(metrics)
+        }
+        None => None,
+    };
+    let result = runtime.block_on(run(&config, slot));
+    // Flush from this thread, outside the runtime's workers: the exporter's
+    // channel needs them running while the flush waits (PITFALLS: tonic
+    // exporter deadlock).
+    if let Some(metrics) = metrics {
+        match metrics.shutdown(METRICS_FLUSH_TIMEOUT) {
+            Ok(()) => tracing::info!(event = "metrics_flushed"),
+            Err(e) => tracing::warn!(event = "metrics_flush_failed", error = %e),
+        }
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Listens first (health NOT_SERVING), then loads the registry off the
+/// workers, installs it (SERVING) and serves until SIGTERM or Ctrl-C.
+async fn run(config: &StaticConfig, slot: RegistrySlot) -> anyhow::Result<()> {
+    let tls = match &config.listen.tls {
+        Some(files) => {
+            let (tls_config, not_after) = listener::load_tls(files).context("listen.tls")?;
+            let state = Arc::new(listener::TlsState {
+                config: ArcSwap::from_pointee(tls_config),
+                not_after: not_after.into(),
+            });
+            let id = files
+                .cert
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            telemetry::credentials::track_listener_certificate(state.clone(), id);
+            tokio::spawn(listener::watch_tls(
+                files.clone(),
+                state.clone(),
+                config.reload.poll_interval,
+            ));
+            Some(state)
+        }
+        None => None,
+    };
+    let incoming = listener::bind(&config.listen.grpc, tls.clone(), &config.limits)?;
+    tracing::info!(
+        event = "listening",
+        address = %config.listen.grpc,
+        tls = tls.is_some(),
+    );
+    let readiness = Readiness::new(slot).await;
+    let readiness_for_server = readiness.clone();
+    let (abort, aborted) = tokio::sync::oneshot::channel::<()>();
+    let stop = async {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            _ = aborted => {}
+        }
+    };
+    let limits = config.limits.clone();
+    let server =
+        tokio::spawn(
+            async move { server::serve(incoming, readiness_for_server, &limits, stop).await },
+        );
+
+    let path = config.registry.clone();
+    let loaded = tokio::task::spawn_blocking(move || Registry::load(&path))
+        .await
+        .context("loading the registry panicked")?;
+    let registry = match loaded {
+        Ok(registry) => registry,
+        Err(errors) => {
+            let _ = abort.send(());
+            let _ = server.await;
+            return Err(joined(&errors));
+        }
+    };
     if registry.uses_dev_secret {
         tracing::warn!(
             event = "dev_signing_secret",
@@ -159,44 +257,16 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
         tracing::warn!(event = "registry_warning", warning = %warning);
     }
     let shared = Arc::new(ArcSwap::from_pointee(registry));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let reloader = Reloader::start(
-            config.registry.clone(),
-            shared.clone(),
-            config.reload.poll_interval,
-        );
-        tokio::spawn(reloader.run());
-        let tls = match &config.listen.tls {
-            Some(files) => {
-                let (tls_config, not_after) = listener::load_tls(files)
-                    .with_context(|| format!("{}: listen.tls", config_path.display()))?;
-                let state = Arc::new(listener::TlsState {
-                    config: ArcSwap::from_pointee(tls_config),
-                    not_after: not_after.into(),
-                });
-                tokio::spawn(listener::watch_tls(
-                    files.clone(),
-                    state.clone(),
-                    config.reload.poll_interval,
-                ));
-                Some(state)
-            }
-            None => None,
-        };
-        let incoming = listener::bind(&config.listen.grpc, tls.clone(), &config.limits)?;
-        tracing::info!(
-            event = "listening",
-            address = %config.listen.grpc,
-            tls = tls.is_some(),
-        );
-        server::serve(incoming, shared, &config.limits, shutdown_signal()).await?;
-        tracing::info!(event = "stopped", "drained in-flight checks; exiting");
-        Ok(())
-    })
+    let reloader = Reloader::start(
+        config.registry.clone(),
+        shared.clone(),
+        config.reload.poll_interval,
+    );
+    tokio::spawn(reloader.run());
+    readiness.serving(shared).await;
+    server.await.context("the server task panicked")??;
+    tracing::info!(event = "stopped", "drained in-flight checks; exiting");
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -68,7 +68,9 @@ impl FileWatch {
         let seen = fingerprint(&sources);
         let (tx, events) = mpsc::channel::<()>(1);
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Opening or reading a file changes nothing, and happens all the
+            // time (our own reloads, anyone reading the directory).
+            if res.is_ok_and(|e| !e.kind.is_access()) {
                 // A full channel already means "something changed".
                 let _ = tx.try_send(());
             }

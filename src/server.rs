@@ -7,8 +7,8 @@
 //! through wherever Envoy runs with `failure_mode_allow: true`.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::{
@@ -17,7 +17,10 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::check::{self, Decision, Outcome};
 use crate::config::Limits;
@@ -28,32 +31,47 @@ use crate::telemetry;
 /// Shared handle to the registry snapshot that Checks read and reloads replace.
 pub type SharedRegistry = Arc<ArcSwap<Registry>>;
 
+/// Where Checks find the registry: empty until the first one is loaded. The
+/// listener is up before that (so health checks can say NOT_SERVING), and a
+/// Check that arrives meanwhile fails closed with `internal_error` (503).
+pub type RegistrySlot = Arc<OnceLock<SharedRegistry>>;
+
+/// How long SIGTERM waits for in-flight Checks. Envoy gives up on a Check
+/// far sooner (0.5 s in `envoy/envoy.yaml`); this only stops a stuck client
+/// from holding the process past Kubernetes' default 30 s grace period.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The `Authorization` service.
 #[derive(Clone)]
 pub struct AuthzService {
-    registry: SharedRegistry,
+    registry: RegistrySlot,
 }
 
 impl AuthzService {
-    pub fn new(registry: SharedRegistry) -> Self {
+    pub fn new(registry: RegistrySlot) -> Self {
         AuthzService { registry }
     }
 
     /// Decides one request against the current snapshot. In-flight Checks
     /// keep the snapshot they started with even if a reload swaps it.
     pub fn check_now(&self, req: &CheckRequest) -> CheckResponse {
-        let snapshot = self.registry.load();
-        let now = unix_now();
-        // A panic in the decision is a bug, and still a denial (fail closed).
-        let decision =
-            std::panic::catch_unwind(AssertUnwindSafe(|| check::decide(req, &snapshot, now)))
-                .unwrap_or(Decision::Deny(check::Denial {
-                    mode: check::Mode::Issue,
-                    reason: check::Reason::InternalError,
-                    service: None,
-                    token_error: None,
-                }));
-        telemetry::observe_check(req, &decision);
+        let started = Instant::now();
+        let internal_error = Decision::Deny(check::Denial {
+            mode: check::Mode::Issue,
+            reason: check::Reason::InternalError,
+            service: None,
+            token_error: None,
+        });
+        let snapshot = self.registry.get().map(|shared| shared.load_full());
+        let decision = match &snapshot {
+            // A panic in the decision is a bug, and still a denial (fail closed).
+            Some(registry) => std::panic::catch_unwind(AssertUnwindSafe(|| {
+                check::decide(req, registry, unix_now())
+            }))
+            .unwrap_or(internal_error),
+            None => internal_error,
+        };
+        telemetry::observe_check(req, &decision, started.elapsed());
         to_response(decision)
     }
 }
@@ -176,28 +194,90 @@ fn service_auth_metadata(fields: Vec<(&str, String)>) -> Struct {
     }
 }
 
-/// Serves Checks and health on `incoming` until `shutdown` resolves, then
-/// stops accepting and lets in-flight Checks finish.
+/// What `grpc.health.v1.Health` reports, for the overall server (`""`) and
+/// for `envoy.service.auth.v3.Authorization`: NOT_SERVING until a registry
+/// is installed, SERVING while Checks can be decided, NOT_SERVING again once
+/// shutdown begins.
+#[derive(Clone)]
+pub struct Readiness {
+    health: HealthReporter,
+    registry: RegistrySlot,
+}
+
+impl Readiness {
+    /// Starts NOT_SERVING, with Checks reading `registry` once it is filled.
+    pub async fn new(registry: RegistrySlot) -> Readiness {
+        let readiness = Readiness {
+            health: HealthReporter::new(),
+            registry,
+        };
+        readiness.set(ServingStatus::NotServing).await;
+        readiness
+    }
+
+    /// Installs the first registry and reports SERVING. Later registries
+    /// arrive by swapping inside `shared` (the reloader), not through here.
+    pub async fn serving(&self, shared: SharedRegistry) {
+        // Only main installs, once; a second call would change nothing Checks read.
+        let _ = self.registry.set(shared);
+        self.set(ServingStatus::Serving).await;
+    }
+
+    /// Reports NOT_SERVING: load balancers and probes stop sending work.
+    pub async fn not_serving(&self) {
+        self.set(ServingStatus::NotServing).await;
+    }
+
+    async fn set(&self, status: ServingStatus) {
+        self.health.set_service_status("", status).await;
+        self.health
+            .set_service_status(
+                <AuthorizationServer<AuthzService> as NamedService>::NAME,
+                status,
+            )
+            .await;
+    }
+}
+
+/// Serves Checks and health on `incoming` until `shutdown` resolves; then
+/// reports NOT_SERVING, stops accepting, and lets in-flight Checks finish
+/// (for at most [`DRAIN_TIMEOUT`]).
 pub async fn serve(
     incoming: Incoming,
-    registry: SharedRegistry,
+    readiness: Readiness,
     limits: &Limits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<AuthorizationServer<AuthzService>>()
-        .await;
-    let authz = AuthorizationServer::new(AuthzService::new(registry))
+    let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+    let health = tonic_health::pb::health_server::HealthServer::new(
+        HealthService::from_health_reporter(readiness.health.clone()),
+    );
+    let authz = AuthorizationServer::new(AuthzService::new(readiness.registry.clone()))
         .max_decoding_message_size(limits.max_message_bytes);
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .http2_max_header_list_size(Some(limits.max_header_list_bytes))
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .timeout(limits.request_timeout)
-        .add_service(health_service)
-        .add_service(authz)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .add_service(health)
+        .add_service(authz);
+    let shutdown = async move {
+        shutdown.await;
+        readiness.not_serving().await;
+        let _ = draining.send(());
+    };
+    let deadline = async move {
+        if drain_started.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        result = router.serve_with_incoming_shutdown(incoming, shutdown) => result,
+        () = deadline => {
+            tracing::warn!(event = "drain_timeout", timeout = ?DRAIN_TIMEOUT, "in-flight checks did not finish in time; stopping anyway");
+            Ok(())
+        }
+    }
 }

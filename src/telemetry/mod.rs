@@ -1,7 +1,15 @@
-//! Observing the sidecar: structured logs now, OTLP metrics beside them.
+//! Observing the sidecar: structured logs and OTLP metrics.
 //!
 //! Telemetry only observes. It receives decisions after they are made and
 //! never influences one; nothing here may block a Check or log a secret.
+//! `export` runs the OTLP pipeline, `metrics` owns the instruments,
+//! `credentials` lists what expires.
+
+pub mod credentials;
+pub mod export;
+pub mod metrics;
+
+use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 
@@ -29,9 +37,11 @@ pub fn init_logging(log: &Log) -> Result<(), String> {
     result.map_err(|e| format!("cannot install the log subscriber: {e}"))
 }
 
-/// Records one Check. Denials get a log line with the reason, the service
-/// (when known), Envoy's request id and the peer address; never a credential.
-pub fn observe_check(req: &CheckRequest, decision: &Decision<'_>) {
+/// Records one Check that took `elapsed`: metrics for every decision, and
+/// for denials a log line with the reason, the service (when known), Envoy's
+/// request id and the peer address; never a credential.
+pub fn observe_check(req: &CheckRequest, decision: &Decision<'_>, elapsed: Duration) {
+    metrics::record_check(decision, elapsed);
     let Decision::Deny(denial) = decision else {
         return;
     };
@@ -59,7 +69,7 @@ pub fn observe_check(req: &CheckRequest, decision: &Decision<'_>) {
         event = "check_denied",
         reason = denial.reason.as_str(),
         mode = denial.mode.as_str(),
-        service = denial.service.unwrap_or("unknown"),
+        service = denial.service.unwrap_or(metrics::UNKNOWN_SERVICE),
         request_id = truncate(request_id, 128),
         peer_address = truncate(peer_address, 64),
         peer_port,
@@ -81,6 +91,7 @@ fn truncate(s: &str, max: usize) -> &str {
 
 /// Records one registry reload attempt: one log line either way.
 pub fn observe_reload(result: Result<&Registry, &[ConfigError]>) {
+    metrics::record_reload(result.is_ok());
     match result {
         Ok(registry) => {
             tracing::info!(
