@@ -239,8 +239,8 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Open connections; further clients wait in the kernel's backlog.
     pub max_connections: usize,
-    /// A connection must finish its TLS handshake (or, without TLS, send its
-    /// first bytes) within this time, or it is closed.
+    /// A TCP connection must finish its TLS handshake (or, without TLS, send
+    /// its first byte) within this time, or it is closed.
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
     /// Upper bound on one Check, after which gRPC answers DEADLINE_EXCEEDED.

@@ -5,7 +5,7 @@
 //! certificate, key and client CA hot-reloaded without dropping established
 //! connections; a broken new set keeps the old one), and the limits that
 //! keep slow or idle clients from pinning resources: a connection cap, and
-//! a deadline for the TLS handshake (or, without TLS, for the first bytes).
+//! a deadline for the TLS handshake (or, on plain TCP, for the first byte).
 
 use std::io;
 use std::path::Path;
@@ -151,7 +151,7 @@ pub fn bind(
         }
         ListenAddr::Unix(path) => {
             let listener = bind_unix(path).map_err(|e| ListenError::Bind(addr.to_string(), e))?;
-            tokio::spawn(accept_unix(listener, slots, deadline, tx));
+            tokio::spawn(accept_unix(listener, slots, tx));
         }
     }
     Ok(ReceiverStream::new(rx))
@@ -186,8 +186,9 @@ async fn accept_tcp(
                         Err(_) => return,
                     }
                 }
-                None => match tokio::time::timeout(deadline, stream.readable()).await {
-                    Ok(Ok(())) => Io::Tcp(stream),
+                // `readable()` may wake spuriously; `peek` waits for a byte.
+                None => match tokio::time::timeout(deadline, stream.peek(&mut [0u8; 1])).await {
+                    Ok(Ok(n)) if n > 0 => Io::Tcp(stream),
                     _ => return,
                 },
             };
@@ -199,24 +200,21 @@ async fn accept_tcp(
 async fn accept_unix(
     listener: tokio::net::UnixListener,
     slots: Arc<Semaphore>,
-    deadline: Duration,
     tx: mpsc::Sender<io::Result<Conn>>,
 ) {
     loop {
         let Some((permit, (stream, _peer))) = next(&slots, &tx, || listener.accept()).await else {
             return;
         };
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(deadline, stream.readable()).await {
-                let _ = tx
-                    .send(Ok(Conn {
-                        io: Io::Unix(stream),
-                        _slot: permit,
-                    }))
-                    .await;
-            }
-        });
+        // No first-byte deadline here: only processes allowed by the socket's
+        // file permissions can connect, and HTTP/2 keepalive still applies.
+        let conn = Conn {
+            io: Io::Unix(stream),
+            _slot: permit,
+        };
+        if tx.send(Ok(conn)).await.is_err() {
+            return;
+        }
     }
 }
 

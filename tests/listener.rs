@@ -1,0 +1,416 @@
+//! The listener: mTLS and Unix-socket hops through a real Envoy, who is
+//! refused at the handshake, certificate rotation under a running sidecar,
+//! and idle connections that must not starve a normal client.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::pki::{Ca, ClientSpec, Issued};
+use common::procs::{Echo, Envoy, EnvoyPorts, Sidecar, envoy_config_variant, free_port, poll};
+use common::{Fixture, Req, Svc, unix_now};
+use envoy_types::ext_authz::v3::pb::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const A_URI: &str = "spiffe://mesh.test/a";
+const A_KEY: &str = "key-of-a-0123456789";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A fixture whose sidecar listens with `listen.tls`.
+struct TlsSidecar {
+    fixture: Fixture,
+    ca: Ca,
+    sidecar: Sidecar,
+    /// Envoy's client certificate for the hop.
+    client: Issued,
+    served: Issued,
+}
+
+fn write_pair(dir: &Path, name: &str, issued: &Issued) {
+    std::fs::write(dir.join(format!("{name}.crt")), &issued.cert_pem).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), &issued.key_pem).unwrap();
+}
+
+async fn tls_sidecar() -> TlsSidecar {
+    let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
+    let ca = Ca::new("hop CA");
+    let tls_dir = fixture.path().join("tls");
+    std::fs::create_dir(&tls_dir).unwrap();
+    let served = ca.server("service-auth");
+    write_pair(&tls_dir, "sidecar", &served);
+    std::fs::write(tls_dir.join("ca.crt"), ca.cert_pem()).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = fixture.write_config(&addr.to_string(), "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("  grpc: {addr}\n"),
+        &format!("  grpc: {addr}\n  tls:\n    cert: tls/sidecar.crt\n    key: tls/sidecar.key\n    client_ca: tls/ca.crt\n"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let sidecar = Sidecar::spawn(&config, addr, &[]);
+    let client = ca.client(&ClientSpec::empty().with_cn("envoy"));
+    let mut tls = TlsSidecar {
+        fixture,
+        ca,
+        sidecar,
+        client,
+        served,
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while tls.channel(&tls.client).await.is_err() {
+        tls.sidecar.assert_running();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TLS listener never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tls
+}
+
+impl TlsSidecar {
+    async fn channel(&self, identity: &Issued) -> Result<Channel, tonic::transport::Error> {
+        Channel::from_shared(format!("https://{}", self.sidecar.addr))
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(self.ca.cert_pem()))
+                    .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
+                    .domain_name("service-auth"),
+            )?
+            .connect()
+            .await
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.fixture.path().join("tls")
+    }
+}
+
+/// Allowed, as seen from a Check over `channel`.
+async fn allowed(channel: Channel, ca: &Ca) -> Result<bool, tonic::Status> {
+    let mut client = AuthorizationClient::new(channel);
+    let req = Req::cert(ca.client(&ClientSpec::uri(A_URI)).forwarded()).key(A_KEY);
+    let resp = client.check(req.build()).await?.into_inner();
+    Ok(matches!(
+        resp.http_response,
+        Some(HttpResponse::OkResponse(_))
+    ))
+}
+
+/// The certificate a fresh TLS handshake is presented with.
+async fn presented_certificate(addr: SocketAddr, ca: &Ca, identity: &Issued) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).unwrap()],
+        PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("service-auth").unwrap(), stream)
+        .await
+        .ok()?;
+    Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
+}
+
+#[tokio::test]
+async fn only_clients_with_a_certificate_from_client_ca_get_in() {
+    let s = tls_sidecar().await;
+    assert!(
+        allowed(s.channel(&s.client).await.unwrap(), &s.ca)
+            .await
+            .unwrap()
+    );
+
+    // Plaintext gRPC to the TLS port.
+    let plain = Channel::from_shared(format!("http://{}", s.sidecar.addr))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        assert!(
+            allowed(channel, &s.ca).await.is_err(),
+            "plaintext must not be served"
+        );
+    }
+    // A client certificate from another CA.
+    let stranger = Ca::new("another CA").client(&ClientSpec::empty().with_cn("envoy"));
+    let other = s.channel(&stranger).await;
+    if let Ok(channel) = other {
+        assert!(
+            allowed(channel, &s.ca).await.is_err(),
+            "a foreign client cert must be refused"
+        );
+    }
+    // No client certificate at all.
+    let anonymous = Channel::from_shared(format!("https://{}", s.sidecar.addr))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(s.ca.cert_pem()))
+                .domain_name("service-auth"),
+        )
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = anonymous {
+        assert!(
+            allowed(channel, &s.ca).await.is_err(),
+            "a client without a certificate must be refused"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rotated_certificate_serves_new_handshakes_and_open_connections_live_on() {
+    let s = tls_sidecar().await;
+    let open = s.channel(&s.client).await.unwrap();
+    assert!(allowed(open.clone(), &s.ca).await.unwrap());
+    assert_eq!(
+        presented_certificate(s.sidecar.addr, &s.ca, &s.client).await,
+        Some(s.served.der.clone())
+    );
+
+    // A half-written certificate file (in place) keeps the old pair.
+    let cert_path = s.tls_dir().join("sidecar.crt");
+    let half = &s.served.cert_pem[..s.served.cert_pem.len() / 2];
+    std::fs::write(&cert_path, half).unwrap();
+    poll("the failed TLS reload to be logged", WAIT, || {
+        let log = s.sidecar.log_text();
+        async move {
+            log.lines()
+                .any(|l| l.contains("listener_tls_reload") && l.contains("failure"))
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        presented_certificate(s.sidecar.addr, &s.ca, &s.client).await,
+        Some(s.served.der.clone()),
+        "a broken file must not replace the serving certificate"
+    );
+
+    // A complete new pair, written the way cert-manager does (rename).
+    let rotated = s.ca.server("service-auth");
+    let tmp = s.tls_dir().join("new");
+    std::fs::create_dir(&tmp).unwrap();
+    write_pair(&tmp, "sidecar", &rotated);
+    std::fs::rename(tmp.join("sidecar.key"), s.tls_dir().join("sidecar.key")).unwrap();
+    std::fs::rename(tmp.join("sidecar.crt"), &cert_path).unwrap();
+    let (addr, ca, client, want) = (s.sidecar.addr, &s.ca, &s.client, rotated.der.clone());
+    poll("new handshakes to present the rotated certificate", WAIT, || {
+        let want = want.clone();
+        async move { (presented_certificate(addr, ca, client).await == Some(want)).then_some(()) }
+    })
+    .await;
+    // The connection opened before the rotation still works.
+    assert!(allowed(open, &s.ca).await.unwrap());
+}
+
+#[tokio::test]
+async fn idle_connections_do_not_starve_a_normal_client() {
+    let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = fixture.write_config(
+        &addr.to_string(),
+        "limits:\n  max_connections: 32\n  handshake_timeout: 300ms\n",
+    );
+    let sidecar = Sidecar::start(&config, addr).await;
+    // Far more idle connections than the cap: none sends a byte.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let ca = Ca::new("idle CA");
+    let mut client = sidecar.client().await;
+    let resp = tokio::time::timeout(
+        WAIT,
+        client.check(
+            Req::cert(ca.client(&ClientSpec::uri(A_URI)).forwarded())
+                .key(A_KEY)
+                .build(),
+        ),
+    )
+    .await
+    .expect("a normal client is served despite the idle connections")
+    .unwrap()
+    .into_inner();
+    assert!(matches!(
+        resp.http_response,
+        Some(HttpResponse::OkResponse(_))
+    ));
+    // The idle ones are closed by the sidecar (read returns EOF).
+    let mut first = idle.swap_remove(0);
+    let closed = tokio::time::timeout(WAIT, async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1];
+        first.read(&mut buf).await
+    })
+    .await
+    .expect("an idle connection is closed within the handshake deadline");
+    assert!(matches!(closed, Ok(0) | Err(_)));
+}
+
+#[tokio::test]
+async fn unix_socket_is_private_and_a_stale_one_is_replaced() {
+    use std::os::unix::fs::PermissionsExt;
+    let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
+    let socket = fixture.path().join("authz.sock");
+    // A stale socket file from a previous run.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let config = fixture.write_config(&format!("unix:{}", socket.display()), "");
+    let mut sidecar = Sidecar::spawn(&config, "127.0.0.1:1".parse().unwrap(), &[]);
+    let mode = poll("the socket to be served", WAIT, || {
+        sidecar.assert_running();
+        let socket = socket.clone();
+        async move {
+            let health = uds_health(&socket).await?;
+            health.then(|| std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777)
+        }
+    })
+    .await;
+    assert_eq!(mode, 0o660);
+
+    // A regular file at the path is never deleted: start-up fails instead.
+    let file = fixture.path().join("not-a-socket");
+    std::fs::write(&file, "data").unwrap();
+    let config = fixture.write_config(&format!("unix:{}", file.display()), "");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_service-auth"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!status.status.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+}
+
+/// SERVING over a Unix socket, via the `health` subcommand.
+async fn uds_health(socket: &Path) -> Option<bool> {
+    let addr = format!("unix:{}", socket.display());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_service-auth"))
+            .args(["health", "--addr", &addr])
+            .output()
+    })
+    .await
+    .ok()?
+    .ok()?;
+    out.status.success().then_some(true)
+}
+
+/// Envoy + sidecar + echo for an Envoy config variant, and one allowed call.
+async fn call_through_envoy(
+    variant: &str,
+    fixture: &Fixture,
+    ca: &Ca,
+    sidecar_socket: Option<&Path>,
+    sidecar_addr: SocketAddr,
+) {
+    let echo = Echo::start().await;
+    let certs = fixture.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let server = ca.server("localhost");
+    std::fs::write(certs.join("ca.crt"), ca.cert_pem()).unwrap();
+    write_pair(&certs, "envoy", &server);
+    let hop_client = ca.client(&ClientSpec::empty().with_cn("envoy"));
+    write_pair(&certs, "envoy-client", &hop_client);
+    let ports = EnvoyPorts {
+        listener: free_port(),
+        admin: free_port(),
+        sidecar: sidecar_addr,
+        app: echo.addr,
+    };
+    let _envoy = Envoy::start(
+        fixture.path(),
+        &envoy_config_variant(variant, &ports, sidecar_socket),
+        &ports,
+    )
+    .await;
+    let caller = ca.client(&ClientSpec::uri(A_URI));
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
+        .identity(
+            reqwest::Identity::from_pem(
+                format!("{}{}", caller.cert_pem, caller.key_pem).as_bytes(),
+            )
+            .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/orders", ports.listener);
+    let resp = http
+        .get(&url)
+        .header("x-api-key", A_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{variant}");
+    let headers: serde_json::Value = resp.json().await.unwrap();
+    let jwt = headers["x-service-jwt"][0]
+        .as_str()
+        .expect("token upstream");
+    let claims = service_auth::token::verify(&fixture.load().token, jwt, unix_now())
+        .unwrap()
+        .claims;
+    assert_eq!(claims.sub, "a");
+    let resp = http
+        .get(&url)
+        .header("x-api-key", "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(echo.hits(), 1);
+}
+
+#[tokio::test]
+async fn mtls_hop_through_envoy() {
+    let s = tls_sidecar().await;
+    call_through_envoy(
+        "envoy/envoy-mtls-hop.yaml",
+        &s.fixture,
+        &s.ca,
+        None,
+        s.sidecar.addr,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unix_socket_hop_through_envoy() {
+    let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
+    let socket = fixture.path().join("authz.sock");
+    let config = fixture.write_config(&format!("unix:{}", socket.display()), "");
+    let mut sidecar = Sidecar::spawn(&config, "127.0.0.1:1".parse().unwrap(), &[]);
+    poll("the socket to be served", WAIT, || {
+        sidecar.assert_running();
+        let socket = socket.clone();
+        async move { uds_health(&socket).await }
+    })
+    .await;
+    let ca = Ca::new("uds mesh CA");
+    call_through_envoy(
+        "envoy/envoy-uds-hop.yaml",
+        &fixture,
+        &ca,
+        Some(&socket),
+        "127.0.0.1:1".parse().unwrap(),
+    )
+    .await;
+}
