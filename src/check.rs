@@ -9,7 +9,11 @@ use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use subtle::ConstantTimeEq;
 
-use crate::identity::{self, CertError, PeerCertificate, San, SanKind};
+use std::sync::Arc;
+
+use crate::identity::{
+    self, CertError, CertificateSource, PeerCertificate, San, SanKind, Uncached,
+};
 use crate::registry::{self, Registry, Service};
 use crate::token::{self, Subject, VerifyError};
 
@@ -195,6 +199,17 @@ fn deny(mode: Mode, reason: Reason, service: Option<&str>) -> Decision<'_> {
 
 /// Decides a Check at `now` (Unix seconds) against the registry snapshot.
 pub fn decide<'r>(req: &CheckRequest, registry: &'r Registry, now: i64) -> Decision<'r> {
+    decide_with(req, registry, now, &Uncached)
+}
+
+/// [`decide`], with peer certificates from `certs` (the server passes its
+/// cache; the result is the same as parsing each time).
+pub fn decide_with<'r>(
+    req: &CheckRequest,
+    registry: &'r Registry,
+    now: i64,
+    certs: &dyn CertificateSource,
+) -> Decision<'r> {
     let attrs = req.attributes.as_ref();
     let ext = attrs.map(|a| &a.context_extensions);
     let mode = match ext.and_then(|e| e.get("mode")).map(String::as_str) {
@@ -217,8 +232,8 @@ pub fn decide<'r>(req: &CheckRequest, registry: &'r Registry, now: i64) -> Decis
         route_scope,
     };
     match mode {
-        Mode::Issue => issue(&request, registry, now),
-        Mode::Verify => verify(&request, registry, now),
+        Mode::Issue => issue(&request, registry, now, certs),
+        Mode::Verify => verify(&request, registry, now, certs),
     }
 }
 
@@ -230,16 +245,21 @@ struct Request<'q> {
     route_scope: &'q str,
 }
 
-fn issue<'r>(req: &Request<'_>, registry: &'r Registry, now: i64) -> Decision<'r> {
+fn issue<'r>(
+    req: &Request<'_>,
+    registry: &'r Registry,
+    now: i64,
+    certs: &dyn CertificateSource,
+) -> Decision<'r> {
     let mode = Mode::Issue;
-    let peer = match peer_identity(req, registry, now) {
+    let peer = match peer_identity(req, registry, now, certs) {
         Ok(peer) => peer,
         Err(reason) => return deny(mode, reason, None),
     };
 
     // Step 2: the SANs must name exactly one registered service.
     let mut matched: Option<(usize, &San)> = None;
-    for san in &peer.sans {
+    for san in peer.sans() {
         if let Some(index) = registry.service_for_principal(san.kind, &san.value) {
             match matched {
                 None => matched = Some((index, san)),
@@ -256,7 +276,7 @@ fn issue<'r>(req: &Request<'_>, registry: &'r Registry, now: i64) -> Decision<'r
     let service = registry.service_at(index);
     let claimed = Some(service.id.as_str());
 
-    if let Err(reason) = check_trust(service, peer.certificate.as_ref()) {
+    if let Err(reason) = check_trust(service, peer.certificate()) {
         return deny(mode, reason, claimed);
     }
 
@@ -289,7 +309,7 @@ fn issue<'r>(req: &Request<'_>, registry: &'r Registry, now: i64) -> Decision<'r
         service: &service.id,
         principal: &san.value,
         scope: &scope,
-        certificate_sha256: peer.certificate.as_ref().map(|c| &c.sha256),
+        certificate_sha256: peer.certificate().map(|c| &c.sha256),
     };
     let issued = match token::issue(&registry.token, subject, now) {
         Ok(issued) => issued,
@@ -308,16 +328,37 @@ fn issue<'r>(req: &Request<'_>, registry: &'r Registry, now: i64) -> Decision<'r
 
 /// Who the peer is: the forwarded certificate if there is one, else Envoy's
 /// principal. Identity never comes from request headers.
-struct Peer {
-    certificate: Option<PeerCertificate>,
-    sans: Vec<San>,
+enum Peer {
+    Certificate(Arc<PeerCertificate>),
+    Principal(San),
+}
+
+impl Peer {
+    fn sans(&self) -> &[San] {
+        match self {
+            Peer::Certificate(cert) => &cert.sans,
+            Peer::Principal(san) => std::slice::from_ref(san),
+        }
+    }
+
+    fn certificate(&self) -> Option<&PeerCertificate> {
+        match self {
+            Peer::Certificate(cert) => Some(cert),
+            Peer::Principal(_) => None,
+        }
+    }
 }
 
 /// Step 1: establish the peer identity and check what does not depend on
 /// which service it claims (shape, validity window, revocation).
-fn peer_identity(req: &Request<'_>, registry: &Registry, now: i64) -> Result<Peer, Reason> {
+fn peer_identity(
+    req: &Request<'_>,
+    registry: &Registry,
+    now: i64,
+    certs: &dyn CertificateSource,
+) -> Result<Peer, Reason> {
     if !req.certificate.is_empty() {
-        let cert = parse_certificate(req.certificate)?;
+        let cert = parse_certificate(certs, req.certificate)?;
         if now < cert.not_before {
             return Err(Reason::CertificateNotYetValid);
         }
@@ -327,11 +368,7 @@ fn peer_identity(req: &Request<'_>, registry: &Registry, now: i64) -> Result<Pee
         if registry.is_revoked(&cert.serial) {
             return Err(Reason::CertificateRevoked);
         }
-        let sans = cert.sans.clone();
-        return Ok(Peer {
-            certificate: Some(cert),
-            sans,
-        });
+        return Ok(Peer::Certificate(cert));
     }
     if !req.principal.is_empty() {
         let kind = identity::principal_kind(req.principal);
@@ -339,16 +376,16 @@ fn peer_identity(req: &Request<'_>, registry: &Registry, now: i64) -> Result<Pee
             SanKind::Uri => req.principal.to_owned(),
             SanKind::Dns => req.principal.to_ascii_lowercase(),
         };
-        return Ok(Peer {
-            certificate: None,
-            sans: vec![San { kind, value }],
-        });
+        return Ok(Peer::Principal(San { kind, value }));
     }
     Err(Reason::MissingIdentity)
 }
 
-fn parse_certificate(forwarded: &str) -> Result<PeerCertificate, Reason> {
-    PeerCertificate::from_forwarded(forwarded).map_err(|e| match e {
+fn parse_certificate(
+    certs: &dyn CertificateSource,
+    forwarded: &str,
+) -> Result<Arc<PeerCertificate>, Reason> {
+    certs.certificate(forwarded).map_err(|e| match e {
         CertError::Malformed => Reason::MalformedCertificate,
         CertError::NotClientCertificate => Reason::CertificateUntrusted,
     })
@@ -439,7 +476,12 @@ fn requested_scopes<'q>(req: &Request<'q>, registry: &Registry) -> Option<Vec<&'
     Some(scopes)
 }
 
-fn verify<'r>(req: &Request<'_>, registry: &'r Registry, now: i64) -> Decision<'r> {
+fn verify<'r>(
+    req: &Request<'_>,
+    registry: &'r Registry,
+    now: i64,
+    certs: &dyn CertificateSource,
+) -> Decision<'r> {
     let mode = Mode::Verify;
     let token_deny = |err: VerifyError| {
         let reason = match err {
@@ -469,7 +511,7 @@ fn verify<'r>(req: &Request<'_>, registry: &'r Registry, now: i64) -> Decision<'
         if req.certificate.is_empty() {
             return deny(mode, Reason::InvalidToken, service);
         }
-        let cert = match parse_certificate(req.certificate) {
+        let cert = match parse_certificate(certs, req.certificate) {
             Ok(cert) => cert,
             Err(reason) => return deny(mode, reason, service),
         };

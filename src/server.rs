@@ -24,6 +24,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::check::{self, Decision, Outcome};
 use crate::config::Limits;
+use crate::identity::CertCache;
 use crate::listener::Incoming;
 use crate::registry::Registry;
 use crate::telemetry;
@@ -41,15 +42,23 @@ pub type RegistrySlot = Arc<OnceLock<SharedRegistry>>;
 /// from holding the process past Kubernetes' default 30 s grace period.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Parsed client certificates kept across Checks: a mesh has few callers,
+/// each on long-lived connections. About 3 KiB each.
+const CERT_CACHE_ENTRIES: usize = 1024;
+
 /// The `Authorization` service.
 #[derive(Clone)]
 pub struct AuthzService {
     registry: RegistrySlot,
+    certs: Arc<CertCache>,
 }
 
 impl AuthzService {
     pub fn new(registry: RegistrySlot) -> Self {
-        AuthzService { registry }
+        AuthzService {
+            registry,
+            certs: Arc::new(CertCache::new(CERT_CACHE_ENTRIES)),
+        }
     }
 
     /// Decides one request against the current snapshot. In-flight Checks
@@ -66,7 +75,7 @@ impl AuthzService {
         let decision = match &snapshot {
             // A panic in the decision is a bug, and still a denial (fail closed).
             Some(registry) => std::panic::catch_unwind(AssertUnwindSafe(|| {
-                check::decide(req, registry, unix_now())
+                check::decide_with(req, registry, unix_now(), self.certs.as_ref())
             }))
             .unwrap_or(internal_error),
             None => internal_error,
