@@ -146,7 +146,22 @@ fn joined(errors: &[ConfigError]) -> anyhow::Error {
 /// collector must not keep a terminating pod alive.
 const METRICS_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// glibc adapts its trim and mmap thresholds upwards after large frees and
+/// then keeps tens of MiB that a registry reload freed. Fixed thresholds
+/// give large parse buffers back to the OS: with a 10,000-service registry,
+/// peak RSS during reloads drops from ~65 to ~53 MiB and the steady state
+/// from ~36 to ~17 MiB (see the README's benchmark).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 fn serve(config_path: &Path) -> anyhow::Result<()> {
+    tune_allocator();
     let config = StaticConfig::load(config_path)?;
     telemetry::init_logging(&config.log).map_err(anyhow::Error::msg)?;
     let export = ExportSettings::resolve(&config.telemetry, |var| std::env::var(var).ok())?;
