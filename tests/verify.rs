@@ -38,7 +38,10 @@ fn claims(now: i64, edit: impl FnOnce(&mut serde_json::Value)) -> String {
 
 const HEADER: &str = r#"{"alg":"HS256","typ":"JWT","kid":"test-1"}"#;
 
-fn verdict(registry: &Registry, req: Req, now: i64) -> Result<(), (Reason, Option<VerifyError>)> {
+/// Allowed, or the denial reason and the token-level error.
+type Verdict = Result<(), (Reason, Option<VerifyError>)>;
+
+fn verdict(registry: &Registry, req: Req, now: i64) -> Verdict {
     match decide(&req.ext("mode", "verify").build(), registry, now) {
         Decision::Allow(_) => Ok(()),
         Decision::Deny(d) => Err((d.reason, d.token_error)),
@@ -64,7 +67,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
 
     let parts: Vec<&str> = good.split('.').collect();
     let invalid = |e| Err((Reason::InvalidToken, Some(e)));
-    let cases: Vec<(&str, String, Result<(), (Reason, Option<VerifyError>)>)> = vec![
+    let cases: Vec<(&str, String, Verdict)> = vec![
         (
             "alg none",
             format!(

@@ -25,7 +25,11 @@ enum Name {
 #[derive(Arbitrary, Debug)]
 enum Value {
     Key(u8),
-    KeyWith { key: u8, prefix: String, suffix: String },
+    KeyWith {
+        key: u8,
+        prefix: String,
+        suffix: String,
+    },
     Bytes(Vec<u8>),
 }
 
@@ -39,7 +43,10 @@ struct Input {
 }
 
 fn all_keys() -> Vec<&'static str> {
-    SERVICES.iter().flat_map(|s| s.keys.iter().map(|k| k.0)).collect()
+    SERVICES
+        .iter()
+        .flat_map(|s| s.keys.iter().map(|k| k.0))
+        .collect()
 }
 
 fn name(n: &Name) -> String {
@@ -55,23 +62,28 @@ fn value(v: &Value) -> Vec<u8> {
     let keys = all_keys();
     match v {
         Value::Key(i) => keys[*i as usize % keys.len()].as_bytes().to_vec(),
-        Value::KeyWith { key, prefix, suffix } => {
-            format!("{prefix}{}{suffix}", keys[*key as usize % keys.len()]).into_bytes()
-        }
+        Value::KeyWith {
+            key,
+            prefix,
+            suffix,
+        } => format!("{prefix}{}{suffix}", keys[*key as usize % keys.len()]).into_bytes(),
         Value::Bytes(b) => b.clone(),
     }
 }
 
 fuzz_target!(|input: Input| {
     let w = world();
-    let principals: Vec<&str> = SERVICES.iter().flat_map(|s| s.principals.iter().copied()).collect();
+    let principals: Vec<&str> = SERVICES
+        .iter()
+        .flat_map(|s| s.principals.iter().copied())
+        .collect();
     let certificate = input
         .cert
         .map(|i| w.certs[i as usize % w.certs.len()].clone())
         .unwrap_or_default();
     let principal = match &input.principal {
         // Sometimes a registered principal, sometimes a lookalike.
-        Some((i, s)) if i % 2 == 0 => principals[*i as usize / 2 % principals.len()].to_owned(),
+        Some((i, _)) if i % 2 == 0 => principals[*i as usize / 2 % principals.len()].to_owned(),
         Some((_, s)) => s.clone(),
         None => String::new(),
     };
@@ -86,7 +98,11 @@ fuzz_target!(|input: Input| {
             .map(|(n, v, as_raw)| {
                 let bytes = value(v);
                 if *as_raw {
-                    HeaderValue { key: name(n), raw_value: bytes, ..Default::default() }
+                    HeaderValue {
+                        key: name(n),
+                        raw_value: bytes,
+                        ..Default::default()
+                    }
                 } else {
                     HeaderValue {
                         key: name(n),
@@ -99,9 +115,17 @@ fuzz_target!(|input: Input| {
     });
     let req = CheckRequest {
         attributes: Some(AttributeContext {
-            source: Some(Peer { certificate, principal, ..Default::default() }),
+            source: Some(Peer {
+                certificate,
+                principal,
+                ..Default::default()
+            }),
             request: Some(Request {
-                http: Some(HttpRequest { headers, header_map, ..Default::default() }),
+                http: Some(HttpRequest {
+                    headers,
+                    header_map,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()

@@ -28,7 +28,11 @@ struct Parts {
 enum CertChoice {
     Pool(u8),
     /// A pool certificate with one byte of the forwarded string replaced.
-    Damaged { index: u8, at: u16, byte: u8 },
+    Damaged {
+        index: u8,
+        at: u16,
+        byte: u8,
+    },
     Raw(String),
 }
 
@@ -47,7 +51,10 @@ fn build(p: Parts) -> CheckRequest {
     };
     let mut headers: std::collections::HashMap<String, String> = p.headers.into_iter().collect();
     if let Some(i) = p.api_key {
-        let keys: Vec<&str> = SERVICES.iter().flat_map(|s| s.keys.iter().map(|k| k.0)).collect();
+        let keys: Vec<&str> = SERVICES
+            .iter()
+            .flat_map(|s| s.keys.iter().map(|k| k.0))
+            .collect();
         headers.insert("x-api-key".into(), keys[i as usize % keys.len()].into());
     }
     if let Some(t) = p.token {
@@ -62,9 +69,16 @@ fn build(p: Parts) -> CheckRequest {
     }
     CheckRequest {
         attributes: Some(AttributeContext {
-            source: Some(Peer { certificate, principal: p.principal, ..Default::default() }),
+            source: Some(Peer {
+                certificate,
+                principal: p.principal,
+                ..Default::default()
+            }),
             request: Some(Request {
-                http: Some(HttpRequest { headers, ..Default::default() }),
+                http: Some(HttpRequest {
+                    headers,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             context_extensions,

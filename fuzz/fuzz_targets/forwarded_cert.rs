@@ -14,7 +14,10 @@ fuzz_target!(|data: &str| {
     assert!(data.len() <= MAX_FORWARDED_CERT_LEN);
     let first_dns = cert.sans.iter().position(|s| s.kind == SanKind::Dns);
     if let Some(i) = first_dns {
-        assert!(cert.sans[i..].iter().all(|s| s.kind == SanKind::Dns), "URI SAN after a DNS SAN");
+        assert!(
+            cert.sans[i..].iter().all(|s| s.kind == SanKind::Dns),
+            "URI SAN after a DNS SAN"
+        );
     }
     for san in &cert.sans {
         assert!(!san.value.is_empty());
@@ -25,5 +28,8 @@ fuzz_target!(|data: &str| {
     }
     assert!(cert.serial.first() != Some(&0), "serial not normalized");
     use sha2::Digest;
-    assert_eq!(cert.sha256, <[u8; 32]>::from(sha2::Sha256::digest(cert.der())));
+    assert_eq!(
+        cert.sha256,
+        <[u8; 32]>::from(sha2::Sha256::digest(cert.der()))
+    );
 });

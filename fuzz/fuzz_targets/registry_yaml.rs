@@ -35,7 +35,11 @@ fuzz_target!(|text: &str| {
             assert!(!registry.token.signing_key().verify_only);
             let mut ids = std::collections::HashSet::new();
             for (i, service) in registry.services().iter().enumerate() {
-                assert!(ids.insert(service.id.clone()), "duplicate id {}", service.id);
+                assert!(
+                    ids.insert(service.id.clone()),
+                    "duplicate id {}",
+                    service.id
+                );
                 assert!(!service.principals.is_empty());
                 for p in &service.principals {
                     let kind = principal_kind(p);

@@ -50,18 +50,48 @@ enum Edit {
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Field {
-    Alg, Kid, Typ, Crit, Jku, Jwk, X5u, X5c,
-    Iss, Sub, Aud, Iat, Nbf, Exp, Jti, Scope, Principal, Cnf,
+    Alg,
+    Kid,
+    Typ,
+    Crit,
+    Jku,
+    Jwk,
+    X5u,
+    X5c,
+    Iss,
+    Sub,
+    Aud,
+    Iat,
+    Nbf,
+    Exp,
+    Jti,
+    Scope,
+    Principal,
+    Cnf,
 }
 
 impl Field {
     fn name(self) -> &'static str {
         use Field::*;
         match self {
-            Alg => "alg", Kid => "kid", Typ => "typ", Crit => "crit", Jku => "jku",
-            Jwk => "jwk", X5u => "x5u", X5c => "x5c", Iss => "iss", Sub => "sub",
-            Aud => "aud", Iat => "iat", Nbf => "nbf", Exp => "exp", Jti => "jti",
-            Scope => "scope", Principal => "principal", Cnf => "cnf",
+            Alg => "alg",
+            Kid => "kid",
+            Typ => "typ",
+            Crit => "crit",
+            Jku => "jku",
+            Jwk => "jwk",
+            X5u => "x5u",
+            X5c => "x5c",
+            Iss => "iss",
+            Sub => "sub",
+            Aud => "aud",
+            Iat => "iat",
+            Nbf => "nbf",
+            Exp => "exp",
+            Jti => "jti",
+            Scope => "scope",
+            Principal => "principal",
+            Cnf => "cnf",
         }
     }
 }
@@ -80,7 +110,9 @@ enum Val {
     List(Vec<String>),
 }
 
-const KNOWN: [&str; 10] = ["HS256", "none", "RS256", "hs256", "HS512", "k1", "k2", "k3", ISSUER, AUDIENCE];
+const KNOWN: [&str; 10] = [
+    "HS256", "none", "RS256", "hs256", "HS512", "k1", "k2", "k3", ISSUER, AUDIENCE,
+];
 
 fn val(v: &Val) -> Value {
     match v {
@@ -153,13 +185,18 @@ fn mutated(m: &Mutation) -> String {
             URL_SAFE_NO_PAD.encode(Value::Object(c.clone()).to_string())
         )
     };
-    let original_sig = hmac(SECRETS[0].1.as_bytes(), original(&header, &claims).as_bytes());
+    let original_sig = hmac(
+        SECRETS[0].1.as_bytes(),
+        original(&header, &claims).as_bytes(),
+    );
     apply(&mut header, &m.header);
     apply(&mut claims, &m.claims);
     let input = original(&header, &claims);
     let sig = match &m.signature {
         Signature::Resign(i) => {
-            let secret = SECRETS.get(*i as usize % 3).map_or("nobody-knows-this-0123456789abcdef", |s| s.1);
+            let secret = SECRETS
+                .get(*i as usize % 3)
+                .map_or("nobody-knows-this-0123456789abcdef", |s| s.1);
             URL_SAFE_NO_PAD.encode(hmac(secret.as_bytes(), input.as_bytes()))
         }
         Signature::Keep => URL_SAFE_NO_PAD.encode(&original_sig),
@@ -180,15 +217,30 @@ fn assert_acceptable(token: &str, verified: &token::Verified<'_>) {
     }
     let kid = header["kid"].as_str().expect("string kid");
     assert_eq!(kid, verified.kid);
-    let secret = SECRETS.iter().find(|(k, _)| *k == kid).expect("known kid").1;
-    let expected = hmac(secret.as_bytes(), format!("{}.{}", parts[0], parts[1]).as_bytes());
-    assert_eq!(URL_SAFE_NO_PAD.decode(parts[2]).unwrap(), expected, "signature");
+    let secret = SECRETS
+        .iter()
+        .find(|(k, _)| *k == kid)
+        .expect("known kid")
+        .1;
+    let expected = hmac(
+        secret.as_bytes(),
+        format!("{}.{}", parts[0], parts[1]).as_bytes(),
+    );
+    assert_eq!(
+        URL_SAFE_NO_PAD.decode(parts[2]).unwrap(),
+        expected,
+        "signature"
+    );
     let claims: Map<String, Value> =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
     assert_eq!(claims["iss"], ISSUER);
     assert_eq!(claims["aud"], AUDIENCE);
     assert!(claims["sub"].is_string());
-    let int = |k: &str| claims[k].as_i64().unwrap_or_else(|| panic!("{k} is not an integer: {}", claims[k]));
+    let int = |k: &str| {
+        claims[k]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{k} is not an integer: {}", claims[k]))
+    };
     let (exp, nbf, _iat) = (int("exp"), int("nbf"), int("iat"));
     assert!(NOW < exp.saturating_add(LEEWAY), "expired token accepted");
     assert!(NOW >= nbf.saturating_sub(LEEWAY), "future token accepted");

@@ -284,7 +284,8 @@ fn assert_issue_allow_justified(req: &CheckRequest, service: Option<&str>) {
             known
                 .principals
                 .iter()
-                .any(|p| *p == principal || (!p.contains("://") && p.eq_ignore_ascii_case(principal))),
+                .any(|p| *p == principal
+                    || (!p.contains("://") && p.eq_ignore_ascii_case(principal))),
             "allowed as {service} by principal {principal:?}"
         );
         assert!(service != "c", "c needs a certificate from its CA");
