@@ -1,0 +1,253 @@
+//! What happens when things break, with the shipped `envoy/envoy.yaml`:
+//! the sidecar is down (Envoy answers 503 and the upstream sees nothing),
+//! the sidecar dies and comes back under load (never a 200 without a valid
+//! token), and clocks at the exact validity boundaries in issue mode (the
+//! verify-mode leeway boundary is `verify.rs::leeway_boundary_is_exact`).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::pki::{Ca, ClientSpec};
+use common::procs::{Echo, Envoy, EnvoyPorts, Sidecar, envoy_config, free_port, poll};
+use common::{Fixture, Req, Svc};
+use service_auth::check::{Decision, Reason, decide};
+use service_auth::token;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::Mutex;
+
+const A_URI: &str = "spiffe://mesh.test/ns/default/sa/a";
+const A_KEY: &str = "key-of-service-a-0123456789";
+
+struct Mesh {
+    fixture: Fixture,
+    config: std::path::PathBuf,
+    sidecar_addr: SocketAddr,
+    _envoy: Envoy,
+    echo: Echo,
+    client: reqwest::Client,
+    base: String,
+}
+
+/// Envoy with the shipped config in front of an echo upstream; the sidecar's
+/// address is reserved but nothing is started on it.
+async fn mesh_without_sidecar() -> Mesh {
+    let ca = Ca::new("mesh CA");
+    let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
+    let sidecar_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = fixture.write_config(&sidecar_addr.to_string(), "");
+    let echo = Echo::start().await;
+    let certs = fixture.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let server = ca.server("localhost");
+    std::fs::write(certs.join("ca.crt"), ca.cert_pem()).unwrap();
+    std::fs::write(certs.join("envoy.crt"), &server.cert_pem).unwrap();
+    std::fs::write(certs.join("envoy.key"), &server.key_pem).unwrap();
+    let ports = EnvoyPorts {
+        listener: free_port(),
+        admin: free_port(),
+        sidecar: sidecar_addr,
+        app: echo.addr,
+    };
+    let envoy = Envoy::start(fixture.path(), &envoy_config(&ports), &ports).await;
+    let cert = ca.client(&ClientSpec::uri(A_URI));
+    let identity =
+        reqwest::Identity::from_pem(format!("{}{}", cert.cert_pem, cert.key_pem).as_bytes())
+            .unwrap();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
+        .identity(identity)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    Mesh {
+        fixture,
+        config,
+        sidecar_addr,
+        _envoy: envoy,
+        echo,
+        client,
+        base: format!("https://localhost:{}", ports.listener),
+    }
+}
+
+/// One request through Envoy: its status and, for a 200, the tokens the
+/// upstream received.
+async fn call(m: &Mesh, path: &str, key: Option<&str>) -> (u16, Vec<String>) {
+    let mut req = m.client.get(format!("{}{path}", m.base));
+    if let Some(key) = key {
+        req = req.header("x-api-key", key);
+    }
+    let resp = req.send().await.expect("request through Envoy");
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap();
+    let tokens = if status == 200 {
+        let headers: serde_json::Value = serde_json::from_str(&body).unwrap();
+        headers["x-service-jwt"]
+            .as_array()
+            .map(|v| v.iter().map(|t| t.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    (status, tokens)
+}
+
+#[tokio::test]
+async fn sidecar_down_means_503_and_nothing_reaches_the_upstream() {
+    let m = mesh_without_sidecar().await;
+    for (path, key) in [
+        ("/orders", Some(A_KEY)),
+        ("/orders", None),
+        ("/write/x", Some(A_KEY)),
+        ("/internal/x", None),
+    ] {
+        let (status, _) = call(&m, path, key).await;
+        assert_eq!(status, 503, "{path} with key {key:?}");
+    }
+    assert_eq!(m.echo.hits(), 0, "a request reached the upstream");
+}
+
+/// What one load request saw.
+struct Seen {
+    valid_key: bool,
+    status: u16,
+    tokens: Vec<String>,
+}
+
+#[tokio::test]
+async fn sidecar_restart_under_load_fails_closed_then_recovers() {
+    let m = Arc::new(mesh_without_sidecar().await);
+    let sidecar = Sidecar::start(&m.config, m.sidecar_addr).await;
+    let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Three clients: two with the right key, one with a wrong one.
+    let mut load = Vec::new();
+    for valid_key in [true, true, false] {
+        let (m, seen, stop) = (m.clone(), seen.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let key = if valid_key { A_KEY } else { "not-a-key-0123" };
+            while !stop.load(Ordering::SeqCst) {
+                let (status, tokens) = call(&m, "/orders", Some(key)).await;
+                seen.lock().await.push(Seen {
+                    valid_key,
+                    status,
+                    tokens,
+                });
+            }
+        }));
+    }
+    poll("load to be allowed", Duration::from_secs(30), || async {
+        seen.lock()
+            .await
+            .iter()
+            .any(|s| s.status == 200)
+            .then_some(())
+    })
+    .await;
+
+    // Kill -9: no graceful shutdown. While it is down, every call is a 503.
+    drop(sidecar);
+    for _ in 0..5 {
+        let (status, _) = call(&m, "/orders", Some(A_KEY)).await;
+        assert_eq!(status, 503, "valid request while the sidecar is down");
+    }
+    let outage_len = seen.lock().await.len();
+
+    let _sidecar = Sidecar::start(&m.config, m.sidecar_addr).await;
+    poll(
+        "allowed again after the restart",
+        Duration::from_secs(30),
+        || async {
+            let seen = seen.lock().await;
+            seen[outage_len..]
+                .iter()
+                .any(|s| s.status == 200)
+                .then_some(())
+        },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for task in load {
+        task.await.unwrap();
+    }
+
+    let seen = seen.lock().await;
+    let registry = m.fixture.load();
+    let mut ok = 0;
+    for s in seen.iter() {
+        match (s.valid_key, s.status) {
+            (true, 200) => {
+                assert_eq!(s.tokens.len(), 1, "one token per allowed request");
+                let claims = token::verify(&registry.token, &s.tokens[0], common::unix_now())
+                    .expect("the upstream got a valid token")
+                    .claims;
+                assert_eq!(claims.sub, "a");
+                ok += 1;
+            }
+            (true, 503) | (false, 401) | (false, 503) => {}
+            (valid, status) => panic!("valid key {valid}: unexpected status {status}"),
+        }
+    }
+    assert!(
+        seen.iter().any(|s| s.status == 503),
+        "the load never saw the outage"
+    );
+    assert_eq!(m.echo.hits(), ok, "upstream hits must equal allowed calls");
+}
+
+/// An RFC 3339 timestamp at Unix second `t`.
+fn rfc3339(t: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(t)
+        .unwrap()
+        .format(&Rfc3339)
+        .unwrap()
+}
+
+#[test]
+fn issue_mode_clock_boundaries_are_exact() {
+    const EXPIRING_KEY: &str = "key-of-service-a-expiring-0123";
+    let t0 = common::unix_now();
+    let (not_before, not_after, key_not_after) = (t0 - 100, t0 + 100, t0 + 50);
+    let mut svc = Svc::new("a", A_URI, A_KEY);
+    svc.keys.push((
+        "k2".into(),
+        EXPIRING_KEY.into(),
+        Some(rfc3339(key_not_after)),
+    ));
+    let registry = Fixture::new(&[svc]).load();
+    let ca = Ca::new("clock CA");
+    let at = |t: i64| OffsetDateTime::from_unix_timestamp(t).unwrap();
+    let cert = ca.client(&ClientSpec::uri(A_URI).valid(at(not_before), at(not_after)));
+    let outcome = |key: &str, now: i64| match decide(
+        &Req::cert(cert.forwarded()).key(key).build(),
+        &registry,
+        now,
+    ) {
+        Decision::Allow(_) => None,
+        Decision::Deny(d) => Some(d.reason),
+    };
+    // The certificate is valid on both ends of its window, inclusive.
+    assert_eq!(
+        outcome(A_KEY, not_before - 1),
+        Some(Reason::CertificateNotYetValid)
+    );
+    assert_eq!(outcome(A_KEY, not_before), None);
+    assert_eq!(outcome(A_KEY, not_after), None);
+    assert_eq!(
+        outcome(A_KEY, not_after + 1),
+        Some(Reason::CertificateExpired)
+    );
+    // A key is good through its not_after second, expired one second later.
+    assert_eq!(outcome(EXPIRING_KEY, key_not_after), None);
+    assert_eq!(
+        outcome(EXPIRING_KEY, key_not_after + 1),
+        Some(Reason::ExpiredApiKey)
+    );
+}
