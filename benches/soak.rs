@@ -178,12 +178,7 @@ async fn main() {
     let sidecar = Sidecar::start(&config, sidecar_addr).await;
     let echo = Echo::start().await;
     let ca = Ca::new("soak CA");
-    let certs = fixture.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    let server = ca.server("localhost");
-    std::fs::write(certs.join("ca.crt"), ca.cert_pem()).unwrap();
-    std::fs::write(certs.join("envoy.crt"), &server.cert_pem).unwrap();
-    std::fs::write(certs.join("envoy.key"), &server.key_pem).unwrap();
+    ca.write_envoy_certs(fixture.path());
     let ports = EnvoyPorts {
         listener: free_port(),
         admin: free_port(),
@@ -192,16 +187,7 @@ async fn main() {
     };
     let _envoy = Envoy::start(fixture.path(), &envoy_config(&ports), &ports).await;
     let cert = ca.client(&ClientSpec::uri(A_URI));
-    let identity =
-        reqwest::Identity::from_pem(format!("{}{}", cert.cert_pem, cert.key_pem).as_bytes())
-            .unwrap();
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
-        .identity(identity)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let http = ca.https_client(&cert);
     let base = format!("https://localhost:{}", ports.listener);
 
     println!(

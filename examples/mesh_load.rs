@@ -15,7 +15,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match args.get(1).map(String::as_str) {
         Some("upstream") => upstream(args.get(2).ok_or("upstream ADDR")?).await,
         Some("load") => load(&args[2..]).await,
-        _ => Err("usage: mesh_load upstream ADDR | load URL CERT KEY CA API_KEY CONNECTIONS SECONDS".into()),
+        _ => Err(
+            "usage: mesh_load upstream ADDR | load URL CERT KEY CA API_KEY CONNECTIONS SECONDS"
+                .into(),
+        ),
     }
 }
 
@@ -45,7 +48,11 @@ async fn load(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let [url, cert, key, ca, api_key, connections, seconds] = args else {
         return Err("load URL CERT KEY CA API_KEY CONNECTIONS SECONDS".into());
     };
-    let identity = format!("{}{}", std::fs::read_to_string(cert)?, std::fs::read_to_string(key)?);
+    let identity = format!(
+        "{}{}",
+        std::fs::read_to_string(cert)?,
+        std::fs::read_to_string(key)?
+    );
     let ca = std::fs::read(ca)?;
     let connections: usize = connections.parse()?;
     let duration = Duration::from_secs(seconds.parse()?);
@@ -66,7 +73,12 @@ async fn load(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             let mut errors = 0u64;
             while Instant::now() < deadline {
                 let start = Instant::now();
-                match client.get(url.as_str()).header("x-api-key", api_key.as_str()).send().await {
+                match client
+                    .get(url.as_str())
+                    .header("x-api-key", api_key.as_str())
+                    .send()
+                    .await
+                {
                     Ok(resp) if resp.status() == 200 => {
                         let _ = resp.bytes().await;
                         latencies.push(start.elapsed().as_micros() as u64);
@@ -85,7 +97,12 @@ async fn load(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         errors += e;
     }
     all.sort_unstable();
-    let pick = |q: f64| all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+    let pick = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
     println!(
         "{:.0} {:.3} {:.3} {:.3} {}",
         all.len() as f64 / duration.as_secs_f64(),

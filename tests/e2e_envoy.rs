@@ -31,12 +31,7 @@ async fn mesh() -> Mesh {
     let sidecar = Sidecar::start(&config, sidecar_addr).await;
     let echo = Echo::start().await;
 
-    let certs = fixture.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    let server = ca.server("localhost");
-    std::fs::write(certs.join("ca.crt"), ca.cert_pem()).unwrap();
-    std::fs::write(certs.join("envoy.crt"), &server.cert_pem).unwrap();
-    std::fs::write(certs.join("envoy.key"), &server.key_pem).unwrap();
+    ca.write_envoy_certs(fixture.path());
     let ports = EnvoyPorts {
         listener: free_port(),
         admin: free_port(),
@@ -46,7 +41,7 @@ async fn mesh() -> Mesh {
     let envoy = Envoy::start(fixture.path(), &envoy_config(&ports), &ports).await;
 
     let a_cert = ca.client(&ClientSpec::uri(A_URI));
-    let a = client(&ca, &a_cert);
+    let a = ca.https_client(&a_cert);
     Mesh {
         fixture,
         _sidecar: sidecar,
@@ -56,18 +51,6 @@ async fn mesh() -> Mesh {
         a,
         base: format!("https://localhost:{}", ports.listener),
     }
-}
-
-fn client(ca: &Ca, cert: &Issued) -> reqwest::Client {
-    let identity =
-        reqwest::Identity::from_pem(format!("{}{}", cert.cert_pem, cert.key_pem).as_bytes())
-            .expect("client identity");
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
-        .identity(identity)
-        .build()
-        .unwrap()
 }
 
 /// The headers the upstream received, or the status and body of a refusal.

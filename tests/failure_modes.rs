@@ -41,12 +41,7 @@ async fn mesh_without_sidecar() -> Mesh {
     let sidecar_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = fixture.write_config(&sidecar_addr.to_string(), "");
     let echo = Echo::start().await;
-    let certs = fixture.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    let server = ca.server("localhost");
-    std::fs::write(certs.join("ca.crt"), ca.cert_pem()).unwrap();
-    std::fs::write(certs.join("envoy.crt"), &server.cert_pem).unwrap();
-    std::fs::write(certs.join("envoy.key"), &server.key_pem).unwrap();
+    ca.write_envoy_certs(fixture.path());
     let ports = EnvoyPorts {
         listener: free_port(),
         admin: free_port(),
@@ -55,16 +50,7 @@ async fn mesh_without_sidecar() -> Mesh {
     };
     let envoy = Envoy::start(fixture.path(), &envoy_config(&ports), &ports).await;
     let cert = ca.client(&ClientSpec::uri(A_URI));
-    let identity =
-        reqwest::Identity::from_pem(format!("{}{}", cert.cert_pem, cert.key_pem).as_bytes())
-            .unwrap();
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
-        .identity(identity)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = ca.https_client(&cert);
     Mesh {
         fixture,
         config,

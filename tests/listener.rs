@@ -322,11 +322,8 @@ async fn call_through_envoy(
     sidecar_addr: SocketAddr,
 ) {
     let echo = Echo::start().await;
+    ca.write_envoy_certs(fixture.path());
     let certs = fixture.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    let server = ca.server("localhost");
-    std::fs::write(certs.join("ca.crt"), ca.cert_pem()).unwrap();
-    write_pair(&certs, "envoy", &server);
     let hop_client = ca.client(&ClientSpec::empty().with_cn("envoy"));
     write_pair(&certs, "envoy-client", &hop_client);
     let ports = EnvoyPorts {
@@ -342,17 +339,7 @@ async fn call_through_envoy(
     )
     .await;
     let caller = ca.client(&ClientSpec::uri(A_URI));
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
-        .identity(
-            reqwest::Identity::from_pem(
-                format!("{}{}", caller.cert_pem, caller.key_pem).as_bytes(),
-            )
-            .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let http = ca.https_client(&caller);
     let url = format!("https://localhost:{}/orders", ports.listener);
     let resp = http
         .get(&url)

@@ -175,6 +175,33 @@ impl Ca {
         }
     }
 
+    /// Writes what `envoy/envoy.yaml` reads from Envoy's working directory:
+    /// `certs/ca.crt` (this CA) and `certs/envoy.{crt,key}` (for `localhost`).
+    pub fn write_envoy_certs(&self, workdir: &std::path::Path) {
+        let certs = workdir.join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        let server = self.server("localhost");
+        std::fs::write(certs.join("ca.crt"), self.cert_pem()).unwrap();
+        std::fs::write(certs.join("envoy.crt"), &server.cert_pem).unwrap();
+        std::fs::write(certs.join("envoy.key"), &server.key_pem).unwrap();
+    }
+
+    /// An HTTPS client that trusts this CA and presents `cert` (mTLS).
+    pub fn https_client(&self, cert: &Issued) -> reqwest::Client {
+        let identity =
+            reqwest::Identity::from_pem(format!("{}{}", cert.cert_pem, cert.key_pem).as_bytes())
+                .expect("client identity");
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.cert_pem().as_bytes()).unwrap(),
+            )
+            .identity(identity)
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
     /// A PEM CRL revoking these serials, signed by this CA.
     pub fn crl_pem(&self, serials: &[&[u8]]) -> String {
         self.crl_pem_until(serials, OffsetDateTime::now_utc() + Duration::days(7))
