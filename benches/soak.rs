@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::pki::{Ca, ClientSpec};
-use common::procs::{Echo, Envoy, EnvoyPorts, Sidecar, envoy_config, free_port};
+use common::procs::{Echo, Envoy, Sidecar, free_port};
 use common::{Fixture, Svc, registry_yaml};
 use tokio::sync::Mutex;
 
@@ -179,16 +179,10 @@ async fn main() {
     let echo = Echo::start().await;
     let ca = Ca::new("soak CA");
     ca.write_envoy_certs(fixture.path());
-    let ports = EnvoyPorts {
-        listener: free_port(),
-        admin: free_port(),
-        sidecar: sidecar_addr,
-        app: echo.addr,
-    };
-    let _envoy = Envoy::start(fixture.path(), &envoy_config(&ports), &ports).await;
+    let _envoy = Envoy::shipped(fixture.path(), sidecar_addr, echo.addr).await;
     let cert = ca.client(&ClientSpec::uri(A_URI));
     let http = ca.https_client(&cert);
-    let base = format!("https://localhost:{}", ports.listener);
+    let base = _envoy.base_url();
 
     println!(
         "soak: {seconds} s, {rps} req/s over {clients} clients, registry rewritten every 100 ms, \

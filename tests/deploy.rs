@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::procs::{Echo, Envoy, EnvoyPorts, Sidecar, envoy_binary, envoy_config, free_port};
+use common::procs::{Echo, Envoy, Sidecar, envoy_binary, free_port};
 use common::{Fixture, Svc, unix_now};
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -145,15 +145,9 @@ async fn dev_pki_output_gives_an_allowed_call_through_real_envoy() {
     let _sidecar = Sidecar::start(&config_path, sidecar_addr).await;
 
     let echo = Echo::start().await;
-    let ports = EnvoyPorts {
-        listener: free_port(),
-        admin: free_port(),
-        sidecar: sidecar_addr,
-        app: echo.addr,
-    };
     // Envoy's working directory is the dev-pki output: certs/ as generated.
-    let _envoy = Envoy::start(&pki.dir, &envoy_config(&ports), &ports).await;
-    let base = format!("https://localhost:{}", ports.listener);
+    let envoy = Envoy::shipped(&pki.dir, sidecar_addr, echo.addr).await;
+    let base = envoy.base_url();
     let api = client(&pki, "api_service");
     let billing = client(&pki, "billing");
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::pki::{Ca, ClientSpec, Issued};
-use common::procs::{Echo, Envoy, EnvoyPorts, Sidecar, envoy_config, free_port};
+use common::procs::{Echo, Envoy, Sidecar, free_port};
 use common::{Fixture, Svc, unix_now};
 use service_auth::token;
 
@@ -32,13 +32,8 @@ async fn mesh() -> Mesh {
     let echo = Echo::start().await;
 
     ca.write_envoy_certs(fixture.path());
-    let ports = EnvoyPorts {
-        listener: free_port(),
-        admin: free_port(),
-        sidecar: sidecar_addr,
-        app: echo.addr,
-    };
-    let envoy = Envoy::start(fixture.path(), &envoy_config(&ports), &ports).await;
+    let envoy = Envoy::shipped(fixture.path(), sidecar_addr, echo.addr).await;
+    let base = envoy.base_url();
 
     let a_cert = ca.client(&ClientSpec::uri(A_URI));
     let a = ca.https_client(&a_cert);
@@ -49,7 +44,7 @@ async fn mesh() -> Mesh {
         echo,
         a_cert,
         a,
-        base: format!("https://localhost:{}", ports.listener),
+        base,
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::pki::{Ca, ClientSpec};
-use common::procs::{Echo, Envoy, EnvoyPorts, Sidecar, envoy_config, free_port, poll};
+use common::procs::{Echo, Envoy, Sidecar, free_port, poll};
 use common::{Fixture, Req, Svc};
 use service_auth::check::{Decision, Reason, decide};
 use service_auth::token;
@@ -42,13 +42,8 @@ async fn mesh_without_sidecar() -> Mesh {
     let config = fixture.write_config(&sidecar_addr.to_string(), "");
     let echo = Echo::start().await;
     ca.write_envoy_certs(fixture.path());
-    let ports = EnvoyPorts {
-        listener: free_port(),
-        admin: free_port(),
-        sidecar: sidecar_addr,
-        app: echo.addr,
-    };
-    let envoy = Envoy::start(fixture.path(), &envoy_config(&ports), &ports).await;
+    let envoy = Envoy::shipped(fixture.path(), sidecar_addr, echo.addr).await;
+    let base = envoy.base_url();
     let cert = ca.client(&ClientSpec::uri(A_URI));
     let client = ca.https_client(&cert);
     Mesh {
@@ -58,7 +53,7 @@ async fn mesh_without_sidecar() -> Mesh {
         _envoy: envoy,
         echo,
         client,
-        base: format!("https://localhost:{}", ports.listener),
+        base,
     }
 }
 

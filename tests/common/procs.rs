@@ -314,6 +314,25 @@ impl Envoy {
     }
 }
 
+impl Envoy {
+    /// Runs the shipped `envoy/envoy.yaml` in `workdir` (which holds
+    /// `certs/`) in front of `sidecar` and `app`, on free ports.
+    pub async fn shipped(workdir: &Path, sidecar: SocketAddr, app: SocketAddr) -> Envoy {
+        let ports = EnvoyPorts {
+            listener: free_port(),
+            admin: free_port(),
+            sidecar,
+            app,
+        };
+        Envoy::start(workdir, &envoy_config(&ports), &ports).await
+    }
+
+    /// The listener's base URL (the test certificates are for `localhost`).
+    pub fn base_url(&self) -> String {
+        format!("https://localhost:{}", self.listener)
+    }
+}
+
 impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
