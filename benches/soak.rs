@@ -59,60 +59,26 @@ struct Case {
     expect: u16,
 }
 
+const fn case(path: &'static str, key: Option<&'static str>, expect: u16) -> Case {
+    Case { path, key, expect }
+}
+
+const ALLOWED: Case = case("/orders", Some(A_KEY), 200);
+
 /// Six in ten allowed; the rest denied in four different ways.
 const MIX: [Case; 10] = [
-    Case {
-        path: "/orders",
-        key: Some(A_KEY),
-        expect: 200,
-    },
-    Case {
-        path: "/orders",
-        key: Some(A_KEY),
-        expect: 200,
-    },
-    Case {
-        path: "/orders",
-        key: Some(A_KEY),
-        expect: 200,
-    },
-    Case {
-        path: "/orders",
-        key: Some(A_KEY),
-        expect: 200,
-    },
-    Case {
-        path: "/write/x",
-        key: Some(A_KEY),
-        expect: 200,
-    },
-    Case {
-        path: "/orders",
-        key: Some(A_KEY),
-        expect: 200,
-    },
+    ALLOWED,
+    ALLOWED,
+    ALLOWED,
+    ALLOWED,
+    case("/write/x", Some(A_KEY), 200),
+    ALLOWED,
     // Another service's key: identity mismatch.
-    Case {
-        path: "/orders",
-        key: Some(B_KEY),
-        expect: 401,
-    },
-    Case {
-        path: "/orders",
-        key: None,
-        expect: 401,
-    },
-    Case {
-        path: "/admin/x",
-        key: Some(A_KEY),
-        expect: 403,
-    },
+    case("/orders", Some(B_KEY), 401),
+    case("/orders", None, 401),
+    case("/admin/x", Some(A_KEY), 403),
     // The churning service's key: unknown or mismatched, never allowed.
-    Case {
-        path: "/orders",
-        key: Some(C_KEY),
-        expect: 401,
-    },
+    case("/orders", Some(C_KEY), 401),
 ];
 
 #[derive(Default)]

@@ -33,6 +33,23 @@ fn stderr(o: &Output) -> String {
     String::from_utf8(o.stderr.clone()).unwrap()
 }
 
+/// `token issue --service SERVICE --scope SCOPE` with `config`.
+fn token_issue(config: &str, service: &str, scope: &str) -> Output {
+    run(
+        &[
+            "token",
+            "issue",
+            "--config",
+            config,
+            "--service",
+            service,
+            "--scope",
+            scope,
+        ],
+        "",
+    )
+}
+
 fn fixture() -> (Fixture, String) {
     let f = Fixture::new(&[Svc::new("a", "spiffe://mesh.test/a", "key-a-0123456789")]);
     let config = f.write_config("127.0.0.1:1", "").display().to_string();
@@ -132,19 +149,7 @@ fn gen_secret_is_long_enough() {
 #[test]
 fn token_issue_then_verify() {
     let (_f, config) = fixture();
-    let o = run(
-        &[
-            "token",
-            "issue",
-            "--config",
-            &config,
-            "--service",
-            "a",
-            "--scope",
-            "read",
-        ],
-        "",
-    );
+    let o = token_issue(&config, "a", "read");
     assert!(o.status.success(), "{}", stderr(&o));
     let token = stdout(&o).trim().to_owned();
     assert_eq!(token.split('.').count(), 3, "only the token on stdout");
@@ -178,25 +183,10 @@ fn token_issue_then_verify() {
 #[test]
 fn token_issue_refuses_unknown_service_and_scope() {
     let (_f, config) = fixture();
-    let o = run(
-        &["token", "issue", "--config", &config, "--service", "nobody"],
-        "",
-    );
+    let o = token_issue(&config, "nobody", "read");
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no service"));
-    let o = run(
-        &[
-            "token",
-            "issue",
-            "--config",
-            &config,
-            "--service",
-            "a",
-            "--scope",
-            "admin",
-        ],
-        "",
-    );
+    let o = token_issue(&config, "a", "admin");
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not allowed"));
 }
