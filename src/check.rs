@@ -1,20 +1,19 @@
 //! The authorization decision, as a pure function.
 //!
-//! [`decide`] takes a `CheckRequest`, a registry snapshot and the current
-//! time and returns a [`Decision`]. It does no I/O, holds no locks and never
-//! fails: every problem, including internal ones, is a [`Denial`] with a
-//! [`Reason`]. The gRPC layer only translates the decision into a response.
+//! [`decide`] takes the parsed request ([`Input`]), a registry snapshot and
+//! the current time, and returns a [`Decision`]: a [`Grant`] saying who the
+//! caller is and what it may do, or a [`Denial`] with a [`Reason`]. It does
+//! no I/O, takes no locks, draws no random numbers and never fails; the
+//! expensive facts about the certificate arrive already gathered
+//! (`evidence`). Signing the token is a step after it (`token::issue`), and
+//! the gRPC layer only translates.
 
-use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use subtle::ConstantTimeEq;
 
-use std::sync::Arc;
-
-use crate::identity::{
-    self, CertError, CertificateSource, PeerCertificate, San, SanKind, Uncached,
-};
+use crate::evidence::Evidence;
+use crate::identity::{CertError, PeerCertificate, San};
 use crate::registry::{self, Registry, Service};
+use crate::request::{Attributes, Header, Headers, RouteMode};
 use crate::token::{self, Subject, VerifyError};
 
 /// API keys longer than this are refused without hashing. Generated keys
@@ -25,6 +24,24 @@ pub const MAX_SCOPE_LEN: usize = 4096;
 
 /// The header verify mode sets to the verified token's subject.
 pub const SERVICE_ID_HEADER: &str = "x-service-id";
+
+/// Seconds since the Unix epoch: the `now` every decision and token is
+/// judged at. A clock before 1970 reads as 0, which fails every validity
+/// window closed.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Everything the decision reads about one Check.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'q> {
+    pub attributes: Attributes<'q>,
+    /// The forwarded certificate, parsed and with its trust verdicts
+    /// gathered; `None` when Envoy forwarded none.
+    pub certificate: Option<Result<&'q Evidence, CertError>>,
+}
 
 /// Why a request was refused. The caller only ever sees the HTTP status
 /// class; this goes to logs, metrics and Envoy's dynamic metadata.
@@ -128,7 +145,11 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// Per-route behaviour, from `context_extensions["mode"]`.
+/// The alert a token with a bad signature raises: someone is forging tokens
+/// or holds an old secret.
+pub const INVALID_TOKEN_SIGNATURE: &str = "invalid_token_signature";
+
+/// Which of the two things a Check can do it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Authenticate certificate + API key and issue a token (the default).
@@ -146,33 +167,76 @@ impl Mode {
     }
 }
 
+/// What happened to the presented token in verify mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// The token verified (the Check may still fail on the route's scope).
+    Verified,
+    /// The token itself was refused.
+    Rejected(VerifyError),
+    /// A good token bound (`cnf`) to a certificate this connection does not have.
+    Unbound,
+}
+
 /// The result of a Check.
 #[derive(Debug)]
 pub enum Decision<'r> {
-    Allow(Allow<'r>),
+    Allow(Grant<'r>),
     Deny(Denial<'r>),
 }
 
-impl Decision<'_> {
-    pub fn mode(&self) -> Mode {
-        match self {
-            Decision::Allow(a) => a.mode,
-            Decision::Deny(d) => d.mode,
+/// An allowed Check.
+#[derive(Debug)]
+pub enum Grant<'r> {
+    /// Authenticated by certificate and API key: issue a token.
+    Issue(IssueGrant<'r>),
+    /// A valid mesh token was presented.
+    Verify(VerifyGrant<'r>),
+}
+
+/// Who an issued token describes. Everything borrows from the registry.
+#[derive(Debug)]
+pub struct IssueGrant<'r> {
+    pub service: &'r Service,
+    /// The registered principal the certificate (or Envoy) presented.
+    pub principal: &'r str,
+    pub scopes: Scopes<'r>,
+    /// SHA-256 of the forwarded certificate, to bind the token to it.
+    pub certificate_sha256: Option<[u8; 32]>,
+}
+
+/// The scopes granted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scopes<'r> {
+    /// None were asked for: all of the service's scopes.
+    All,
+    /// Exactly these (the registry's copies, de-duplicated, in request order).
+    Requested(Vec<&'r str>),
+}
+
+impl IssueGrant<'_> {
+    /// The subject to sign a token for.
+    pub fn subject(&self) -> Subject<'_> {
+        let scope = match &self.scopes {
+            Scopes::All => std::borrow::Cow::Borrowed(self.service.all_scopes.as_str()),
+            Scopes::Requested(scopes) => std::borrow::Cow::Owned(scopes.join(" ")),
+        };
+        Subject {
+            service: &self.service.id,
+            principal: self.principal,
+            scope,
+            certificate_sha256: self.certificate_sha256,
         }
     }
 }
 
-/// An allowed request and what to change on it before Envoy forwards it.
+/// A verified mesh token.
 #[derive(Debug)]
-pub struct Allow<'r> {
-    pub mode: Mode,
-    /// The caller's registered service id; `None` in verify mode when the
-    /// token's subject is not in this registry.
-    pub service: Option<&'r str>,
-    /// Header to set upstream, replacing any client-sent copy.
-    pub set_header: (&'r str, String),
-    /// Header to strip before forwarding (the API key), if any.
-    pub remove_header: Option<&'r str>,
+pub struct VerifyGrant<'r> {
+    /// The token's `sub`.
+    pub subject: String,
+    /// The registered service it names.
+    pub service: &'r Service,
     pub kid: &'r str,
     pub jti: String,
 }
@@ -184,166 +248,163 @@ pub struct Denial<'r> {
     pub reason: Reason,
     /// The service the caller authenticated as or claimed, when known.
     pub service: Option<&'r str>,
-    /// For `token.verified` metrics: the token-level reason in verify mode.
-    pub token_error: Option<VerifyError>,
+    /// Verify mode: what happened to the token.
+    pub token: Option<TokenCheck>,
 }
 
-fn deny(mode: Mode, reason: Reason, service: Option<&str>) -> Decision<'_> {
+impl Denial<'_> {
+    /// The denial for an internal failure (fail closed).
+    pub fn internal(mode: Mode) -> Denial<'static> {
+        Denial {
+            mode,
+            reason: Reason::InternalError,
+            service: None,
+            token: None,
+        }
+    }
+
+    /// The security-alert kind this denial raises, if any.
+    pub fn alert(&self) -> Option<&'static str> {
+        match self.token {
+            Some(TokenCheck::Rejected(VerifyError::BadSignature)) => Some(INVALID_TOKEN_SIGNATURE),
+            _ => self.reason.alert(),
+        }
+    }
+}
+
+impl<'r> Decision<'r> {
+    pub fn mode(&self) -> Mode {
+        match self {
+            Decision::Allow(Grant::Issue(_)) => Mode::Issue,
+            Decision::Allow(Grant::Verify(_)) => Mode::Verify,
+            Decision::Deny(d) => d.mode,
+        }
+    }
+
+    /// The caller's registered service, when known.
+    pub fn service(&self) -> Option<&'r str> {
+        match self {
+            Decision::Allow(Grant::Issue(g)) => Some(&g.service.id),
+            Decision::Allow(Grant::Verify(g)) => Some(&g.service.id),
+            Decision::Deny(d) => d.service,
+        }
+    }
+
+    /// Verify mode: what happened to the token.
+    pub fn token_check(&self) -> Option<TokenCheck> {
+        match self {
+            Decision::Allow(Grant::Verify(_)) => Some(TokenCheck::Verified),
+            Decision::Allow(Grant::Issue(_)) => None,
+            Decision::Deny(d) => d.token,
+        }
+    }
+
+    /// The security-alert kind this decision raises, if any.
+    pub fn alert(&self) -> Option<&'static str> {
+        match self {
+            Decision::Allow(_) => None,
+            Decision::Deny(d) => d.alert(),
+        }
+    }
+}
+
+fn deny(mode: Mode, reason: Reason, service: Option<&Service>) -> Decision<'_> {
     Decision::Deny(Denial {
         mode,
         reason,
-        service,
-        token_error: None,
+        service: service.map(|s| s.id.as_str()),
+        token: None,
     })
 }
 
 /// Decides a Check at `now` (Unix seconds) against the registry snapshot.
-pub fn decide<'r>(req: &CheckRequest, registry: &'r Registry, now: i64) -> Decision<'r> {
-    decide_with(req, registry, now, &Uncached)
-}
-
-/// [`decide`], with peer certificates from `certs` (the server passes its
-/// cache; the result is the same as parsing each time).
-pub fn decide_with<'r>(
-    req: &CheckRequest,
-    registry: &'r Registry,
-    now: i64,
-    certs: &dyn CertificateSource,
-) -> Decision<'r> {
-    let attrs = req.attributes.as_ref();
-    let ext = attrs.map(|a| &a.context_extensions);
-    let mode = match ext.and_then(|e| e.get("mode")).map(String::as_str) {
-        None | Some("issue") => Mode::Issue,
-        Some("verify") => Mode::Verify,
+pub fn decide<'r>(input: &Input<'_>, registry: &'r Registry, now: i64) -> Decision<'r> {
+    match input.attributes.mode {
+        RouteMode::Issue => issue(input, registry, now),
+        RouteMode::Verify => verify(input, registry, now),
         // A route configured with a mode we do not know fails closed.
-        Some(_) => return deny(Mode::Issue, Reason::InternalError, None),
-    };
-    let source = attrs.and_then(|a| a.source.as_ref());
-    let certificate = source.map_or("", |s| s.certificate.as_str());
-    let principal = source.map_or("", |s| s.principal.as_str());
-    let http = attrs
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref());
-    let route_scope = ext.and_then(|e| e.get("scope")).map_or("", String::as_str);
-    let request = Request {
-        certificate,
-        principal,
-        http,
-        route_scope,
-    };
-    match mode {
-        Mode::Issue => issue(&request, registry, now, certs),
-        Mode::Verify => verify(&request, registry, now, certs),
+        RouteMode::Unknown => Decision::Deny(Denial::internal(Mode::Issue)),
     }
 }
 
-/// The parts of a CheckRequest the decision reads.
-struct Request<'q> {
-    certificate: &'q str,
-    principal: &'q str,
-    http: Option<&'q HttpRequest>,
-    route_scope: &'q str,
-}
-
-fn issue<'r>(
-    req: &Request<'_>,
-    registry: &'r Registry,
-    now: i64,
-    certs: &dyn CertificateSource,
-) -> Decision<'r> {
+fn issue<'r>(input: &Input<'_>, registry: &'r Registry, now: i64) -> Decision<'r> {
     let mode = Mode::Issue;
-    let peer = match peer_identity(req, registry, now, certs) {
+    let attrs = &input.attributes;
+    let peer = match peer_identity(input, registry, now) {
         Ok(peer) => peer,
         Err(reason) => return deny(mode, reason, None),
     };
 
     // Step 2: the SANs must name exactly one registered service.
-    let mut matched: Option<(usize, &San)> = None;
+    let mut matched: Option<(&Service, usize)> = None;
     for san in peer.sans() {
-        if let Some(index) = registry.service_for_principal(san.kind, &san.value) {
+        if let Some(service) = registry.service_for_principal(san.kind, &san.value) {
             match matched {
-                None => matched = Some((index, san)),
-                Some((first, _)) if first != index => {
+                None => {
+                    let index = service
+                        .principals
+                        .iter()
+                        .position(|p| *p == san.value)
+                        .unwrap_or(0);
+                    matched = Some((service, index));
+                }
+                Some((first, _)) if !std::ptr::eq(first, service) => {
                     return deny(mode, Reason::AmbiguousPrincipal, None);
                 }
                 Some(_) => {}
             }
         }
     }
-    let Some((index, san)) = matched else {
+    let Some((service, principal)) = matched else {
         return deny(mode, Reason::UnknownPrincipal, None);
     };
-    let service = registry.service_at(index);
-    let claimed = Some(service.id.as_str());
+    let principal = service.principals.get(principal).map_or("", String::as_str);
 
-    if let Err(reason) = check_trust(service, peer.certificate()) {
-        return deny(mode, reason, claimed);
+    if let Err(reason) = check_trust(service, peer.evidence()) {
+        return deny(mode, reason, Some(service));
     }
 
     // Step 3: the API key.
-    let api_key = match single_header(req.http, &registry.request.api_key_header) {
-        Header::Absent => return deny(mode, Reason::MissingApiKey, claimed),
-        Header::Repeated => return deny(mode, Reason::InvalidApiKey, claimed),
+    let api_key = match attrs.headers.single(&registry.request.api_key_header) {
+        Header::Absent => return deny(mode, Reason::MissingApiKey, Some(service)),
+        Header::Repeated => return deny(mode, Reason::InvalidApiKey, Some(service)),
         Header::One(v) => v,
     };
     if let Err(reason) = check_api_key(registry, service, api_key, now) {
-        return deny(mode, reason, claimed);
+        return deny(mode, reason, Some(service));
     }
 
     // Step 4: scopes.
-    let requested = match requested_scopes(req, registry) {
-        Some(requested) => requested,
-        None => return deny(mode, Reason::ScopeNotAllowed, claimed),
-    };
-    if !requested.iter().all(|s| service.allows_scope(s)) {
-        return deny(mode, Reason::ScopeNotAllowed, claimed);
-    }
-    let scope = if requested.is_empty() {
-        std::borrow::Cow::Borrowed(service.all_scopes.as_str())
-    } else {
-        std::borrow::Cow::Owned(requested.join(" "))
+    let Some(scopes) = granted_scopes(attrs, registry, service) else {
+        return deny(mode, Reason::ScopeNotAllowed, Some(service));
     };
 
-    // Step 5: the token.
-    let subject = Subject {
-        service: &service.id,
-        principal: &san.value,
-        scope: &scope,
-        certificate_sha256: peer.certificate().map(|c| &c.sha256),
-    };
-    let issued = match token::issue(&registry.token, subject, now) {
-        Ok(issued) => issued,
-        Err(_) => return deny(mode, Reason::InternalError, claimed),
-    };
-    Decision::Allow(Allow {
-        mode,
-        service: claimed,
-        set_header: (registry.token.header.as_str(), issued.token),
-        remove_header: (!registry.request.forward_api_key)
-            .then_some(registry.request.api_key_header.as_str()),
-        kid: issued.kid,
-        jti: issued.jti,
-    })
+    Decision::Allow(Grant::Issue(IssueGrant {
+        service,
+        principal,
+        scopes,
+        certificate_sha256: peer.evidence().map(|e| e.certificate.sha256),
+    }))
 }
 
 /// Who the peer is: the forwarded certificate if there is one, else Envoy's
 /// principal. Identity never comes from request headers.
-enum Peer {
-    Certificate(Arc<PeerCertificate>),
+enum Peer<'q> {
+    Certificate(&'q Evidence),
     Principal(San),
 }
 
-impl Peer {
+impl Peer<'_> {
     fn sans(&self) -> &[San] {
         match self {
-            Peer::Certificate(cert) => &cert.sans,
+            Peer::Certificate(e) => &e.certificate.sans,
             Peer::Principal(san) => std::slice::from_ref(san),
         }
     }
 
-    fn certificate(&self) -> Option<&PeerCertificate> {
+    fn evidence(&self) -> Option<&Evidence> {
         match self {
-            Peer::Certificate(cert) => Some(cert),
+            Peer::Certificate(e) => Some(e),
             Peer::Principal(_) => None,
         }
     }
@@ -351,64 +412,63 @@ impl Peer {
 
 /// Step 1: establish the peer identity and check what does not depend on
 /// which service it claims (shape, validity window, revocation).
-fn peer_identity(
-    req: &Request<'_>,
+fn peer_identity<'q>(
+    input: &Input<'q>,
     registry: &Registry,
     now: i64,
-    certs: &dyn CertificateSource,
-) -> Result<Peer, Reason> {
-    if !req.certificate.is_empty() {
-        let cert = parse_certificate(certs, req.certificate)?;
-        if now < cert.not_before {
-            return Err(Reason::CertificateNotYetValid);
-        }
-        if now > cert.not_after {
-            return Err(Reason::CertificateExpired);
-        }
-        if registry.is_revoked(&cert.serial) {
-            return Err(Reason::CertificateRevoked);
-        }
-        return Ok(Peer::Certificate(cert));
+) -> Result<Peer<'q>, Reason> {
+    if let Some(certificate) = input.certificate {
+        let evidence = certificate.map_err(cert_reason)?;
+        check_certificate(&evidence.certificate, registry, now)?;
+        return Ok(Peer::Certificate(evidence));
     }
-    if !req.principal.is_empty() {
-        let kind = identity::principal_kind(req.principal);
-        let value = match kind {
-            SanKind::Uri => req.principal.to_owned(),
-            SanKind::Dns => req.principal.to_ascii_lowercase(),
-        };
-        return Ok(Peer::Principal(San { kind, value }));
+    let principal = input.attributes.principal;
+    if !principal.is_empty() {
+        return Ok(Peer::Principal(San::from_principal(principal)));
     }
     Err(Reason::MissingIdentity)
 }
 
-fn parse_certificate(
-    certs: &dyn CertificateSource,
-    forwarded: &str,
-) -> Result<Arc<PeerCertificate>, Reason> {
-    certs.certificate(forwarded).map_err(|e| match e {
+/// The checks on a certificate that depend on time and the registry, not
+/// on a service: validity window and revocation.
+fn check_certificate(cert: &PeerCertificate, registry: &Registry, now: i64) -> Result<(), Reason> {
+    if now < cert.not_before {
+        return Err(Reason::CertificateNotYetValid);
+    }
+    if now > cert.not_after {
+        return Err(Reason::CertificateExpired);
+    }
+    if registry.is_revoked(&cert.serial) {
+        return Err(Reason::CertificateRevoked);
+    }
+    Ok(())
+}
+
+fn cert_reason(e: CertError) -> Reason {
+    match e {
         CertError::Malformed => Reason::MalformedCertificate,
         CertError::NotClientCertificate => Reason::CertificateUntrusted,
-    })
+    }
 }
 
 /// Per-service trust: the issuing CA and certificate pins. A service that
 /// requires either cannot be authenticated by a bare principal.
-fn check_trust(service: &Service, cert: Option<&PeerCertificate>) -> Result<(), Reason> {
+fn check_trust(service: &Service, evidence: Option<&Evidence>) -> Result<(), Reason> {
     if let Some(anchor) = &service.ca {
-        match cert {
-            Some(cert) if cert.is_issued_by(anchor) => {}
+        match evidence {
+            Some(e) if e.issued_by(anchor) => {}
             _ => return Err(Reason::CertificateUntrusted),
         }
     }
     if !service.pins.is_empty() {
-        let Some(cert) = cert else {
+        let Some(e) = evidence else {
             return Err(Reason::CertificatePinMismatch);
         };
         let pinned = service
             .pins
             .iter()
             .fold(subtle::Choice::from(0), |acc, pin| {
-                acc | pin.ct_eq(&cert.sha256)
+                acc | pin.ct_eq(&e.certificate.sha256)
             });
         if !bool::from(pinned) {
             return Err(Reason::CertificatePinMismatch);
@@ -448,109 +508,119 @@ fn check_api_key(
     }
 }
 
-/// The scopes asked for: the caller's scope header plus the route's
-/// `context_extensions["scope"]`, de-duplicated. `None` when the header is
-/// unusable (sent twice, too long).
-fn requested_scopes<'q>(req: &Request<'q>, registry: &Registry) -> Option<Vec<&'q str>> {
-    let mut scopes: Vec<&str> = Vec::new();
-    let mut add = |list: &'q str| {
+/// The scopes to grant: the caller's scope header plus the route's
+/// `context_extensions["scope"]`, de-duplicated, each one allowed for the
+/// service. `None` when one is not allowed or the header is unusable (sent
+/// twice, too long, not UTF-8).
+fn granted_scopes<'r>(
+    attrs: &Attributes<'_>,
+    registry: &Registry,
+    service: &'r Service,
+) -> Option<Scopes<'r>> {
+    let mut scopes: Vec<&'r str> = Vec::new();
+    let mut add = |list: &str| -> Option<()> {
         for s in list.split_ascii_whitespace() {
-            if !scopes.contains(&s) {
-                scopes.push(s);
+            let allowed = service.scope(s)?;
+            if !scopes.contains(&allowed) {
+                scopes.push(allowed);
             }
         }
+        Some(())
     };
     if let Some(name) = &registry.request.scope_header {
-        match single_header(req.http, name) {
+        match attrs.headers.single(name) {
             Header::Absent => {}
             Header::Repeated => return None,
             Header::One(v) => {
                 let v = std::str::from_utf8(v)
                     .ok()
                     .filter(|v| v.len() <= MAX_SCOPE_LEN)?;
-                add(v);
+                add(v)?;
             }
         }
     }
-    add(req.route_scope);
-    Some(scopes)
+    add(attrs.route_scope)?;
+    Some(if scopes.is_empty() {
+        Scopes::All
+    } else {
+        Scopes::Requested(scopes)
+    })
 }
 
-fn verify<'r>(
-    req: &Request<'_>,
-    registry: &'r Registry,
-    now: i64,
-    certs: &dyn CertificateSource,
-) -> Decision<'r> {
+fn verify<'r>(input: &Input<'_>, registry: &'r Registry, now: i64) -> Decision<'r> {
     let mode = Mode::Verify;
-    let token_deny = |err: VerifyError| {
+    let attrs = &input.attributes;
+    let refuse = |reason: Reason, service: Option<&'r str>, token: TokenCheck| {
+        Decision::Deny(Denial {
+            mode,
+            reason,
+            service,
+            token: Some(token),
+        })
+    };
+    let token_refused = |err: VerifyError| {
         let reason = match err {
             VerifyError::Expired => Reason::ExpiredToken,
             _ => Reason::InvalidToken,
         };
-        Decision::Deny(Denial {
-            mode,
-            reason,
-            service: None,
-            token_error: Some(err),
-        })
+        refuse(reason, None, TokenCheck::Rejected(err))
     };
-    let token = match presented_token(req.http, &registry.token.header) {
+    let token = match presented_token(&attrs.headers, &registry.token.header) {
         Ok(token) => token,
-        Err(err) => return token_deny(err),
+        Err(err) => return token_refused(err),
     };
     let verified = match token::verify(&registry.token, token, now) {
         Ok(v) => v,
-        Err(err) => return token_deny(err),
+        Err(err) => return token_refused(err),
     };
     let claims = verified.claims;
-    let service = registry.service(&claims.sub).map(|s| s.id.as_str());
+    let Some(service) = registry.service(&claims.sub) else {
+        return refuse(
+            Reason::InvalidToken,
+            None,
+            TokenCheck::Rejected(VerifyError::BadClaims),
+        );
+    };
+    let id = Some(service.id.as_str());
 
     // RFC 8705: a certificate-bound token is only good on that certificate.
     if let Some(cnf) = &claims.cnf {
-        if req.certificate.is_empty() {
-            return deny(mode, Reason::InvalidToken, service);
-        }
-        let cert = match parse_certificate(certs, req.certificate) {
-            Ok(cert) => cert,
-            Err(reason) => return deny(mode, reason, service),
+        let evidence = match input.certificate {
+            None => return refuse(Reason::InvalidToken, id, TokenCheck::Unbound),
+            Some(Err(e)) => return refuse(cert_reason(e), id, TokenCheck::Unbound),
+            Some(Ok(evidence)) => evidence,
         };
-        let presented = token::Confirmation::for_certificate_sha256(&cert.sha256);
+        let presented = token::Confirmation::for_certificate_sha256(&evidence.certificate.sha256);
         if !bool::from(presented.x5t_s256.as_bytes().ct_eq(cnf.x5t_s256.as_bytes())) {
-            return deny(mode, Reason::InvalidToken, service);
+            return refuse(Reason::InvalidToken, id, TokenCheck::Unbound);
         }
     }
     let granted: Vec<&str> = claims.scopes().collect();
-    if !req
+    if !attrs
         .route_scope
         .split_ascii_whitespace()
         .all(|s| granted.contains(&s))
     {
-        return deny(mode, Reason::ScopeNotAllowed, service);
+        return refuse(Reason::ScopeNotAllowed, id, TokenCheck::Verified);
     }
-    Decision::Allow(Allow {
-        mode,
+    Decision::Allow(Grant::Verify(VerifyGrant {
+        subject: claims.sub,
         service,
-        set_header: (SERVICE_ID_HEADER, claims.sub),
-        remove_header: None,
         kid: verified.kid,
         jti: claims.jti,
-    })
+    }))
 }
 
 /// The token from the token header or `authorization: Bearer`. Both present
 /// with different values, or either repeated, is refused: which one would
 /// the upstream believe?
-fn presented_token<'q>(
-    http: Option<&'q HttpRequest>,
-    header: &str,
-) -> Result<&'q str, VerifyError> {
-    let own = match single_header(http, header) {
+fn presented_token<'q>(headers: &Headers<'q>, header: &str) -> Result<&'q str, VerifyError> {
+    let own = match headers.single(header) {
         Header::Repeated => return Err(VerifyError::Malformed),
         Header::One(v) => Some(v),
         Header::Absent => None,
     };
-    let bearer = match single_header(http, "authorization") {
+    let bearer = match headers.single("authorization") {
         Header::Repeated => return Err(VerifyError::Malformed),
         Header::One(v) => match v.strip_prefix(b"Bearer ") {
             Some(t) => Some(t),
@@ -566,77 +636,9 @@ fn presented_token<'q>(
     std::str::from_utf8(token).map_err(|_| VerifyError::Malformed)
 }
 
-/// A credential header as Envoy delivered it.
-#[derive(Debug, PartialEq, Eq)]
-enum Header<'q> {
-    Absent,
-    One(&'q [u8]),
-    Repeated,
-}
-
-/// Looks a (lower-case) header up in both places Envoy may put it:
-/// `headers` (joined with `,` when repeated) and `header_map` (one entry per
-/// occurrence, raw bytes when `encode_raw_headers` is on).
-fn single_header<'q>(http: Option<&'q HttpRequest>, name: &str) -> Header<'q> {
-    let Some(http) = http else {
-        return Header::Absent;
-    };
-    let mut found = http.headers.get(name).map(|v| v.as_bytes());
-    if let Some(map) = &http.header_map {
-        for h in &map.headers {
-            if h.key.eq_ignore_ascii_case(name) {
-                if found.is_some() {
-                    return Header::Repeated;
-                }
-                found = Some(if h.raw_value.is_empty() {
-                    h.value.as_bytes()
-                } else {
-                    &h.raw_value
-                });
-            }
-        }
-    }
-    found.map_or(Header::Absent, Header::One)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-
-    fn http(headers: &[(&str, &str)], raw: &[(&str, &[u8])]) -> HttpRequest {
-        HttpRequest {
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            header_map: (!raw.is_empty()).then(|| HeaderMap {
-                headers: raw
-                    .iter()
-                    .map(|(k, v)| HeaderValue {
-                        key: k.to_string(),
-                        raw_value: v.to_vec(),
-                        ..Default::default()
-                    })
-                    .collect(),
-            }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn headers_are_read_from_both_maps() {
-        let h = http(&[("x-api-key", "a")], &[]);
-        assert_eq!(single_header(Some(&h), "x-api-key"), Header::One(b"a"));
-        let h = http(&[], &[("x-api-key", b"b")]);
-        assert_eq!(single_header(Some(&h), "x-api-key"), Header::One(b"b"));
-        let h = http(&[], &[("X-Api-Key", b"b"), ("x-api-key", b"c")]);
-        assert_eq!(single_header(Some(&h), "x-api-key"), Header::Repeated);
-        let h = http(&[("x-api-key", "a")], &[("x-api-key", b"a")]);
-        assert_eq!(single_header(Some(&h), "x-api-key"), Header::Repeated);
-        assert_eq!(single_header(Some(&h), "other"), Header::Absent);
-        assert_eq!(single_header(None, "x-api-key"), Header::Absent);
-    }
 
     #[test]
     fn reason_strings_and_classes() {
@@ -645,5 +647,35 @@ mod tests {
         assert_eq!(Reason::ScopeNotAllowed.outcome(), Outcome::Forbidden);
         assert_eq!(Reason::InternalError.outcome(), Outcome::Unavailable);
         assert_eq!(Reason::IdentityMismatch.outcome(), Outcome::Unauthenticated);
+    }
+
+    #[test]
+    fn alert_kinds_are_the_documented_names() {
+        let alerts: Vec<(Reason, Option<&str>)> =
+            Reason::ALL.iter().map(|r| (*r, r.alert())).collect();
+        let expected = [
+            (Reason::IdentityMismatch, "identity_mismatch"),
+            (Reason::CertificateRevoked, "certificate_revoked"),
+            (Reason::CertificateUntrusted, "certificate_untrusted"),
+            (Reason::CertificatePinMismatch, "certificate_pin_mismatch"),
+            (Reason::AmbiguousPrincipal, "ambiguous_principal"),
+        ];
+        for (reason, alert) in alerts {
+            let want = expected.iter().find(|(r, _)| *r == reason).map(|(_, a)| *a);
+            assert_eq!(alert, want, "{reason}");
+        }
+        let forged = Denial {
+            mode: Mode::Verify,
+            reason: Reason::InvalidToken,
+            service: None,
+            token: Some(TokenCheck::Rejected(VerifyError::BadSignature)),
+        };
+        assert_eq!(forged.alert(), Some("invalid_token_signature"));
+        let expired = Denial {
+            token: Some(TokenCheck::Rejected(VerifyError::Expired)),
+            reason: Reason::ExpiredToken,
+            ..forged
+        };
+        assert_eq!(expired.alert(), None);
     }
 }

@@ -1,16 +1,18 @@
 //! The two configuration files exactly as operators write them.
 //!
 //! This module owns parsing only: typed structs with `deny_unknown_fields` (a
-//! typo must not silently switch a check off), duration strings, file-size caps
-//! and locating YAML errors. Turning a parsed registry into something a Check
-//! can use is `registry`'s job.
+//! typo must not silently switch a check off), duration strings, file-size
+//! caps and locating YAML errors. The structs also derive `Serialize`, so
+//! tests and `dev-pki` write files from the same types the sidecar reads.
+//! Turning a parsed registry into something a Check can use is `registry`'s
+//! job.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Default location of the static config, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "config/service-auth.yaml";
@@ -19,32 +21,78 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/service-auth.yaml";
 /// cap keeps a runaway file (or alias bomb) from eating the sidecar's memory.
 pub const MAX_YAML_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Largest secret, key, CA bundle or CRL file: such files are kilobytes,
+/// and a wrong path must not make the sidecar read a disk image.
+pub const MAX_AUX_FILE_BYTES: u64 = 1024 * 1024;
+
 /// An error in one configuration file, located as precisely as we can.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{}: cannot read: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{path}: {size} bytes is above the {MAX_YAML_BYTES}-byte limit")]
-    TooLarge { path: PathBuf, size: u64 },
-    #[error("{path}:{line}:{column}: {message}")]
+    #[error("{}: {} is above the {limit}-byte limit", path.display(), describe_size(*size, *limit))]
+    TooLarge {
+        path: PathBuf,
+        /// The file's size when known, else `limit + 1` (it grew past the
+        /// limit while being read).
+        size: u64,
+        limit: u64,
+    },
+    #[error("{}: the file is not valid UTF-8", path.display())]
+    NotUtf8 { path: PathBuf },
+    #[error("{}:{line}:{column}: {message}", path.display())]
     Yaml {
         path: PathBuf,
         line: usize,
         column: usize,
         message: String,
     },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("{}: {at}: {problem}", path.display())]
+    Invalid {
+        path: PathBuf,
+        /// YAML path of the offending value, e.g. `limits.max_connections`.
+        at: String,
+        problem: Invalid,
+    },
+}
+
+fn describe_size(size: u64, limit: u64) -> String {
+    if size > limit + 1 {
+        format!("{size} bytes")
+    } else {
+        "the file".to_owned()
+    }
+}
+
+/// What is wrong with a value of the static config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("must be above zero")]
+    NotPositive,
+    #[error("listen.tls needs a TCP address: a Unix socket is protected by its file permissions")]
+    TlsOnUnixSocket,
 }
 
 impl ConfigError {
-    pub fn invalid(path: &Path, message: impl Into<String>) -> Self {
+    pub fn invalid(path: &Path, at: impl Into<String>, problem: Invalid) -> Self {
         ConfigError::Invalid {
             path: path.to_path_buf(),
-            message: message.into(),
+            at: at.into(),
+            problem,
+        }
+    }
+
+    /// The file this error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            ConfigError::Read { path, .. }
+            | ConfigError::TooLarge { path, .. }
+            | ConfigError::NotUtf8 { path }
+            | ConfigError::Yaml { path, .. }
+            | ConfigError::Invalid { path, .. } => path,
         }
     }
 }
@@ -74,15 +122,17 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(
 /// Reads a whole UTF-8 file, refusing anything larger than `limit` bytes.
 pub fn read_capped(path: &Path, limit: u64) -> Result<String, ConfigError> {
     let bytes = read_capped_bytes(path, limit)?;
-    String::from_utf8(bytes).map_err(|_| ConfigError::invalid(path, "file is not valid UTF-8"))
+    String::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8 {
+        path: path.to_path_buf(),
+    })
 }
 
 /// Reads a whole file, refusing anything larger than `limit` bytes.
 pub fn read_capped_bytes(path: &Path, limit: u64) -> Result<Vec<u8>, ConfigError> {
     use std::io::Read;
-    let read_err = |source| ConfigError::Read {
+    let read_err = |error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let file = std::fs::File::open(path).map_err(read_err)?;
     let mut bytes = Vec::new();
@@ -92,9 +142,11 @@ pub fn read_capped_bytes(path: &Path, limit: u64) -> Result<Vec<u8>, ConfigError
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
     if bytes.len() as u64 > limit {
+        let size = std::fs::metadata(path).map_or(limit + 1, |m| m.len().max(limit + 1));
         return Err(ConfigError::TooLarge {
             path: path.to_path_buf(),
-            size: bytes.len() as u64,
+            size,
+            limit,
         });
     }
     Ok(bytes)
@@ -116,7 +168,7 @@ pub fn resolve(base_file: &Path, relative: &Path) -> PathBuf {
 // ---------------------------------------------------------------------------
 
 /// The static config, read once at start.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticConfig {
     pub listen: Listen,
@@ -135,46 +187,63 @@ impl StaticConfig {
     /// Loads the static config and resolves the paths it names relative to it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let mut config: StaticConfig = read_yaml(path)?;
-        config.registry = resolve(path, &config.registry);
-        if let Some(tls) = &mut config.listen.tls {
+        config.resolve_paths(path);
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Makes every path relative to `path` (the file this config came from).
+    pub fn resolve_paths(&mut self, path: &Path) {
+        self.registry = resolve(path, &self.registry);
+        if let Some(tls) = &mut self.listen.tls {
             tls.cert = resolve(path, &tls.cert);
             tls.key = resolve(path, &tls.key);
             tls.client_ca = resolve(path, &tls.client_ca);
         }
-        if let ListenAddr::Unix(socket) = &mut config.listen.grpc {
+        if let ListenAddr::Unix(socket) = &mut self.listen.grpc {
             *socket = resolve(path, socket);
         }
-        if config.reload.poll_interval.is_zero() {
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.reload.poll_interval.is_zero() {
             return Err(ConfigError::invalid(
                 path,
-                "reload.poll_interval must be above zero",
+                "reload.poll_interval",
+                Invalid::NotPositive,
             ));
         }
-        if config.listen.tls.is_some() && matches!(config.listen.grpc, ListenAddr::Unix(_)) {
+        if self.listen.tls.is_some() && matches!(self.listen.grpc, ListenAddr::Unix(_)) {
             return Err(ConfigError::invalid(
                 path,
-                "listen.tls needs a TCP address: a Unix socket is protected by its file permissions",
+                "listen.tls",
+                Invalid::TlsOnUnixSocket,
             ));
         }
-        config
-            .limits
-            .validate()
-            .map_err(|m| ConfigError::invalid(path, m))?;
-        let otlp = config.telemetry.otlp.as_ref();
+        if let Some(name) = self.limits.first_zero() {
+            return Err(ConfigError::invalid(
+                path,
+                format!("limits.{name}"),
+                Invalid::NotPositive,
+            ));
+        }
+        let otlp = self.telemetry.otlp.as_ref();
         if otlp.and_then(|o| o.interval).is_some_and(|i| i.is_zero()) {
             return Err(ConfigError::invalid(
                 path,
-                "telemetry.otlp.interval must be above zero",
+                "telemetry.otlp.interval",
+                Invalid::NotPositive,
             ));
         }
-        Ok(config)
+        Ok(())
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     pub grpc: ListenAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenTls>,
 }
 
@@ -194,18 +263,23 @@ impl fmt::Display for ListenAddr {
     }
 }
 
+/// A `listen.grpc` value that is neither `IP:PORT` nor `unix:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither IP:PORT nor unix:PATH")]
+pub struct BadListenAddr(pub String);
+
 impl std::str::FromStr for ListenAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadListenAddr;
+    fn from_str(s: &str) -> Result<Self, BadListenAddr> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err("unix: needs a socket path".into());
+                return Err(BadListenAddr(s.to_owned()));
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
         s.parse()
             .map(ListenAddr::Tcp)
-            .map_err(|_| format!("{s:?} is neither HOST:PORT (an IP address) nor unix:PATH"))
+            .map_err(|_| BadListenAddr(s.to_owned()))
     }
 }
 
@@ -216,7 +290,13 @@ impl<'de> Deserialize<'de> for ListenAddr {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl Serialize for ListenAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenTls {
     pub cert: PathBuf,
@@ -226,7 +306,7 @@ pub struct ListenTls {
 
 /// Resource limits of the gRPC listener. Defaults suit one Envoy per pod;
 /// every one can be set in `limits:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest decoded gRPC message. Envoy's CheckRequest carries the
@@ -241,16 +321,16 @@ pub struct Limits {
     pub max_connections: usize,
     /// A TCP connection must finish its TLS handshake (or, without TLS, send
     /// its first byte) within this time, or it is closed.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "duration")]
     pub handshake_timeout: Duration,
     /// Upper bound on one Check, after which gRPC answers DEADLINE_EXCEEDED.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// HTTP/2 PING interval, and how long a PING may go unanswered before the
     /// connection is closed: dead peers do not hold connections.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "duration")]
     pub keepalive_interval: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "duration")]
     pub keepalive_timeout: Duration,
 }
 
@@ -270,43 +350,26 @@ impl Default for Limits {
 }
 
 impl Limits {
-    fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("max_message_bytes", self.max_message_bytes as u64),
-            (
-                "max_header_list_bytes",
-                u64::from(self.max_header_list_bytes),
-            ),
-            (
-                "max_concurrent_streams",
-                u64::from(self.max_concurrent_streams),
-            ),
-            ("max_connections", self.max_connections as u64),
-            (
-                "handshake_timeout",
-                self.handshake_timeout.as_millis() as u64,
-            ),
-            ("request_timeout", self.request_timeout.as_millis() as u64),
-            (
-                "keepalive_interval",
-                self.keepalive_interval.as_millis() as u64,
-            ),
-            (
-                "keepalive_timeout",
-                self.keepalive_timeout.as_millis() as u64,
-            ),
+    /// The first limit that is zero (every limit must be positive).
+    fn first_zero(&self) -> Option<&'static str> {
+        let values = [
+            ("max_message_bytes", self.max_message_bytes == 0),
+            ("max_header_list_bytes", self.max_header_list_bytes == 0),
+            ("max_concurrent_streams", self.max_concurrent_streams == 0),
+            ("max_connections", self.max_connections == 0),
+            ("handshake_timeout", self.handshake_timeout.is_zero()),
+            ("request_timeout", self.request_timeout.is_zero()),
+            ("keepalive_interval", self.keepalive_interval.is_zero()),
+            ("keepalive_timeout", self.keepalive_timeout.is_zero()),
         ];
-        match positive.iter().find(|(_, v)| *v == 0) {
-            Some((name, _)) => Err(format!("limits.{name} must be above zero")),
-            None => Ok(()),
-        }
+        values.iter().find(|(_, zero)| *zero).map(|(name, _)| *name)
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reload {
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "duration")]
     pub poll_interval: Duration,
 }
 
@@ -321,23 +384,31 @@ impl Default for Reload {
 /// `telemetry`: every field is optional so that the standard `OTEL_*`
 /// environment variables can fill what the file leaves out (the file wins
 /// where it speaks; see `telemetry::export`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Telemetry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp: Option<Otlp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_name: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Otlp {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<OtlpProtocol>,
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(
+        default,
+        with = "optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub interval: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum OtlpProtocol {
     #[serde(rename = "grpc")]
     Grpc,
@@ -345,7 +416,7 @@ pub enum OtlpProtocol {
     HttpProtobuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
     #[serde(default)]
@@ -367,7 +438,7 @@ fn default_log_level() -> String {
     "info".into()
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -380,7 +451,7 @@ pub enum LogFormat {
 // ---------------------------------------------------------------------------
 
 /// The registry file as written; validated into a `registry::Registry`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryFile {
     pub token: TokenSection,
@@ -392,14 +463,14 @@ pub struct RegistryFile {
     pub services: Vec<ServiceEntry>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSection {
     pub issuer: String,
     pub audience: String,
-    #[serde(default = "default_ttl", deserialize_with = "duration")]
+    #[serde(default = "default_ttl", with = "duration")]
     pub ttl: Duration,
-    #[serde(default = "default_leeway", deserialize_with = "duration")]
+    #[serde(default = "default_leeway", with = "duration")]
     pub leeway: Duration,
     #[serde(default = "default_token_header")]
     pub header: String,
@@ -416,17 +487,19 @@ fn default_token_header() -> String {
     "x-service-jwt".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyEntry {
     pub kid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_env: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub verify_only: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSection {
     #[serde(default = "default_api_key_header")]
@@ -454,7 +527,7 @@ fn default_scope_header() -> Option<String> {
     Some("x-auth-scope".into())
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevocationSection {
     #[serde(default)]
@@ -463,13 +536,14 @@ pub struct RevocationSection {
     pub crl_files: Vec<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceEntry {
     pub id: String,
     pub principals: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificate_sha256: Vec<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -477,23 +551,43 @@ pub struct ServiceEntry {
     pub api_keys: Vec<ApiKeyEntry>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyEntry {
     pub id: String,
     pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<String>,
 }
 
-/// Deserializes `300ms`, `30s`, `5m`, `1h` (anything `humantime` accepts).
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+/// `300ms`, `30s`, `5m`, `1h` (anything `humantime` accepts) both ways.
+mod duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
 }
 
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
+mod optional_duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        duration::deserialize(d).map(Some)
+    }
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -531,6 +625,17 @@ mod tests {
     }
 
     #[test]
+    fn configs_round_trip_through_yaml() {
+        let text = "listen:\n  grpc: unix:/run/a.sock\nregistry: r.yaml\nreload:\n  poll_interval: 1m 30s\nlimits:\n  handshake_timeout: 250ms\n";
+        let config: StaticConfig = serde_yaml::from_str(text).unwrap();
+        let again: StaticConfig =
+            serde_yaml::from_str(&serde_yaml::to_string(&config).unwrap()).unwrap();
+        assert_eq!(again.listen.grpc, ListenAddr::Unix("/run/a.sock".into()));
+        assert_eq!(again.reload.poll_interval, Duration::from_secs(90));
+        assert_eq!(again.limits.handshake_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
     fn duplicate_keys_are_rejected() {
         let text = "id: a\nid: b\nprincipals: []\n";
         assert!(serde_yaml::from_str::<ServiceEntry>(text).is_err());
@@ -549,17 +654,37 @@ mod tests {
     }
 
     #[test]
-    fn oversized_file_is_refused() {
+    fn oversized_file_is_refused_with_its_own_limit_and_size() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.yaml");
-        std::fs::write(&path, vec![b'a'; 2048]).unwrap();
-        assert!(matches!(
-            read_capped(&path, 1024),
-            Err(ConfigError::TooLarge { .. })
-        ));
+        std::fs::write(&path, vec![b'a'; 5000]).unwrap();
+        let err = read_capped(&path, 1024).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::TooLarge {
+                    size: 5000,
+                    limit: 1024,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("5000 bytes is above the 1024-byte limit"));
         assert!(matches!(
             read_capped(&dir.path().join("missing.yaml"), 1024),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn zero_limits_are_named() {
+        let text = "listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\nlimits:\n  max_connections: 0\n";
+        let config: StaticConfig = serde_yaml::from_str(text).unwrap();
+        let err = config.validate(Path::new("c.yaml")).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { at, problem: Invalid::NotPositive, .. } if at == "limits.max_connections"),
+            "{err:?}"
+        );
     }
 }

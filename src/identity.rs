@@ -8,8 +8,6 @@
 //! module only refuses what is malformed or cannot be a client certificate.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::*;
@@ -35,6 +33,25 @@ pub struct San {
     pub value: String,
 }
 
+impl San {
+    /// The one place a name is put in the form names are compared in:
+    /// certificate SANs, Envoy's `source.principal` and registry principals
+    /// all go through here.
+    pub fn new(kind: SanKind, value: &str) -> San {
+        let value = match kind {
+            SanKind::Uri => value.to_owned(),
+            SanKind::Dns => value.to_ascii_lowercase(),
+        };
+        San { kind, value }
+    }
+
+    /// A principal string (configured, or Envoy's `source.principal`),
+    /// classified by [`principal_kind`].
+    pub fn from_principal(principal: &str) -> San {
+        San::new(principal_kind(principal), principal)
+    }
+}
+
 /// Why a forwarded certificate was refused before any policy applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CertError {
@@ -48,10 +65,6 @@ pub enum CertError {
 #[derive(Debug)]
 pub struct PeerCertificate {
     der: Vec<u8>,
-    /// Which trust anchors (by id) signed this certificate: checking a
-    /// signature costs far more than the rest of a Check, and a cached
-    /// certificate meets the same few anchors again and again.
-    issued_by: Mutex<Vec<([u8; 32], bool)>>,
     /// Identity SANs: all URI SANs (in certificate order), then all DNS SANs.
     pub sans: Vec<San>,
     /// Serial number, big-endian, without leading zero bytes.
@@ -103,7 +116,6 @@ impl PeerCertificate {
             not_after,
             sha256,
             der,
-            issued_by: Mutex::new(Vec::new()),
         })
     }
 
@@ -112,27 +124,10 @@ impl PeerCertificate {
         &self.der
     }
 
-    /// True when this certificate was issued and signed by `anchor`.
+    /// True when this certificate was issued and signed by `anchor`. This
+    /// verifies a signature, which costs far more than the rest of a Check:
+    /// the server memoizes verdicts (see `evidence`).
     pub fn is_issued_by(&self, anchor: &TrustAnchor) -> bool {
-        let known = self
-            .issued_by
-            .lock()
-            .ok()
-            .and_then(|memo| memo.iter().find(|(id, _)| *id == anchor.id).map(|e| e.1));
-        if let Some(verdict) = known {
-            return verdict;
-        }
-        let verdict = self.verify_issuer(anchor);
-        if let Ok(mut memo) = self.issued_by.lock() {
-            // Bounded: a certificate meets few anchors (one per service it names).
-            if memo.len() < MAX_ANCHOR_MEMO {
-                memo.push((anchor.id, verdict));
-            }
-        }
-        verdict
-    }
-
-    fn verify_issuer(&self, anchor: &TrustAnchor) -> bool {
         let Ok((_, cert)) = X509Certificate::from_der(&self.der) else {
             return false;
         };
@@ -144,27 +139,35 @@ impl PeerCertificate {
     }
 }
 
-/// How many anchor verdicts one certificate remembers.
-const MAX_ANCHOR_MEMO: usize = 8;
-
 /// A CA certificate that a service's certificates must be signed by.
 #[derive(Debug, Clone)]
 pub struct TrustAnchor {
     der: Vec<u8>,
     /// SHA-256 of `der`: identifies the anchor in verdict memos, so a CA
     /// replaced on reload is verified afresh.
-    id: [u8; 32],
+    pub id: [u8; 32],
+}
+
+/// Why a CA file cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnchorError {
+    #[error("not a PEM certificate")]
+    NotPem,
+    #[error("not an X.509 certificate")]
+    NotCertificate,
+    #[error("the certificate is not a CA (basicConstraints cA is not set)")]
+    NotCa,
 }
 
 impl TrustAnchor {
     /// Parses one PEM CA certificate; it must be a CA (basicConstraints cA).
-    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
-        let (_, block) = parse_x509_pem(pem).map_err(|e| format!("not a PEM certificate: {e}"))?;
-        let (_, cert) = X509Certificate::from_der(&block.contents)
-            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    pub fn from_pem(pem: &[u8]) -> Result<Self, AnchorError> {
+        let (_, block) = parse_x509_pem(pem).map_err(|_| AnchorError::NotPem)?;
+        let (_, cert) =
+            X509Certificate::from_der(&block.contents).map_err(|_| AnchorError::NotCertificate)?;
         let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
         if !is_ca {
-            return Err("certificate is not a CA (basicConstraints cA is not set)".into());
+            return Err(AnchorError::NotCa);
         }
         let id = Sha256::digest(&block.contents).into();
         Ok(TrustAnchor {
@@ -182,64 +185,6 @@ impl TrustAnchor {
             return None;
         }
         Some(crl.verify_signature(ca.public_key()).is_ok())
-    }
-}
-
-/// Where the decision gets parsed peer certificates from.
-pub trait CertificateSource {
-    fn certificate(&self, forwarded: &str) -> Result<Arc<PeerCertificate>, CertError>;
-}
-
-/// Parses every time (tests, the CLI, fuzzing).
-pub struct Uncached;
-
-impl CertificateSource for Uncached {
-    fn certificate(&self, forwarded: &str) -> Result<Arc<PeerCertificate>, CertError> {
-        PeerCertificate::from_forwarded(forwarded).map(Arc::new)
-    }
-}
-
-/// Parsed certificates keyed by the exact forwarded string. Envoy forwards
-/// the same few client certificates over and over (callers reuse their
-/// connections), and parsing is the most expensive step of a Check that
-/// does not verify a signature. A parsed certificate is a pure function of
-/// the string, so a hit is indistinguishable from parsing again; what
-/// depends on time or policy (validity window, revocation, trust) is still
-/// checked on every request. Failures are not cached. When full, the cache
-/// is emptied: crude, but O(1), bounded, and only an attacker cycling
-/// through many valid certificates would notice.
-pub struct CertCache {
-    entries: Mutex<HashMap<Box<str>, Arc<PeerCertificate>>>,
-    capacity: usize,
-}
-
-impl CertCache {
-    pub fn new(capacity: usize) -> Self {
-        CertCache {
-            entries: Mutex::new(HashMap::with_capacity(capacity.min(1024))),
-            capacity,
-        }
-    }
-}
-
-impl CertificateSource for CertCache {
-    fn certificate(&self, forwarded: &str) -> Result<Arc<PeerCertificate>, CertError> {
-        if let Some(hit) = self
-            .entries
-            .lock()
-            .ok()
-            .and_then(|m| m.get(forwarded).cloned())
-        {
-            return Ok(hit);
-        }
-        let parsed = Arc::new(PeerCertificate::from_forwarded(forwarded)?);
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= self.capacity {
-                entries.clear();
-            }
-            entries.insert(forwarded.into(), parsed.clone());
-        }
-        Ok(parsed)
     }
 }
 
@@ -282,11 +227,7 @@ fn identity_sans(cert: &X509Certificate<'_>) -> Result<Vec<San>, CertError> {
             if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(CertError::Malformed);
             }
-            let value = match kind {
-                SanKind::Uri => value.to_owned(),
-                SanKind::Dns => value.to_ascii_lowercase(),
-            };
-            sans.push(San { kind, value });
+            sans.push(San::new(kind, value));
         }
     }
     Ok(sans)

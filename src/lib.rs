@@ -1,21 +1,45 @@
 //! service-auth: an Envoy external-authorization sidecar.
 //!
-//! Data flows one way: `config` parses files, `registry` validates them into
-//! an immutable snapshot (which `reload` keeps current), `identity` reads the
-//! peer certificate, `check` decides (a pure function), `token` signs and
-//! verifies, `server` translates to and from gRPC on the connections
-//! `listener` accepts, and `telemetry` observes the result.
-//! Beside that flow: `health` probes a running sidecar, and `devpki`
-//! generates the development-only demo PKI.
+//! Data flows one way through these modules (each imports only modules
+//! listed before it):
+//!
+//! * `config` parses the two YAML files into typed structs;
+//! * `identity` parses the forwarded peer certificate; `token` issues and
+//!   verifies mesh tokens;
+//! * `registry` validates a registry file into an immutable, indexed
+//!   snapshot and holds the shared `Snapshot` handle;
+//! * `request` parses a `CheckRequest`'s attributes once; `evidence`
+//!   gathers (and memoizes) the costly certificate facts;
+//! * `check` decides, as a pure function; `response` turns the outcome into
+//!   Envoy's `CheckResponse`;
+//! * `telemetry` observes decisions and reloads (logs, OTLP metrics);
+//! * `watch` tells when files change; `reload` rebuilds and swaps
+//!   snapshots; `listener` accepts connections; `server` runs the gRPC
+//!   services;
+//! * `app` wires it all together (`run`, `Sidecar`).
+//!
+//! Beside that flow: `health` probes a running sidecar, `devpki` generates
+//! the development-only demo PKI, `alloc` tunes the allocator, and
+//! `testkit` (feature `test-util`, plus its PKI builder) is shared by tests,
+//! benchmarks, fuzz targets and `dev-pki`.
 
+pub mod alloc;
+pub mod app;
 pub mod check;
 pub mod config;
 pub mod devpki;
+pub mod evidence;
 pub mod health;
 pub mod identity;
 pub mod listener;
 pub mod registry;
 pub mod reload;
+pub mod request;
+pub mod response;
 pub mod server;
 pub mod telemetry;
+pub mod testkit;
 pub mod token;
+pub mod watch;
+
+pub use app::{RunError, Sidecar, run};

@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{Limits, ListenAddr, ListenTls};
-use crate::reload::FileWatch;
+use crate::watch::FileWatch;
 
 /// Connections that finished their handshake and wait for the gRPC server.
 pub type Incoming = ReceiverStream<io::Result<Conn>>;
@@ -128,13 +128,14 @@ pub async fn watch_tls(tls: ListenTls, state: Arc<TlsState>, poll_interval: Dura
     }
 }
 
-/// Binds `addr` and returns the stream of ready connections. Accepting and
-/// handshakes run on their own tasks, so a slow client delays nobody else.
+/// Binds `addr` and returns the stream of ready connections and the address
+/// actually bound (port 0 becomes a real port). Accepting and handshakes run
+/// on their own tasks, so a slow client delays nobody else.
 pub fn bind(
     addr: &ListenAddr,
     tls: Option<Arc<TlsState>>,
     limits: &Limits,
-) -> Result<Incoming, ListenError> {
+) -> Result<(Incoming, ListenAddr), ListenError> {
     let (tx, rx) = mpsc::channel(64);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let deadline = limits.handshake_timeout;
@@ -145,16 +146,20 @@ pub fn bind(
             std_listener
                 .set_nonblocking(true)
                 .map_err(|e| ListenError::Bind(addr.to_string(), e))?;
+            let bound = std_listener
+                .local_addr()
+                .map_err(|e| ListenError::Bind(addr.to_string(), e))?;
             let listener = tokio::net::TcpListener::from_std(std_listener)
                 .map_err(|e| ListenError::Bind(addr.to_string(), e))?;
             tokio::spawn(accept_tcp(listener, tls, slots, deadline, tx));
+            Ok((ReceiverStream::new(rx), ListenAddr::Tcp(bound)))
         }
         ListenAddr::Unix(path) => {
             let listener = bind_unix(path).map_err(|e| ListenError::Bind(addr.to_string(), e))?;
             tokio::spawn(accept_unix(listener, slots, tx));
+            Ok((ReceiverStream::new(rx), addr.clone()))
         }
     }
-    Ok(ReceiverStream::new(rx))
 }
 
 async fn accept_tcp(

@@ -42,13 +42,30 @@ impl SigningKey {
         let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": kid});
         SigningKey {
             header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
-            mac: <Hmac<Sha256> as Mac>::new_from_slice(secret)
-                .expect("HMAC accepts keys of any length"),
+            mac: keyed_hmac(secret),
             decoding: DecodingKey::from_secret(secret),
             kid,
             verify_only,
         }
     }
+}
+
+/// HMAC-SHA256 keyed with `secret`. HMAC takes keys of any length (longer
+/// ones are hashed first), so keying cannot fail; `Mac::new_from_slice`
+/// still returns a `Result` for MACs that can.
+fn keyed_hmac(secret: &[u8]) -> Hmac<Sha256> {
+    use hmac::digest::KeyInit;
+    <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+        .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()))
+}
+
+/// Why a set of keys cannot sign and verify tokens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeySetError {
+    #[error("no signing key (every key is verify_only)")]
+    NoSigningKey,
+    #[error("kid {0:?} is listed twice")]
+    DuplicateKid(String),
 }
 
 impl fmt::Debug for SigningKey {
@@ -84,15 +101,15 @@ impl TokenSettings {
         leeway: Duration,
         header: String,
         keys: Vec<SigningKey>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, KeySetError> {
         let signer = keys
             .iter()
             .position(|k| !k.verify_only)
-            .ok_or("token.keys has no signing key (every key is verify_only)")?;
+            .ok_or(KeySetError::NoSigningKey)?;
         let mut by_kid = HashMap::with_capacity(keys.len());
         for (i, key) in keys.iter().enumerate() {
             if by_kid.insert(key.kid.clone(), i).is_some() {
-                return Err(format!("token.keys: kid {:?} is listed twice", key.kid));
+                return Err(KeySetError::DuplicateKid(key.kid.clone()));
             }
         }
         let validation = validation(&issuer, &audience);
@@ -178,12 +195,13 @@ impl Claims {
 }
 
 /// What a caller is issued a token for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Subject<'a> {
     pub service: &'a str,
     pub principal: &'a str,
-    pub scope: &'a str,
-    pub certificate_sha256: Option<&'a [u8; 32]>,
+    /// Space-separated.
+    pub scope: std::borrow::Cow<'a, str>,
+    pub certificate_sha256: Option<[u8; 32]>,
 }
 
 /// A freshly signed token and the identifiers worth logging about it.
@@ -222,7 +240,7 @@ struct ClaimsOut<'a> {
 /// `jsonwebtoken`) in the tests.
 pub fn issue<'r>(
     settings: &'r TokenSettings,
-    subject: Subject<'_>,
+    subject: &Subject<'_>,
     now: i64,
 ) -> Result<Issued<'r>, IssueError> {
     let key = settings.signing_key();
@@ -235,10 +253,11 @@ pub fn issue<'r>(
         nbf: now,
         exp: now.saturating_add(settings.ttl.as_secs() as i64),
         jti: &jti,
-        scope: subject.scope,
+        scope: &subject.scope,
         principal: subject.principal,
         cnf: subject
             .certificate_sha256
+            .as_ref()
             .map(Confirmation::for_certificate_sha256),
     };
     let json = serde_json::to_vec(&claims)?;
@@ -414,8 +433,8 @@ mod tests {
         Subject {
             service: "api",
             principal: "spiffe://mesh/api",
-            scope: "read write",
-            certificate_sha256: Some(&[7; 32]),
+            scope: "read write".into(),
+            certificate_sha256: Some([7; 32]),
         }
     }
 
@@ -445,7 +464,7 @@ mod tests {
     #[test]
     fn issued_token_verifies_with_all_claims() {
         let s = settings(vec![key("k1", false)]);
-        let issued = issue(&s, subject(), NOW).unwrap();
+        let issued = issue(&s, &subject(), NOW).unwrap();
         assert_eq!(issued.kid, "k1");
         assert!(URL_SAFE_NO_PAD.decode(&issued.jti).unwrap().len() >= 16);
         let v = verify(&s, &issued.token, NOW).unwrap();
@@ -468,15 +487,15 @@ mod tests {
     #[test]
     fn jti_is_unique() {
         let s = settings(vec![key("k1", false)]);
-        let a = issue(&s, subject(), NOW).unwrap();
-        let b = issue(&s, subject(), NOW).unwrap();
+        let a = issue(&s, &subject(), NOW).unwrap();
+        let b = issue(&s, &subject(), NOW).unwrap();
         assert_ne!(a.jti, b.jti);
     }
 
     #[test]
     fn first_non_verify_only_key_signs_and_all_verify() {
         let old = settings(vec![key("old", false)]);
-        let token = issue(&old, subject(), NOW).unwrap().token;
+        let token = issue(&old, &subject(), NOW).unwrap().token;
         let rotated = settings(vec![key("new", false), key("old", true)]);
         assert_eq!(rotated.signing_key().kid, "new");
         assert_eq!(verify(&rotated, &token, NOW).unwrap().kid, "old");
@@ -497,7 +516,7 @@ mod tests {
             "h".into(),
             vec![key("a", true)],
         );
-        assert!(r.is_err());
+        assert_eq!(r.unwrap_err(), KeySetError::NoSigningKey);
         let r = TokenSettings::new(
             "i".into(),
             "a".into(),
@@ -506,13 +525,13 @@ mod tests {
             "h".into(),
             vec![key("a", false), key("a", true)],
         );
-        assert!(r.is_err());
+        assert_eq!(r.unwrap_err(), KeySetError::DuplicateKid("a".into()));
     }
 
     #[test]
     fn time_checks_use_the_configured_leeway_exactly() {
         let s = settings(vec![key("k1", false)]);
-        let token = issue(&s, subject(), NOW).unwrap().token;
+        let token = issue(&s, &subject(), NOW).unwrap().token;
         // exp = NOW + 300; valid while now < exp + 30.
         assert!(verify(&s, &token, NOW + 329).is_ok());
         assert_eq!(
@@ -645,7 +664,7 @@ mod tests {
     #[test]
     fn tampering_breaks_the_signature() {
         let s = settings(vec![key("k1", false)]);
-        let token = issue(&s, subject(), NOW).unwrap().token;
+        let token = issue(&s, &subject(), NOW).unwrap().token;
         let parts: Vec<&str> = token.split('.').collect();
         let mut claims: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();

@@ -6,8 +6,8 @@
 //!   (`service` = its service id, `id` = the key id). Keys without one never
 //!   expire and are not reported.
 //! * `signing_key` — reported only for signing keys that carry an expiry
-//!   date. HS256 secrets in the registry have none today, so this kind does
-//!   not appear yet; a key format with an expiry adds its entries here.
+//!   date. HS256 secrets in the registry have none, so this kind does not
+//!   appear for them.
 //! * `listener_certificate` — the sidecar's own `listen.tls` certificate
 //!   (`service` = `"listener"`, `id` = the certificate file name), read from
 //!   the listener's live TLS state so a rotation shows at once.
@@ -15,30 +15,9 @@
 //! All values come from the registry or the static config, never from a
 //! request, so the series count is bounded by what the operator configures.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use crate::listener::TlsState;
-use crate::registry::Registry;
-
-/// The listener's TLS state, once `listen.tls` is configured.
-static LISTENER: OnceLock<(Arc<TlsState>, String)> = OnceLock::new();
-
-/// Reports the listener certificate's expiry from now on; `id` names it.
-pub fn track_listener_certificate(state: Arc<TlsState>, id: String) {
-    let _ = LISTENER.set((state, id));
-}
-
-/// The listener certificate's expiry, when `listen.tls` is on.
-pub fn listener_expiry() -> Option<Expiry> {
-    let (state, id) = LISTENER.get()?;
-    Some(Expiry {
-        kind: "listener_certificate",
-        service: "listener".to_owned(),
-        id: id.clone(),
-        not_after: state.not_after.load(Ordering::Relaxed),
-    })
-}
+use crate::registry::{Registry, Snapshot};
 
 /// One credential and when it stops working.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +27,24 @@ pub struct Expiry {
     pub id: String,
     /// Unix seconds.
     pub not_after: i64,
+}
+
+/// A credential outside the registry (the listener's certificate) that
+/// reports its expiry when asked. Owners hand one in at start; telemetry
+/// knows nothing else about them.
+pub type ExpirySource = Arc<dyn Fn() -> Option<Expiry> + Send + Sync>;
+
+/// The registry's credentials plus any extra sources.
+#[derive(Clone, Default)]
+pub struct ExpirySources(pub Vec<ExpirySource>);
+
+impl ExpirySources {
+    /// Every expiring credential, now.
+    pub fn collect(&self, snapshot: &Snapshot) -> Vec<Expiry> {
+        let mut all = snapshot.load().map(|r| expiries(&r)).unwrap_or_default();
+        all.extend(self.0.iter().filter_map(|source| source()));
+        all
+    }
 }
 
 /// Every expiring credential in `registry`.

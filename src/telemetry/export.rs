@@ -23,7 +23,6 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
 use crate::config::{OtlpProtocol, Telemetry};
-use crate::server::RegistrySlot;
 
 /// Export interval when neither the config nor `OTEL_METRIC_EXPORT_INTERVAL` sets one.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -52,6 +51,17 @@ pub enum TelemetryError {
     },
     #[error("cannot build the OTLP metrics exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+}
+
+/// Why the last metrics export at shutdown did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("metrics flush failed: {0}")]
+    Failed(String),
+    #[error("metrics flush did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot start the metrics shutdown thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl ExportSettings {
@@ -150,13 +160,9 @@ pub struct MetricsExport {
 }
 
 impl MetricsExport {
-    /// Builds the exporter and the periodic reader and installs the
-    /// instruments. Must run inside the Tokio runtime: the gRPC exporter's
-    /// channel is spawned on it.
-    pub fn start(
-        settings: &ExportSettings,
-        registry: RegistrySlot,
-    ) -> Result<MetricsExport, TelemetryError> {
+    /// Builds the exporter and the periodic reader. Must run inside the
+    /// Tokio runtime: the gRPC exporter's channel is spawned on it.
+    pub fn start(settings: &ExportSettings) -> Result<MetricsExport, TelemetryError> {
         let exporter = match settings.protocol {
             OtlpProtocol::Grpc => {
                 let builder = MetricExporter::builder()
@@ -188,15 +194,19 @@ impl MetricsExport {
             .with_resource(resource)
             .with_reader(reader)
             .build();
-        super::metrics::install(&provider.meter("service-auth"), registry);
         Ok(MetricsExport { provider })
+    }
+
+    /// The meter the sidecar's instruments are created on.
+    pub fn meter(&self) -> opentelemetry::metrics::Meter {
+        self.provider.meter("service-auth")
     }
 
     /// Exports what was recorded since the last interval and stops the
     /// reader, giving up after `timeout` so a dead or hanging collector
     /// cannot hold the process. Call from a thread that is not a Tokio
     /// worker (see the module doc).
-    pub fn shutdown(self, timeout: Duration) -> Result<(), String> {
+    pub fn shutdown(self, timeout: Duration) -> Result<(), FlushError> {
         let (done, wait) = mpsc::channel();
         let provider = self.provider;
         std::thread::Builder::new()
@@ -204,10 +214,10 @@ impl MetricsExport {
             .spawn(move || {
                 let _ = done.send(provider.shutdown().map_err(|e| e.to_string()));
             })
-            .map_err(|e| format!("cannot start the metrics shutdown thread: {e}"))?;
+            .map_err(FlushError::Thread)?;
         match wait.recv_timeout(timeout) {
-            Ok(result) => result,
-            Err(_) => Err(format!("metrics flush did not finish within {timeout:?}")),
+            Ok(result) => result.map_err(FlushError::Failed),
+            Err(_) => Err(FlushError::Timeout(timeout)),
         }
     }
 }

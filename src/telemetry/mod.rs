@@ -1,28 +1,51 @@
 //! Observing the sidecar: structured logs and OTLP metrics.
 //!
-//! Telemetry only observes. It receives decisions after they are made and
-//! never influences one; nothing here may block a Check or log a secret.
-//! `export` runs the OTLP pipeline, `metrics` owns the instruments,
-//! `credentials` lists what expires.
+//! Telemetry only observes. An [`Observer`] receives what happened (a Check's
+//! attributes and decision, a reload's outcome) after it happened and never
+//! influences it; nothing here may block a Check or log a secret. `export`
+//! runs the OTLP pipeline, `metrics` owns the instruments, `credentials`
+//! lists what expires.
 
 pub mod credentials;
 pub mod export;
 pub mod metrics;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use opentelemetry::metrics::Meter;
 
 use crate::check::Decision;
-use crate::config::{ConfigError, Log, LogFormat};
-use crate::registry::Registry;
+use crate::config::{Log, LogFormat};
+use crate::registry::{LoadError, Registry, Snapshot};
+use crate::request::Attributes;
+use credentials::ExpirySources;
+use metrics::Instruments;
+
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log.level {level:?}: {error}")]
+    Level {
+        level: String,
+        error: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot install the log subscriber: {0}")]
+    Install(String),
+}
 
 /// Installs the global `tracing` subscriber (JSON or text, to stderr).
 /// `RUST_LOG` overrides the configured level when set.
-pub fn init_logging(log: &Log) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
-        .map_err(|e| format!("log.level {:?}: {e}", log.level))?;
+pub fn init_logging(log: &Log) -> Result<(), LogError> {
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => filter,
+        Err(_) => tracing_subscriber::EnvFilter::try_new(&log.level).map_err(|error| {
+            LogError::Level {
+                level: log.level.clone(),
+                error,
+            }
+        })?,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -34,47 +57,102 @@ pub fn init_logging(log: &Log) -> Result<(), String> {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    result.map_err(|e| format!("cannot install the log subscriber: {e}"))
+    result.map_err(|e| LogError::Install(e.to_string()))
 }
 
-/// Records one Check that took `elapsed`: metrics for every decision, and
-/// for denials a log line with the reason, the service (when known), Envoy's
-/// request id and the peer address; never a credential.
-pub fn observe_check(req: &CheckRequest, decision: &Decision<'_>, elapsed: Duration) {
-    metrics::record_check(decision, elapsed);
-    let Decision::Deny(denial) = decision else {
-        return;
-    };
-    let attrs = req.attributes.as_ref();
-    let request_id = attrs
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref())
-        .map_or("", |h| h.id.as_str());
-    let peer = attrs
-        .and_then(|a| a.source.as_ref())
-        .and_then(|s| s.address.as_ref())
-        .and_then(|a| a.address.as_ref())
-        .and_then(|a| match a {
-            envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s) => Some(s),
-            _ => None,
-        });
-    let peer_address = peer.map_or("", |s| s.address.as_str());
-    let peer_port = peer.map_or(0, |s| match s.port_specifier {
-        Some(
-            envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p),
-        ) => p,
-        _ => 0,
-    });
-    tracing::warn!(
-        event = "check_denied",
-        reason = denial.reason.as_str(),
-        mode = denial.mode.as_str(),
-        service = denial.service.unwrap_or(metrics::UNKNOWN_SERVICE),
-        request_id = truncate(request_id, 128),
-        peer_address = truncate(peer_address, 64),
-        peer_port,
-        "check denied"
-    );
+/// One decided Check, as telemetry sees it.
+pub struct CheckEvent<'a> {
+    pub attributes: &'a Attributes<'a>,
+    pub decision: &'a Decision<'a>,
+    /// The kid that signed the issued token (issue mode, allowed).
+    pub issued_kid: Option<&'a str>,
+    pub elapsed: Duration,
+}
+
+/// Where the server and the reloader report what happened. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Observer {
+    instruments: Option<Arc<Instruments>>,
+}
+
+impl Observer {
+    /// An observer that logs but records no metrics.
+    pub fn logs_only() -> Self {
+        Observer::default()
+    }
+
+    /// An observer that also records metrics on `meter`; the gauges read
+    /// `snapshot` and `expiries` when collected.
+    pub fn with_metrics(meter: &Meter, snapshot: Snapshot, expiries: ExpirySources) -> Self {
+        Observer {
+            instruments: Some(Arc::new(Instruments::new(meter, snapshot, expiries))),
+        }
+    }
+
+    /// Records one Check: metrics for every decision, and for denials a log
+    /// line with the reason, the service (when known), Envoy's request id
+    /// and the peer address; never a credential.
+    pub fn check(&self, event: &CheckEvent<'_>) {
+        if let Some(m) = &self.instruments {
+            m.record_check(event.decision, event.issued_kid, event.elapsed);
+        }
+        let Decision::Deny(denial) = event.decision else {
+            return;
+        };
+        let attrs = event.attributes;
+        let (peer_address, peer_port) = attrs.source_address.unwrap_or(("", 0));
+        tracing::warn!(
+            event = "check_denied",
+            reason = denial.reason.as_str(),
+            mode = denial.mode.as_str(),
+            service = denial.service.unwrap_or(metrics::UNKNOWN_SERVICE),
+            request_id = truncate(attrs.request_id, 128),
+            peer_address = truncate(peer_address, 64),
+            peer_port,
+            "check denied"
+        );
+    }
+
+    /// Records one registry reload attempt: one log line either way.
+    pub fn reload(&self, result: Result<&Registry, &[LoadError]>) {
+        if let Some(m) = &self.instruments {
+            m.record_reload(result.is_ok());
+        }
+        match result {
+            Ok(registry) => {
+                tracing::info!(
+                    event = "registry_reload",
+                    result = "success",
+                    services = registry.services().len(),
+                    "registry reloaded"
+                );
+                log_registry_warnings(registry);
+            }
+            Err(errors) => {
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                tracing::error!(
+                    event = "registry_reload",
+                    result = "failure",
+                    errors = ?errors,
+                    "registry rejected; still serving the previous one"
+                );
+            }
+        }
+    }
+}
+
+/// Logs what an operator should know about a registry that loaded: its
+/// warnings and the development secret.
+pub fn log_registry_warnings(registry: &Registry) {
+    if registry.uses_dev_secret {
+        tracing::warn!(
+            event = "dev_signing_secret",
+            "signing tokens with the bundled DEVELOPMENT secret: anyone with this repository can forge tokens; generate your own with `service-auth gen-secret`"
+        );
+    }
+    for warning in registry.warnings() {
+        tracing::warn!(event = "registry_warning", warning = %warning);
+    }
 }
 
 /// Bounds attacker-influenced strings before they reach a log line.
@@ -87,31 +165,4 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// Records one registry reload attempt: one log line either way.
-pub fn observe_reload(result: Result<&Registry, &[ConfigError]>) {
-    metrics::record_reload(result.is_ok());
-    match result {
-        Ok(registry) => {
-            tracing::info!(
-                event = "registry_reload",
-                result = "success",
-                services = registry.services().len(),
-                "registry reloaded"
-            );
-            for warning in registry.warnings() {
-                tracing::warn!(event = "registry_warning", warning = %warning);
-            }
-        }
-        Err(errors) => {
-            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            tracing::error!(
-                event = "registry_reload",
-                result = "failure",
-                errors = ?errors,
-                "registry rejected; still serving the previous one"
-            );
-        }
-    }
 }

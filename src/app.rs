@@ -1,0 +1,282 @@
+//! Wiring the sidecar together: everything `service-auth serve` runs, as a
+//! library call that tests run in-process.
+//!
+//! [`Sidecar::start`] binds the listener (health NOT_SERVING), starts the
+//! metrics pipeline, and loads the registry off the workers; once it is
+//! installed, health turns SERVING and the reloader keeps it current.
+//! [`run`] does that and serves until a shutdown future resolves.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::{ListenAddr, StaticConfig};
+use crate::listener::{self, ListenError, TlsError, TlsState};
+use crate::registry::{LoadError, Registry, Snapshot};
+use crate::reload::Reloader;
+use crate::server::{self, AuthzService, Readiness};
+use crate::telemetry::credentials::{Expiry, ExpirySource, ExpirySources};
+use crate::telemetry::export::{ExportSettings, MetricsExport, TelemetryError};
+use crate::telemetry::{self, Observer};
+
+/// How long shutdown waits for the last metrics export: a dead or hanging
+/// collector must not keep a terminating pod alive.
+const METRICS_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the sidecar did not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("listen.tls: {0}")]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    #[error("invalid registry:\n  {}", joined(.0))]
+    Registry(Vec<LoadError>),
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("a sidecar task panicked")]
+    Panicked,
+}
+
+fn joined(errors: &[LoadError]) -> String {
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    lines.join("\n  ")
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    local_addr: ListenAddr,
+    snapshot: Snapshot,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    loaded: Option<oneshot::Receiver<Result<(), Vec<LoadError>>>>,
+    /// The registry loader, then reloader; the listener's TLS watcher.
+    background: Vec<JoinHandle<()>>,
+    metrics: Option<MetricsExport>,
+}
+
+impl Sidecar {
+    /// Binds and starts serving (NOT_SERVING until the registry is
+    /// installed). Returns once the listener is bound; see [`Sidecar::ready`].
+    pub async fn start(config: &StaticConfig) -> Result<Sidecar, RunError> {
+        let snapshot = Snapshot::default();
+        let mut background = Vec::new();
+        let mut expiries = ExpirySources::default();
+        let tls = match &config.listen.tls {
+            Some(files) => {
+                let (tls_config, not_after) = listener::load_tls(files)?;
+                let state = Arc::new(TlsState {
+                    config: ArcSwap::from_pointee(tls_config),
+                    not_after: not_after.into(),
+                });
+                expiries.0.push(listener_expiry(state.clone(), &files.cert));
+                background.push(tokio::spawn(listener::watch_tls(
+                    files.clone(),
+                    state.clone(),
+                    config.reload.poll_interval,
+                )));
+                Some(state)
+            }
+            None => None,
+        };
+        let export = ExportSettings::resolve(&config.telemetry, |var| std::env::var(var).ok())?;
+        let (metrics, observer) = match &export {
+            Some(settings) => {
+                let metrics = MetricsExport::start(settings)?;
+                let observer =
+                    Observer::with_metrics(&metrics.meter(), snapshot.clone(), expiries);
+                tracing::info!(
+                    event = "metrics_export",
+                    protocol = ?settings.protocol,
+                    endpoint = settings.endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_* environment)"),
+                    interval = ?settings.interval,
+                    service_name = %settings.service_name,
+                );
+                (Some(metrics), observer)
+            }
+            None => (None, Observer::logs_only()),
+        };
+
+        let (incoming, local_addr) = listener::bind(&config.listen.grpc, tls.clone(), &config.limits)?;
+        tracing::info!(
+            event = "listening",
+            address = %local_addr,
+            tls = tls.is_some(),
+        );
+        let readiness = Readiness::new().await;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let limits = config.limits.clone();
+        let authz = AuthzService::new(snapshot.clone(), observer.clone());
+        let server_readiness = readiness.clone();
+        let server = tokio::spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            server::serve(incoming, authz, server_readiness, &limits, stopped).await
+        });
+
+        let (loaded_tx, loaded) = oneshot::channel();
+        background.push(tokio::spawn(load_then_reload(
+            config.registry.clone(),
+            config.reload.poll_interval,
+            snapshot.clone(),
+            readiness,
+            observer,
+            loaded_tx,
+        )));
+        Ok(Sidecar {
+            local_addr,
+            snapshot,
+            stop: Some(stop),
+            server,
+            loaded: Some(loaded),
+            background,
+            metrics,
+        })
+    }
+
+    /// The address the listener bound (a real port where the config said 0).
+    pub fn local_addr(&self) -> &ListenAddr {
+        &self.local_addr
+    }
+
+    /// The registry handle Checks read.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Waits until the first registry is installed (SERVING), or returns
+    /// why it could not be loaded. Later calls return at once.
+    pub async fn ready(&mut self) -> Result<(), RunError> {
+        match self.loaded.take() {
+            Some(loaded) => match loaded.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(errors)) => Err(RunError::Registry(errors)),
+                Err(_) => Err(RunError::Panicked),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Stops accepting, lets in-flight Checks finish (bounded), stops the
+    /// background tasks and flushes metrics (bounded).
+    pub async fn shutdown(mut self) -> Result<(), RunError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let served = (&mut self.server).await;
+        for task in &self.background {
+            task.abort();
+        }
+        if let Some(metrics) = self.metrics.take() {
+            // Off the workers: the exporter's channel needs them while the
+            // flush waits (the tonic exporter deadlock, see telemetry::export).
+            let flushed =
+                tokio::task::spawn_blocking(move || metrics.shutdown(METRICS_FLUSH_TIMEOUT)).await;
+            match flushed {
+                Ok(Ok(())) => tracing::info!(event = "metrics_flushed"),
+                Ok(Err(e)) => tracing::warn!(event = "metrics_flush_failed", error = %e),
+                Err(e) => tracing::warn!(event = "metrics_flush_failed", error = %e),
+            }
+        }
+        match served {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(RunError::Panicked),
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        // A sidecar dropped without `shutdown` (a failed test) must not leave
+        // its tasks serving.
+        self.server.abort();
+        for task in &self.background {
+            task.abort();
+        }
+    }
+}
+
+/// Runs the sidecar until `shutdown` resolves, then drains and stops.
+pub async fn run(config: &StaticConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let mut sidecar = Sidecar::start(config).await?;
+    tokio::pin!(shutdown);
+    tokio::select! {
+        ready = sidecar.ready() => {
+            if let Err(e) = ready {
+                let _ = sidecar.shutdown().await;
+                return Err(e);
+            }
+        }
+        () = &mut shutdown => return sidecar.shutdown().await,
+    }
+    shutdown.await;
+    let result = sidecar.shutdown().await;
+    tracing::info!(event = "stopped", "drained in-flight checks; exiting");
+    result
+}
+
+/// Loads the registry off the workers, installs it and reports SERVING,
+/// then keeps it current.
+async fn load_then_reload(
+    path: PathBuf,
+    poll_interval: Duration,
+    snapshot: Snapshot,
+    readiness: Readiness,
+    observer: Observer,
+    loaded: oneshot::Sender<Result<(), Vec<LoadError>>>,
+) {
+    let load_path = path.clone();
+    let attempt = tokio::task::spawn_blocking(move || Registry::load_tracked(&load_path)).await;
+    let Ok(attempt) = attempt else {
+        // Dropping `loaded` reports the panic.
+        return;
+    };
+    let registry = match attempt.result {
+        Ok(registry) => registry,
+        Err(errors) => {
+            let _ = loaded.send(Err(errors));
+            return;
+        }
+    };
+    telemetry::log_registry_warnings(&registry);
+    tracing::info!(
+        event = "registry_loaded",
+        path = %path.display(),
+        services = registry.services().len(),
+    );
+    snapshot.store(Arc::new(registry));
+    let reloader = Reloader::start(
+        path,
+        attempt.sources,
+        snapshot,
+        observer,
+        poll_interval,
+    );
+    readiness.serving().await;
+    let _ = loaded.send(Ok(()));
+    reloader.run().await;
+}
+
+/// The listener certificate's expiry, read from its live TLS state so a
+/// rotation shows at once.
+fn listener_expiry(state: Arc<TlsState>, cert: &std::path::Path) -> ExpirySource {
+    let id = cert
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    Arc::new(move || {
+        Some(Expiry {
+            kind: "listener_certificate",
+            service: "listener".to_owned(),
+            id: id.clone(),
+            not_after: state.not_after.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    })
+}

@@ -1,0 +1,633 @@
+//! Building a [`Registry`] from the registry file: every rule of the file
+//! format checked once, every error reported with its YAML path as data.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use ::time::OffsetDateTime;
+use ::time::format_description::well_known::Rfc3339;
+use sha2::{Digest, Sha256};
+use x509_parser::prelude::{parse_x509_crl, parse_x509_pem};
+
+use super::{
+    ApiKey, KeyHash, MIN_SECRET_BYTES, Registry, RequestSettings, Service, next_generation,
+};
+use crate::config::{
+    self, ConfigError, MAX_AUX_FILE_BYTES, RegistryFile, ServiceEntry,
+};
+use crate::identity::{self, AnchorError, San, SanKind, TrustAnchor};
+use crate::token::{KeySetError, SigningKey, TokenSettings};
+
+/// SHA-256 of the development signing secret shipped in `config/secrets/`.
+/// The sidecar warns loudly when it signs with it.
+const DEV_SECRET_SHA256: &str = "b5b9ab9ae7b02722077c83d4fdf0d33c65511860186536b858bdb3131bd44d1a";
+
+/// Why a registry was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The registry file itself could not be read or parsed.
+    #[error(transparent)]
+    File(#[from] ConfigError),
+    /// A value in it is invalid.
+    #[error("{}: {at}: {problem}", file.display())]
+    Invalid {
+        file: PathBuf,
+        /// YAML path of the offending value, e.g. `services[2].api_keys[0].sha256`.
+        at: String,
+        problem: Problem,
+    },
+}
+
+impl LoadError {
+    /// The problem, for a value error.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            LoadError::Invalid { problem, .. } => Some(problem),
+            LoadError::File(_) => None,
+        }
+    }
+
+    /// The YAML path, for a value error.
+    pub fn at(&self) -> Option<&str> {
+        match self {
+            LoadError::Invalid { at, .. } => Some(at),
+            LoadError::File(_) => None,
+        }
+    }
+}
+
+/// What is wrong with one value of the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be above zero")]
+    NotPositive,
+    #[error("{0:?} is not a valid header name")]
+    InvalidHeaderName(String),
+    /// A file the registry names cannot be used (the inner error names it).
+    #[error("{0}")]
+    File(ConfigError),
+    #[error("environment variable {0} is not set")]
+    EnvNotSet(String),
+    #[error("set exactly one of secret_file and secret_env")]
+    KeySource,
+    #[error("the secret is {len} bytes; at least {MIN_SECRET_BYTES} are required")]
+    SecretTooShort { len: usize },
+    #[error(transparent)]
+    KeySet(#[from] KeySetError),
+    #[error("{0:?} is not a hex serial")]
+    InvalidSerial(String),
+    #[error("{}: {error}", path.display())]
+    Crl { path: PathBuf, error: CrlError },
+    #[error("must be non-empty printable ASCII")]
+    InvalidId,
+    #[error("must list at least one SAN")]
+    NoPrincipals,
+    #[error("{0:?} is not a URI or DNS name")]
+    InvalidPrincipal(String),
+    #[error("{}: {error}", path.display())]
+    Anchor { path: PathBuf, error: AnchorError },
+    #[error("{0:?} is not 64 hex digits")]
+    InvalidSha256(String),
+    #[error("scope {0:?} must be printable ASCII without spaces or commas")]
+    InvalidScope(String),
+    #[error("key id {0:?} must be non-empty and unique within the service")]
+    InvalidKeyId(String),
+    #[error("{0:?} is not an RFC 3339 time")]
+    InvalidTime(String),
+    #[error("duplicate service id {0:?}")]
+    DuplicateServiceId(String),
+    #[error("principal {principal:?} is already claimed by service {owner:?}")]
+    PrincipalClaimed { principal: String, owner: String },
+    #[error("api key {key:?} has the same hash as a key of service {owner:?}")]
+    DuplicateKeyHash { key: String, owner: String },
+}
+
+/// Why a CRL file cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CrlError {
+    #[error("not a PEM or DER CRL")]
+    NotCrl,
+    #[error("the PEM block is {0:?}, not X509 CRL")]
+    WrongPemLabel(String),
+    #[error("the CRL signature does not verify against the CA that issued it")]
+    BadSignature,
+}
+
+/// Something an operator should fix that does not invalidate the registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Warning {
+    #[error("{at}: {}: the CRL is past its nextUpdate; refresh it", path.display())]
+    StaleCrl { at: String, path: PathBuf },
+}
+
+/// The outcome of one load attempt and the files it involved.
+pub struct Loaded {
+    pub result: Result<Registry, Vec<LoadError>>,
+    /// Every file the attempt read or tried to read, so a reloader knows what
+    /// to watch even when the attempt failed because one was missing.
+    pub sources: Vec<PathBuf>,
+}
+
+impl Registry {
+    /// Reads and validates the registry file at `path`, returning every error found.
+    pub fn load(path: &Path) -> Result<Registry, Vec<LoadError>> {
+        Registry::load_tracked(path).result
+    }
+
+    /// Like [`Registry::load`], and also says which files the attempt read.
+    pub fn load_tracked(path: &Path) -> Loaded {
+        let mut builder = Builder {
+            path,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            sources: vec![path.to_path_buf()],
+        };
+        let result = match config::read_yaml::<RegistryFile>(path) {
+            Ok(file) => builder.build(file),
+            Err(e) => Err(vec![LoadError::File(e)]),
+        };
+        Loaded {
+            result,
+            sources: builder.sources,
+        }
+    }
+}
+
+struct Builder<'p> {
+    path: &'p Path,
+    errors: Vec<LoadError>,
+    warnings: Vec<Warning>,
+    sources: Vec<PathBuf>,
+}
+
+impl Builder<'_> {
+    fn err(&mut self, at: impl Into<String>, problem: Problem) {
+        self.errors.push(LoadError::Invalid {
+            file: self.path.to_path_buf(),
+            at: at.into(),
+            problem,
+        });
+    }
+
+    /// Resolves a path named by the registry and records it as a source.
+    fn source(&mut self, relative: &Path) -> PathBuf {
+        let full = config::resolve(self.path, relative);
+        self.sources.push(full.clone());
+        full
+    }
+
+    fn build(&mut self, file: RegistryFile) -> Result<Registry, Vec<LoadError>> {
+        let token = self.token(&file);
+        let request = self.request(&file);
+
+        let mut services = Vec::with_capacity(file.services.len());
+        let mut by_id = HashMap::with_capacity(file.services.len());
+        let mut by_uri: HashMap<String, usize> = HashMap::new();
+        let mut by_dns: HashMap<String, usize> = HashMap::new();
+        let mut by_key_hash: HashMap<KeyHash, usize> = HashMap::new();
+        // Uniqueness is checked over every entry as written, valid or not, so
+        // a duplicate is reported even when one of its copies has other errors.
+        let mut owners: Vec<&str> = Vec::with_capacity(file.services.len());
+        let mut seen_ids: HashMap<&str, usize> = HashMap::new();
+        for (i, entry) in file.services.iter().enumerate() {
+            let at = format!("services[{i}]");
+            owners.push(&entry.id);
+            if seen_ids.insert(&entry.id, i).is_some() {
+                self.err(
+                    format!("{at}.id"),
+                    Problem::DuplicateServiceId(entry.id.clone()),
+                );
+            }
+            for (j, principal) in entry.principals.iter().enumerate() {
+                let Some(san) = normalize_principal(principal) else {
+                    continue;
+                };
+                let map = match san.kind {
+                    SanKind::Uri => &mut by_uri,
+                    SanKind::Dns => &mut by_dns,
+                };
+                match map.get(&san.value) {
+                    Some(&other) => self.err(
+                        format!("{at}.principals[{j}]"),
+                        Problem::PrincipalClaimed {
+                            principal: san.value,
+                            owner: owners[other].to_owned(),
+                        },
+                    ),
+                    None => {
+                        map.insert(san.value, i);
+                    }
+                }
+            }
+            for (j, key) in entry.api_keys.iter().enumerate() {
+                let Some(hash) = parse_sha256(&key.sha256) else {
+                    continue;
+                };
+                match by_key_hash.get(&hash) {
+                    Some(&other) => self.err(
+                        format!("{at}.api_keys[{j}].sha256"),
+                        Problem::DuplicateKeyHash {
+                            key: key.id.clone(),
+                            owner: owners[other].to_owned(),
+                        },
+                    ),
+                    None => {
+                        by_key_hash.insert(hash, i);
+                    }
+                }
+            }
+            if let Some(service) = self.service(entry, &at) {
+                by_id.entry(service.id.clone()).or_insert(i);
+                services.push(service);
+            }
+        }
+        let revoked_serials = self.revocations(&file, &services);
+
+        match (token, request) {
+            (Some((token, uses_dev_secret)), Some(request)) if self.errors.is_empty() => {
+                // With no errors every entry became a service, so the entry
+                // indexes above are service indexes.
+                Ok(Registry {
+                    token,
+                    request,
+                    generation: next_generation(),
+                    services,
+                    by_id,
+                    by_uri,
+                    by_dns,
+                    by_key_hash,
+                    revoked_serials,
+                    uses_dev_secret,
+                    sources: self.sources.clone(),
+                    warnings: std::mem::take(&mut self.warnings),
+                })
+            }
+            _ => Err(std::mem::take(&mut self.errors)),
+        }
+    }
+
+    fn token(&mut self, file: &RegistryFile) -> Option<(TokenSettings, bool)> {
+        let t = &file.token;
+        if t.issuer.is_empty() {
+            self.err("token.issuer", Problem::Empty);
+        }
+        if t.audience.is_empty() {
+            self.err("token.audience", Problem::Empty);
+        }
+        if t.ttl.is_zero() {
+            self.err("token.ttl", Problem::NotPositive);
+        }
+        let header = self.header_name("token.header", &t.header);
+        let mut keys = Vec::with_capacity(t.keys.len());
+        let mut uses_dev_secret = false;
+        for (i, k) in t.keys.iter().enumerate() {
+            let at = format!("token.keys[{i}]");
+            if k.kid.is_empty() {
+                self.err(format!("{at}.kid"), Problem::Empty);
+            }
+            let secret = match (&k.secret_file, &k.secret_env) {
+                (Some(file), None) => {
+                    let full = self.source(file);
+                    match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
+                        Ok(bytes) => Some(trim_trailing_newline(bytes)),
+                        Err(e) => {
+                            self.err(format!("{at}.secret_file"), Problem::File(e));
+                            None
+                        }
+                    }
+                }
+                (None, Some(var)) => match std::env::var_os(var) {
+                    Some(v) => Some(v.into_encoded_bytes()),
+                    None => {
+                        self.err(format!("{at}.secret_env"), Problem::EnvNotSet(var.clone()));
+                        None
+                    }
+                },
+                _ => {
+                    self.err(at.clone(), Problem::KeySource);
+                    None
+                }
+            };
+            let Some(secret) = secret else { continue };
+            if secret.len() < MIN_SECRET_BYTES {
+                self.err(
+                    at,
+                    Problem::SecretTooShort {
+                        len: secret.len(),
+                    },
+                );
+                continue;
+            }
+            if keys.is_empty() && !k.verify_only {
+                uses_dev_secret = hex::encode(Sha256::digest(&secret)) == DEV_SECRET_SHA256;
+            }
+            keys.push(SigningKey::new(k.kid.clone(), &secret, k.verify_only));
+        }
+        if keys.len() != t.keys.len() {
+            return None;
+        }
+        match TokenSettings::new(
+            t.issuer.clone(),
+            t.audience.clone(),
+            t.ttl,
+            t.leeway,
+            header?,
+            keys,
+        ) {
+            Ok(settings) => Some((settings, uses_dev_secret)),
+            Err(e) => {
+                self.err("token.keys", Problem::KeySet(e));
+                None
+            }
+        }
+    }
+
+    fn request(&mut self, file: &RegistryFile) -> Option<RequestSettings> {
+        let r = &file.request;
+        let api_key_header = self.header_name("request.api_key_header", &r.api_key_header);
+        let scope_header = match &r.scope_header {
+            Some(h) => Some(self.header_name("request.scope_header", h)?),
+            None => None,
+        };
+        Some(RequestSettings {
+            api_key_header: api_key_header?,
+            scope_header,
+            forward_api_key: r.forward_api_key,
+        })
+    }
+
+    fn header_name(&mut self, at: &str, name: &str) -> Option<String> {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            self.err(at, Problem::InvalidHeaderName(name.to_owned()));
+            return None;
+        }
+        Some(name.to_ascii_lowercase())
+    }
+
+    /// Revoked serials from the list and the CRL files. A CRL issued by one
+    /// of the services' CAs must carry that CA's signature; a CRL past its
+    /// `nextUpdate` still revokes (stale revocations are still revocations)
+    /// but is reported.
+    fn revocations(&mut self, file: &RegistryFile, services: &[Service]) -> HashSet<Vec<u8>> {
+        let mut serials = HashSet::new();
+        for (i, s) in file.revocation.serials.iter().enumerate() {
+            match parse_serial(s) {
+                Some(serial) => {
+                    serials.insert(serial);
+                }
+                None => self.err(
+                    format!("revocation.serials[{i}]"),
+                    Problem::InvalidSerial(s.clone()),
+                ),
+            }
+        }
+        let anchors: Vec<&TrustAnchor> = services.iter().filter_map(|s| s.ca.as_ref()).collect();
+        for (i, crl) in file.revocation.crl_files.iter().enumerate() {
+            let full = self.source(crl);
+            let at = format!("revocation.crl_files[{i}]");
+            match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
+                Err(e) => self.err(at, Problem::File(e)),
+                Ok(raw) => match read_crl(raw, &anchors) {
+                    Ok(crl) => {
+                        if crl
+                            .next_update
+                            .is_some_and(|t| t < OffsetDateTime::now_utc().unix_timestamp())
+                        {
+                            self.warnings.push(Warning::StaleCrl { at, path: full });
+                        }
+                        serials.extend(crl.serials);
+                    }
+                    Err(error) => self.err(at, Problem::Crl { path: full, error }),
+                },
+            }
+        }
+        serials
+    }
+
+    fn service(&mut self, entry: &ServiceEntry, at: &str) -> Option<Service> {
+        let before = self.errors.len();
+        if entry.id.is_empty() || !entry.id.bytes().all(|b| b.is_ascii_graphic()) {
+            self.err(format!("{at}.id"), Problem::InvalidId);
+        }
+        if entry.principals.is_empty() {
+            self.err(format!("{at}.principals"), Problem::NoPrincipals);
+        }
+        let mut principals = Vec::with_capacity(entry.principals.len());
+        for (j, p) in entry.principals.iter().enumerate() {
+            match normalize_principal(p) {
+                Some(san) => principals.push(san.value),
+                None => self.err(
+                    format!("{at}.principals[{j}]"),
+                    Problem::InvalidPrincipal(p.clone()),
+                ),
+            }
+        }
+        let ca = entry.ca_file.as_ref().and_then(|ca| {
+            let full = self.source(ca);
+            let ca_at = format!("{at}.ca_file");
+            match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
+                Err(e) => {
+                    self.err(ca_at, Problem::File(e));
+                    None
+                }
+                Ok(pem) => TrustAnchor::from_pem(&pem)
+                    .map_err(|error| self.err(ca_at, Problem::Anchor { path: full, error }))
+                    .ok(),
+            }
+        });
+        let mut pins = Vec::with_capacity(entry.certificate_sha256.len());
+        for (j, pin) in entry.certificate_sha256.iter().enumerate() {
+            match parse_sha256(pin) {
+                Some(p) => pins.push(p),
+                None => self.err(
+                    format!("{at}.certificate_sha256[{j}]"),
+                    Problem::InvalidSha256(pin.clone()),
+                ),
+            }
+        }
+        let mut scopes: Vec<String> = Vec::with_capacity(entry.scopes.len());
+        for (j, s) in entry.scopes.iter().enumerate() {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+                self.err(
+                    format!("{at}.scopes[{j}]"),
+                    Problem::InvalidScope(s.clone()),
+                );
+            } else if !scopes.contains(s) {
+                scopes.push(s.clone());
+            }
+        }
+        let mut api_keys: Vec<ApiKey> = Vec::with_capacity(entry.api_keys.len());
+        for (j, k) in entry.api_keys.iter().enumerate() {
+            let key_at = format!("{at}.api_keys[{j}]");
+            if k.id.is_empty() || entry.api_keys[..j].iter().any(|other| other.id == k.id) {
+                self.err(format!("{key_at}.id"), Problem::InvalidKeyId(k.id.clone()));
+            }
+            let not_after = match &k.not_after {
+                Some(s) => match OffsetDateTime::parse(s, &Rfc3339) {
+                    Ok(t) => Some(t.unix_timestamp()),
+                    Err(_) => {
+                        self.err(
+                            format!("{key_at}.not_after"),
+                            Problem::InvalidTime(s.clone()),
+                        );
+                        None
+                    }
+                },
+                None => None,
+            };
+            match parse_sha256(&k.sha256) {
+                Some(sha256) => api_keys.push(ApiKey {
+                    id: k.id.clone(),
+                    sha256,
+                    not_after,
+                }),
+                None => self.err(
+                    format!("{key_at}.sha256"),
+                    Problem::InvalidSha256(k.sha256.clone()),
+                ),
+            }
+        }
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(Service {
+            id: entry.id.clone(),
+            principals,
+            ca,
+            pins,
+            all_scopes: scopes.join(" "),
+            scopes,
+            api_keys,
+        })
+    }
+}
+
+/// Validates a configured principal and puts it in the form SANs are
+/// compared in. Wildcards are not supported: a principal names exactly one
+/// identity.
+fn normalize_principal(p: &str) -> Option<San> {
+    if p.is_empty() || !p.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let san = San::from_principal(p);
+    let valid = match san.kind {
+        SanKind::Uri => true,
+        SanKind::Dns => san.value.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        }),
+    };
+    valid.then_some(san)
+}
+
+fn parse_sha256(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+/// Accepts `4f1a`, `4F:1A`, `0x4f1a`; returns the normalized big-endian bytes.
+fn parse_serial(s: &str) -> Option<Vec<u8>> {
+    let s = s.strip_prefix("0x").unwrap_or(s);
+    let mut digits: String = s.chars().filter(|&c| c != ':').collect();
+    if digits.is_empty() {
+        return None;
+    }
+    if digits.len() % 2 == 1 {
+        digits.insert(0, '0');
+    }
+    let bytes = hex::decode(digits).ok()?;
+    Some(identity::normalize_serial(&bytes).to_vec())
+}
+
+struct Crl {
+    serials: Vec<Vec<u8>>,
+    next_update: Option<i64>,
+}
+
+/// Parses a PEM or DER CRL, checking its signature when one of `anchors`
+/// issued it.
+fn read_crl(raw: Vec<u8>, anchors: &[&TrustAnchor]) -> Result<Crl, CrlError> {
+    let der = if raw.starts_with(b"-----BEGIN") {
+        let (_, pem) = parse_x509_pem(&raw).map_err(|_| CrlError::NotCrl)?;
+        if pem.label != "X509 CRL" {
+            return Err(CrlError::WrongPemLabel(pem.label));
+        }
+        pem.contents
+    } else {
+        raw
+    };
+    let (_, crl) = parse_x509_crl(&der).map_err(|_| CrlError::NotCrl)?;
+    for anchor in anchors {
+        if anchor.verifies_crl(&crl) == Some(false) {
+            return Err(CrlError::BadSignature);
+        }
+    }
+    Ok(Crl {
+        serials: crl
+            .iter_revoked_certificates()
+            .map(|r| identity::normalize_serial(r.raw_serial()).to_vec())
+            .collect(),
+        next_update: crl.next_update().map(|t| t.timestamp()),
+    })
+}
+
+fn trim_trailing_newline(mut bytes: Vec<u8>) -> Vec<u8> {
+    while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+        bytes.pop();
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_parse_in_common_spellings() {
+        assert_eq!(parse_serial("4f1a"), Some(vec![0x4f, 0x1a]));
+        assert_eq!(parse_serial("00:4F:1A"), Some(vec![0x4f, 0x1a]));
+        assert_eq!(parse_serial("0x4f1a"), Some(vec![0x4f, 0x1a]));
+        assert_eq!(parse_serial("f1a"), Some(vec![0x0f, 0x1a]));
+        assert_eq!(parse_serial("zz"), None);
+        assert_eq!(parse_serial(""), None);
+    }
+
+    #[test]
+    fn principals_are_validated() {
+        assert_eq!(
+            normalize_principal("API.Mesh.local").map(|s| s.value),
+            Some("api.mesh.local".to_owned())
+        );
+        assert_eq!(
+            normalize_principal("spiffe://mesh/ns/a").map(|s| s.value),
+            Some("spiffe://mesh/ns/a".to_owned())
+        );
+        for bad in [
+            "",
+            "*.mesh.local",
+            "a..b",
+            "has space",
+            "CN=foo,O=bar",
+            "nul\0",
+        ] {
+            assert_eq!(normalize_principal(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hashes_must_be_exact() {
+        assert!(parse_sha256(&"ab".repeat(32)).is_some());
+        assert!(parse_sha256(&"ab".repeat(31)).is_none());
+        assert!(parse_sha256(&"zz".repeat(32)).is_none());
+    }
+}

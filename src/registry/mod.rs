@@ -1,0 +1,185 @@
+//! The registry snapshot: every service, key and rule a Check consults,
+//! validated once and indexed for hash lookups, and the handle through which
+//! Checks find the current one.
+//!
+//! A [`Registry`] is immutable. It is built from the registry file (plus the
+//! secret, CA and CRL files it names) in one go by [`Registry::load`], and
+//! either the whole thing is valid or nothing replaces the snapshot that is
+//! serving. Each error carries the file and the YAML path it concerns as
+//! data ([`LoadError`], [`Problem`]). A [`Snapshot`] is the one shared
+//! handle: Checks load from it, the reloader stores into it.
+
+mod build;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwapOption;
+use sha2::{Digest, Sha256};
+
+use crate::identity::{SanKind, TrustAnchor};
+use crate::token::TokenSettings;
+
+pub use build::{LoadError, Loaded, Problem, Warning};
+
+/// Signing secrets shorter than this are refused (HS256 wants ≥ 256 bits).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// SHA-256 of an API key: the only form in which keys are stored.
+pub type KeyHash = [u8; 32];
+
+/// Hashes an API key exactly as the registry stores it.
+pub fn hash_api_key(key: &[u8]) -> KeyHash {
+    Sha256::digest(key).into()
+}
+
+/// A new random credential: 256 bits, base64url without padding. Used for API
+/// keys and signing secrets; base64url has no `,`, which would read as a
+/// repeated header.
+pub fn random_secret() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// One registered service.
+#[derive(Debug)]
+pub struct Service {
+    pub id: String,
+    /// Normalised (see `identity::San::new`): what SANs are compared with.
+    pub principals: Vec<String>,
+    pub ca: Option<TrustAnchor>,
+    pub pins: Vec<[u8; 32]>,
+    pub scopes: Vec<String>,
+    /// The service's scopes joined with spaces: the token scope when the
+    /// caller asks for none (kept ready so an allow does not join per request).
+    pub all_scopes: String,
+    pub api_keys: Vec<ApiKey>,
+}
+
+impl Service {
+    /// The registry's own copy of an allowed scope, if `scope` is one.
+    pub fn scope(&self, scope: &str) -> Option<&str> {
+        self.scopes.iter().find(|s| *s == scope).map(String::as_str)
+    }
+
+    pub fn allows_scope(&self, scope: &str) -> bool {
+        self.scope(scope).is_some()
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiKey {
+    pub id: String,
+    pub sha256: KeyHash,
+    /// Unix seconds after which the key no longer authenticates.
+    pub not_after: Option<i64>,
+}
+
+/// Request-shape settings: which headers carry what.
+#[derive(Debug)]
+pub struct RequestSettings {
+    pub api_key_header: String,
+    pub scope_header: Option<String>,
+    pub forward_api_key: bool,
+}
+
+/// The immutable, indexed registry a Check reads.
+#[derive(Debug)]
+pub struct Registry {
+    pub token: TokenSettings,
+    pub request: RequestSettings,
+    /// Distinct for every snapshot built by this process, so memos keyed by
+    /// snapshot (certificate trust verdicts) never outlive the policy they
+    /// were computed under.
+    pub generation: u64,
+    services: Vec<Service>,
+    by_id: HashMap<String, usize>,
+    by_uri: HashMap<String, usize>,
+    by_dns: HashMap<String, usize>,
+    by_key_hash: HashMap<KeyHash, usize>,
+    revoked_serials: HashSet<Vec<u8>>,
+    /// True when tokens are signed with the bundled development secret.
+    pub uses_dev_secret: bool,
+    sources: Vec<PathBuf>,
+    warnings: Vec<Warning>,
+}
+
+fn next_generation() -> u64 {
+    static GENERATION: AtomicU64 = AtomicU64::new(1);
+    GENERATION.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Registry {
+    /// Every file this snapshot was built from: the registry file first,
+    /// then secret, CA and CRL files.
+    pub fn sources(&self) -> &[PathBuf] {
+        &self.sources
+    }
+
+    /// Problems that do not invalidate the registry but deserve an operator's
+    /// attention (e.g. a CRL past its `nextUpdate`).
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    pub fn service(&self, id: &str) -> Option<&Service> {
+        self.by_id.get(id).map(|&i| &self.services[i])
+    }
+
+    /// The service that claims this (normalised) SAN, if any.
+    pub fn service_for_principal(&self, kind: SanKind, principal: &str) -> Option<&Service> {
+        let index = match kind {
+            SanKind::Uri => self.by_uri.get(principal),
+            SanKind::Dns => self.by_dns.get(principal),
+        };
+        index.map(|&i| &self.services[i])
+    }
+
+    /// The service that owns an API key with this hash, if any. Only used to
+    /// tell an identity mismatch from an unknown key, after the constant-time
+    /// comparison against the caller's own service has failed.
+    pub fn key_owner(&self, hash: &KeyHash) -> Option<&Service> {
+        self.by_key_hash.get(hash).map(|&i| &self.services[i])
+    }
+
+    pub fn is_revoked(&self, normalized_serial: &[u8]) -> bool {
+        self.revoked_serials.contains(normalized_serial)
+    }
+}
+
+/// The one shared handle to the serving registry: empty until the first one
+/// is loaded (a Check meanwhile fails closed), then replaced whole by each
+/// good reload. In-flight Checks keep the snapshot they loaded.
+#[derive(Clone, Default)]
+pub struct Snapshot(Arc<ArcSwapOption<Registry>>);
+
+impl Snapshot {
+    /// The serving registry, if one is installed.
+    pub fn load(&self) -> Option<Arc<Registry>> {
+        self.0.load_full()
+    }
+
+    /// Installs `registry`, returning the one it replaces.
+    pub fn store(&self, registry: Arc<Registry>) -> Option<Arc<Registry>> {
+        self.0.swap(Some(registry))
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.0.load().is_some()
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.0.load().as_ref().map(|r| r.generation))
+            .finish()
+    }
+}

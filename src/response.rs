@@ -1,0 +1,148 @@
+//! Envoy's `CheckResponse` for each outcome of a Check.
+//!
+//! The shape is the contract with Envoy: an OK response replaces the token
+//! header on every Envoy version and strips the API key; a denial carries the
+//! HTTP status, a generic JSON body and the gRPC code, while the precise
+//! reason goes only to Envoy's dynamic metadata (for its access log).
+
+use envoy_types::ext_authz::v3::pb::{
+    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
+};
+use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value::Kind};
+use envoy_types::pb::google::rpc;
+
+use crate::check::{Outcome, Reason, SERVICE_ID_HEADER, VerifyGrant};
+use crate::registry::Registry;
+use crate::token::Issued;
+
+/// OK for an issue-mode Check: the token header set, the API key header
+/// removed (unless the registry forwards it).
+pub fn issued(registry: &Registry, service: &str, token: Issued<'_>) -> CheckResponse {
+    ok(
+        overwrite_header(&registry.token.header, token.token),
+        api_key_removal(registry),
+        vec![
+            ("service", service.to_owned()),
+            ("kid", token.kid.to_owned()),
+            ("jti", token.jti),
+        ],
+    )
+}
+
+/// OK for a verify-mode Check: `x-service-id` set to the token's subject.
+pub fn verified(grant: VerifyGrant<'_>) -> CheckResponse {
+    ok(
+        overwrite_header(SERVICE_ID_HEADER, grant.subject),
+        Vec::new(),
+        vec![
+            ("service", grant.service.id.clone()),
+            ("kid", grant.kid.to_owned()),
+            ("jti", grant.jti),
+        ],
+    )
+}
+
+/// The API key header must not reach the upstream unless configured to.
+/// Never the token header: Envoy applies removals after additions.
+fn api_key_removal(registry: &Registry) -> Vec<String> {
+    if registry.request.forward_api_key {
+        Vec::new()
+    } else {
+        vec![registry.request.api_key_header.clone()]
+    }
+}
+
+fn ok(header: HeaderValueOption, remove: Vec<String>, metadata: Vec<(&str, String)>) -> CheckResponse {
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: tonic::Code::Ok as i32,
+            ..Default::default()
+        }),
+        dynamic_metadata: Some(service_auth_metadata(metadata)),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: vec![header],
+            headers_to_remove: remove,
+            ..Default::default()
+        })),
+    }
+}
+
+/// The denial for `reason`: status class, generic body, reason in metadata.
+pub fn denied(reason: Reason) -> CheckResponse {
+    let (code, http, body) = match reason.outcome() {
+        Outcome::Unauthenticated => (
+            tonic::Code::Unauthenticated,
+            HttpStatusCode::Unauthorized,
+            r#"{"error":"unauthenticated"}"#,
+        ),
+        Outcome::Forbidden => (
+            tonic::Code::PermissionDenied,
+            HttpStatusCode::Forbidden,
+            r#"{"error":"forbidden"}"#,
+        ),
+        Outcome::Unavailable => (
+            tonic::Code::Unavailable,
+            HttpStatusCode::ServiceUnavailable,
+            r#"{"error":"unavailable"}"#,
+        ),
+    };
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: code as i32,
+            ..Default::default()
+        }),
+        dynamic_metadata: Some(service_auth_metadata(vec![(
+            "reason",
+            reason.as_str().to_owned(),
+        )])),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus { code: http as i32 }),
+            headers: vec![overwrite_header("content-type", "application/json".into())],
+            body: body.into(),
+        })),
+    }
+}
+
+/// A header that replaces any client-sent copy on every Envoy version:
+/// `append_action` for 1.37+, and the deprecated `append: false` because
+/// 1.37.0 briefly honoured only one of them and merged a forged value in.
+#[allow(deprecated)] // `append` is deprecated, and still needed: see above.
+fn overwrite_header(key: &str, value: String) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value,
+            ..Default::default()
+        }),
+        append: Some(BoolValue { value: false }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// `{"service_auth": {...}}` for Envoy's access log.
+fn service_auth_metadata(fields: Vec<(&str, String)>) -> Struct {
+    let inner = Struct {
+        fields: fields
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_owned(),
+                    Value {
+                        kind: Some(Kind::StringValue(v)),
+                    },
+                )
+            })
+            .collect(),
+    };
+    Struct {
+        fields: [(
+            "service_auth".to_owned(),
+            Value {
+                kind: Some(Kind::StructValue(inner)),
+            },
+        )]
+        .into(),
+    }
+}

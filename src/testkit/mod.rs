@@ -1,0 +1,27 @@
+//! What tests, benchmarks, fuzz targets and `dev-pki` share: one PKI
+//! builder, the Envoy certificate encoding, a `CheckRequest` builder,
+//! registry and config files built from the typed config structs, and a
+//! token forger. Never a second copy of any of them.
+//!
+//! Only [`pki`] is part of a normal build (`dev-pki` generates real
+//! certificates with it); the rest needs the `test-util` feature, which the
+//! crate's own tests, benchmarks and fuzz targets turn on. Nothing here is
+//! used by `serve`.
+
+pub mod pki;
+
+#[cfg(feature = "test-util")]
+mod fixture;
+#[cfg(feature = "test-util")]
+mod forge;
+#[cfg(feature = "test-util")]
+mod request;
+
+#[cfg(feature = "test-util")]
+pub use fixture::{AUDIENCE, Fixture, ISSUER, SECRET, Svc, registry_file, sha256_hex, static_config};
+#[cfg(feature = "test-util")]
+pub use forge::{claims_json, forge_hs256};
+#[cfg(feature = "test-util")]
+pub use request::{Req, decide};
+
+pub use crate::check::unix_now;

@@ -1,0 +1,114 @@
+//! `CheckRequest`s as Envoy sends them, and the decision on one without a
+//! server.
+
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+use crate::check::{self, Decision, Input};
+use crate::evidence::Evidence;
+use crate::registry::Registry;
+use crate::request::Attributes;
+
+/// Builds a `CheckRequest` as Envoy would send it.
+#[derive(Default, Clone, Debug)]
+pub struct Req {
+    pub certificate: Option<String>,
+    pub principal: Option<String>,
+    pub headers: Vec<(String, String)>,
+    /// Headers delivered in `header_map` (Envoy's `encode_raw_headers`).
+    pub raw_headers: Vec<(String, Vec<u8>)>,
+    pub ext: Vec<(String, String)>,
+}
+
+impl Req {
+    /// A request carrying a forwarded (URL-encoded PEM) certificate.
+    pub fn cert(forwarded: String) -> Self {
+        Req {
+            certificate: Some(forwarded),
+            ..Default::default()
+        }
+    }
+
+    /// A request carrying only Envoy's `source.principal`.
+    pub fn principal(principal: &str) -> Self {
+        Req {
+            principal: Some(principal.into()),
+            ..Default::default()
+        }
+    }
+
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn raw_header(mut self, k: &str, v: &[u8]) -> Self {
+        self.raw_headers.push((k.into(), v.to_vec()));
+        self
+    }
+
+    /// The API key, in the default header.
+    pub fn key(self, key: &str) -> Self {
+        self.header("x-api-key", key)
+    }
+
+    /// A context extension (per-route setting).
+    pub fn ext(mut self, k: &str, v: &str) -> Self {
+        self.ext.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn build(&self) -> CheckRequest {
+        let headers: HashMap<String, String> = self.headers.iter().cloned().collect();
+        let header_map = (!self.raw_headers.is_empty()).then(|| HeaderMap {
+            headers: self
+                .raw_headers
+                .iter()
+                .map(|(k, v)| HeaderValue {
+                    key: k.clone(),
+                    raw_value: v.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    certificate: self.certificate.clone().unwrap_or_default(),
+                    principal: self.principal.clone().unwrap_or_default(),
+                    ..Default::default()
+                }),
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        id: "req-1".into(),
+                        method: "GET".into(),
+                        path: "/".into(),
+                        headers,
+                        header_map,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                context_extensions: self.ext.iter().cloned().collect(),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// The decision on `req` at `now`, exactly as the server reaches it but
+/// without its memo: parse the attributes, gather the certificate evidence,
+/// decide.
+pub fn decide<'r>(req: &CheckRequest, registry: &'r Registry, now: i64) -> Decision<'r> {
+    let attributes = Attributes::from_request(req);
+    let evidence = (!attributes.certificate.is_empty())
+        .then(|| Evidence::from_forwarded(attributes.certificate, registry));
+    let input = Input {
+        attributes,
+        certificate: evidence.as_ref().map(|e| e.as_ref().map_err(|e| *e)),
+    };
+    check::decide(&input, registry, now)
+}
