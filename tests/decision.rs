@@ -1,14 +1,17 @@
-//! The decision as a pure function: `decide(CheckRequest, &Registry, now)`.
-//! Every denial reason in the SPEC is reached here, with real certificates.
+//! The decision as a pure function: `decide(parsed request, &Registry, now)`
+//! (here through `testkit::decide`, which parses and gathers evidence
+//! exactly as the server does, without its memo). Every denial reason is
+//! reached here, with real certificates.
 
 mod common;
 
-use common::pki::{Ca, ClientSpec};
-use common::{Fixture, Req, Svc, unix_now};
+use common::{Ca, ClientSpec, Fixture, Req, Svc, unix_now};
 use rcgen::ExtendedKeyUsagePurpose;
-use service_auth::check::{Decision, Mode, Reason, decide};
+use service_auth::check::{Decision, Grant, IssueGrant, Reason};
+use service_auth::config::RevocationSection;
 use service_auth::registry::Registry;
-use service_auth::token;
+use service_auth::testkit::decide;
+use service_auth::token::{self, Issued};
 use time::{Duration, OffsetDateTime};
 
 const A_URI: &str = "spiffe://mesh.test/ns/default/sa/a";
@@ -22,10 +25,10 @@ struct World {
     registry: Registry,
 }
 
-fn world_with(services: &[Svc], extra: &str) -> World {
+fn world_with(services: &[Svc], revocation: RevocationSection) -> World {
     let ca = Ca::new("decision test CA");
     let mut fixture = Fixture::new(&[]);
-    fixture.extra = extra.to_owned();
+    fixture.revocation = revocation;
     fixture.write_registry(services);
     let registry = fixture.load();
     World {
@@ -38,15 +41,28 @@ fn world_with(services: &[Svc], extra: &str) -> World {
 fn world() -> World {
     world_with(
         &[Svc::new("a", A_URI, A_KEY), Svc::new("b", B_URI, B_KEY)],
-        "",
+        RevocationSection::default(),
     )
 }
 
 fn reason(d: &Decision<'_>) -> Reason {
     match d {
         Decision::Deny(denial) => denial.reason,
-        Decision::Allow(a) => panic!("expected a denial, got an allow for {:?}", a.service),
+        Decision::Allow(_) => panic!("expected a denial, got an allow for {:?}", d.service()),
     }
+}
+
+/// The issue-mode grant of an allowed decision.
+fn granted<'d, 'r>(d: &'d Decision<'r>) -> &'d IssueGrant<'r> {
+    match d {
+        Decision::Allow(Grant::Issue(grant)) => grant,
+        other => panic!("expected an issue-mode allow, got {other:?}"),
+    }
+}
+
+/// The token the server signs for an allowed decision, as the step after it.
+fn issued<'r>(registry: &'r Registry, d: &Decision<'_>, now: i64) -> Issued<'r> {
+    token::issue(&registry.token, &granted(d).subject(), now).expect("sign the token")
 }
 
 fn assert_denied(w: &World, req: Req, want: Reason) {
@@ -68,22 +84,21 @@ fn allow_issues_a_token_describing_the_caller() {
         &w.registry,
         now,
     );
-    let Decision::Allow(allow) = d else {
-        panic!("expected allow, got {d:?}")
-    };
-    assert_eq!(allow.mode, Mode::Issue);
-    assert_eq!(allow.service, Some("a"));
-    assert_eq!(allow.set_header.0, "x-service-jwt");
-    assert_eq!(allow.remove_header, Some("x-api-key"));
-    assert_eq!(allow.kid, "test-1");
-    let v = token::verify(&w.registry.token, &allow.set_header.1, now).unwrap();
+    assert_eq!(d.service(), Some("a"));
+    assert_eq!(granted(&d).principal, A_URI);
+    let token = issued(&w.registry, &d, now);
+    assert_eq!(w.registry.token.header, "x-service-jwt");
+    assert_eq!(w.registry.request.api_key_header, "x-api-key");
+    assert!(!w.registry.request.forward_api_key);
+    assert_eq!(token.kid, "test-1");
+    let v = token::verify(&w.registry.token, &token.token, now).unwrap();
     assert_eq!(v.claims.sub, "a");
     assert_eq!(v.claims.aud, common::AUDIENCE);
     assert_eq!(v.claims.iss, common::ISSUER);
     assert_eq!(v.claims.principal, A_URI);
     assert_eq!(v.claims.scope, "read write");
     assert_eq!(v.claims.exp - v.claims.iat, 300);
-    assert_eq!(v.claims.jti, allow.jti);
+    assert_eq!(v.claims.jti, token.jti);
     let cnf = v.claims.cnf.expect("cnf for a forwarded certificate");
     assert_eq!(
         cnf,
@@ -108,22 +123,18 @@ fn raw_header_map_is_read_too() {
 
 #[test]
 fn forward_api_key_keeps_the_key_header() {
-    let w = world_with(
-        &[Svc::new("a", A_URI, A_KEY)],
-        "", // replaced below
-    );
-    let text = std::fs::read_to_string(w.fixture.registry_path())
-        .unwrap()
-        .replace("forward_api_key: false", "forward_api_key: true");
-    std::fs::write(w.fixture.registry_path(), text).unwrap();
+    let w = world_with(&[Svc::new("a", A_URI, A_KEY)], RevocationSection::default());
+    let mut file = w.fixture.registry_file(&[Svc::new("a", A_URI, A_KEY)]);
+    file.request.forward_api_key = true;
+    w.fixture.write(&file);
     let registry = w.fixture.load();
     let d = decide(
         &Req::cert(a_cert(&w)).key(A_KEY).build(),
         &registry,
         unix_now(),
     );
-    let Decision::Allow(allow) = d else { panic!() };
-    assert_eq!(allow.remove_header, None);
+    granted(&d);
+    assert!(registry.request.forward_api_key);
 }
 
 #[test]
@@ -134,10 +145,9 @@ fn principal_is_used_only_without_a_certificate() {
         ..Default::default()
     }
     .key(A_KEY);
-    let Decision::Allow(allow) = decide(&req.build(), &w.registry, unix_now()) else {
-        panic!("principal fallback should allow")
-    };
-    let v = token::verify(&w.registry.token, &allow.set_header.1, unix_now()).unwrap();
+    let d = decide(&req.build(), &w.registry, unix_now());
+    let token = issued(&w.registry, &d, unix_now());
+    let v = token::verify(&w.registry.token, &token.token, unix_now()).unwrap();
     assert_eq!(v.claims.cnf, None);
     // A forwarded certificate wins over the principal, even if the principal names a service.
     let mut req = Req::cert(w.ca.client(&ClientSpec::uri("spiffe://other")).forwarded()).key(A_KEY);
@@ -147,7 +157,10 @@ fn principal_is_used_only_without_a_certificate() {
 
 #[test]
 fn dns_sans_match_case_insensitively_and_by_type() {
-    let w = world_with(&[Svc::new("d", "api.mesh.test", A_KEY)], "");
+    let w = world_with(
+        &[Svc::new("d", "api.mesh.test", A_KEY)],
+        RevocationSection::default(),
+    );
     let ok = Req::cert(w.ca.client(&ClientSpec::dns("API.Mesh.Test")).forwarded()).key(A_KEY);
     assert!(matches!(
         decide(&ok.build(), &w.registry, unix_now()),
@@ -240,7 +253,7 @@ fn expired_api_key_and_rotation() {
         ("old".into(), "old-key-0123456789".into(), Some(past)),
         ("new".into(), A_KEY.into(), Some(future)),
     ];
-    let w = world_with(&[svc], "");
+    let w = world_with(&[svc], RevocationSection::default());
     assert_denied(
         &w,
         Req::cert(a_cert(&w)).key("old-key-0123456789"),
@@ -298,7 +311,10 @@ fn certificate_validity_window() {
 fn revoked_serials_and_crls() {
     let w = world_with(
         &[Svc::new("a", A_URI, A_KEY)],
-        "revocation:\n  serials: [\"00:4F:1A:77\"]\n",
+        RevocationSection {
+            serials: vec!["00:4F:1A:77".into()],
+            ..Default::default()
+        },
     );
     let revoked =
         w.ca.client(&ClientSpec::uri(A_URI).serial(&[0x4f, 0x1a, 0x77]));
@@ -327,7 +343,7 @@ fn revoked_serials_and_crls() {
     )
     .unwrap();
     let mut fixture = fixture;
-    fixture.extra = "revocation:\n  crl_files: [mesh.crl.pem]\n".into();
+    fixture.revocation.crl_files = vec!["mesh.crl.pem".into()];
     fixture.write_registry(&[Svc::new("a", A_URI, A_KEY)]);
     let registry = fixture.load();
     let d = decide(
@@ -371,9 +387,8 @@ fn service_ca_file_must_have_signed_the_certificate() {
     let trusted = Ca::new("service a CA");
     let mut svc = Svc::new("a", A_URI, A_KEY);
     svc.ca_file = Some("a-ca.crt".into());
-    let mut fixture = Fixture::new(&[]);
+    let fixture = Fixture::new(&[]);
     std::fs::write(fixture.path().join("a-ca.crt"), trusted.cert_pem()).unwrap();
-    fixture.extra = String::new();
     fixture.write_registry(&[svc]);
     let registry = fixture.load();
     let good = trusted.client(&ClientSpec::uri(A_URI));
@@ -412,7 +427,7 @@ fn certificate_pins() {
     let other = ca.client(&ClientSpec::uri(A_URI));
     let mut svc = Svc::new("a", A_URI, A_KEY);
     svc.pins = vec![pinned.sha256_hex()];
-    let w = world_with(&[svc], "");
+    let w = world_with(&[svc], RevocationSection::default());
     assert!(matches!(
         decide(
             &Req::cert(pinned.forwarded()).key(A_KEY).build(),
@@ -482,14 +497,13 @@ fn base64_lines(der: &[u8]) -> String {
 #[test]
 fn scopes_from_header_and_route() {
     let w = world();
-    let allow_scope = |req: Req| match decide(&req.build(), &w.registry, unix_now()) {
-        Decision::Allow(a) => {
-            token::verify(&w.registry.token, &a.set_header.1, unix_now())
-                .unwrap()
-                .claims
-                .scope
-        }
-        d => panic!("expected allow, got {d:?}"),
+    let allow_scope = |req: Req| {
+        let d = decide(&req.build(), &w.registry, unix_now());
+        let token = issued(&w.registry, &d, unix_now());
+        token::verify(&w.registry.token, &token.token, unix_now())
+            .unwrap()
+            .claims
+            .scope
     };
     assert_eq!(
         allow_scope(
@@ -535,26 +549,24 @@ fn verify_mode_tokens() {
     let w = world();
     let now = unix_now();
     let cert = w.ca.client(&ClientSpec::uri(A_URI));
-    let Decision::Allow(issued) = decide(
+    let d = decide(
         &Req::cert(cert.forwarded()).key(A_KEY).build(),
         &w.registry,
         now,
-    ) else {
-        panic!()
-    };
-    let jwt = issued.set_header.1.clone();
+    );
+    let jwt = issued(&w.registry, &d, now).token;
 
     // Same certificate, token in the token header or as a bearer token.
     for req in [
         Req::cert(cert.forwarded()).header("x-service-jwt", &jwt),
         Req::cert(cert.forwarded()).header("authorization", &format!("Bearer {jwt}")),
     ] {
-        let Decision::Allow(allow) = decide(&req.ext("mode", "verify").build(), &w.registry, now)
-        else {
-            panic!("verify should allow")
+        let d = decide(&req.ext("mode", "verify").build(), &w.registry, now);
+        let Decision::Allow(Grant::Verify(grant)) = &d else {
+            panic!("verify should allow: {d:?}")
         };
-        assert_eq!(allow.set_header, ("x-service-id", "a".to_string()));
-        assert_eq!(allow.service, Some("a"));
+        assert_eq!(grant.subject, "a");
+        assert_eq!(d.service(), Some("a"));
     }
     // A certificate-bound token on another certificate.
     let other = w.ca.client(&ClientSpec::uri(A_URI));

@@ -1,12 +1,12 @@
-//! The real `service-auth` binary over real gRPC: response shape, and bad
-//! input that must come back as a denial inside a `CheckResponse` (never a
-//! transport error, never a crash).
+//! The sidecar over real gRPC (in-process, on a kernel-chosen port):
+//! response shape, and bad input that must come back as a denial inside a
+//! `CheckResponse` (never a transport error, never a crash). The log test
+//! runs the real binary.
 
 mod common;
 
-use common::pki::{Ca, ClientSpec};
-use common::procs::{Sidecar, free_port};
-use common::{Fixture, Req, Svc};
+use common::procs::Sidecar;
+use common::{Ca, ClientSpec, Fixture, InProcess, Req, Svc, tcp0};
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpResponse};
 use envoy_types::pb::google::protobuf::value::Kind;
 use time::{Duration, OffsetDateTime};
@@ -16,11 +16,13 @@ const B_URI: &str = "spiffe://mesh.test/ns/default/sa/b";
 const A_KEY: &str = "key-of-service-a-0123456789";
 const B_KEY: &str = "key-of-service-b-0123456789";
 
-async fn start() -> (Fixture, Sidecar, Ca) {
-    let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY), Svc::new("b", B_URI, B_KEY)]);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = fixture.write_config(&addr, "");
-    let sidecar = Sidecar::start(&config, addr.parse().unwrap()).await;
+fn fixture() -> Fixture {
+    Fixture::new(&[Svc::new("a", A_URI, A_KEY), Svc::new("b", B_URI, B_KEY)])
+}
+
+async fn start() -> (Fixture, InProcess, Ca) {
+    let fixture = fixture();
+    let sidecar = InProcess::for_fixture(&fixture).await;
     (fixture, sidecar, Ca::new("grpc test CA"))
 }
 
@@ -239,7 +241,9 @@ async fn bad_input_is_a_denial_not_an_error() {
 
 #[tokio::test]
 async fn denials_are_logged_without_credentials() {
-    let (_f, sidecar, ca) = start().await;
+    let fixture = fixture();
+    let sidecar = Sidecar::start(&fixture.write_config(&fixture.static_config(tcp0()))).await;
+    let ca = Ca::new("grpc test CA");
     let mut client = sidecar.client().await;
     let cert = ca.client(&ClientSpec::uri(A_URI)).forwarded();
     let resp = client

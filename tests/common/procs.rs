@@ -2,7 +2,7 @@
 //! and an in-process echo upstream. Each is stopped when dropped; readiness
 //! is polled, never slept on.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use service_auth::config::ListenAddr;
 use tonic::transport::Channel;
 
 /// Polls `f` every 25 ms until it returns `Some`, or panics after `timeout`.
@@ -28,34 +29,34 @@ where
     }
 }
 
-/// A free loopback port (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A gRPC client for the Authorization service at `addr`.
+pub async fn authz_client(addr: SocketAddr) -> AuthorizationClient<Channel> {
+    AuthorizationClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to service-auth")
 }
 
-/// The `service-auth` binary under test, running `serve`.
+/// The `service-auth` binary under test, running `serve`. Its config
+/// should listen on port 0: the bound address is read from the sidecar's
+/// own `listening` log line, so no port is ever picked and released.
 pub struct Sidecar {
     child: Child,
-    pub addr: SocketAddr,
+    addr: Option<ListenAddr>,
     pub log: PathBuf,
 }
 
 impl Sidecar {
-    /// Starts `serve --config <config>` listening on `addr`, and waits until
-    /// its health service reports SERVING.
-    pub async fn start(config: &Path, addr: SocketAddr) -> Sidecar {
-        let mut sidecar = Sidecar::spawn(config, addr, &[]);
+    /// Starts `serve --config <config>` and waits until its health service
+    /// reports SERVING.
+    pub async fn start(config: &Path) -> Sidecar {
+        let mut sidecar = Sidecar::spawn(config, &[]);
         sidecar.wait_serving().await;
         sidecar
     }
 
     /// Starts `serve --config <config>` with extra environment variables and
     /// returns at once, without waiting for readiness.
-    pub fn spawn(config: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Sidecar {
+    pub fn spawn(config: &Path, env: &[(&str, &str)]) -> Sidecar {
         let log = config.with_extension("log");
         let child = Command::new(env!("CARGO_BIN_EXE_service-auth"))
             .arg("serve")
@@ -67,7 +68,11 @@ impl Sidecar {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn service-auth");
-        Sidecar { child, addr, log }
+        Sidecar {
+            child,
+            addr: None,
+            log,
+        }
     }
 
     /// Panics with the log if the process has exited.
@@ -77,14 +82,48 @@ impl Sidecar {
         }
     }
 
+    /// Waits for the sidecar's `listening` log line and returns the address
+    /// it bound.
+    pub async fn listening(&mut self) -> ListenAddr {
+        if let Some(addr) = &self.addr {
+            return addr.clone();
+        }
+        let log = self.log.clone();
+        let child = &mut self.child;
+        let addr = poll("service-auth to listen", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "service-auth exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            let found = listening_address(&std::fs::read_to_string(&log).unwrap_or_default());
+            async move { found }
+        })
+        .await;
+        self.addr = Some(addr.clone());
+        addr
+    }
+
+    /// The bound TCP address (after [`Sidecar::start`] or [`Sidecar::listening`]).
+    pub fn addr(&self) -> SocketAddr {
+        match &self.addr {
+            Some(ListenAddr::Tcp(addr)) => *addr,
+            other => panic!("no TCP address known for this sidecar: {other:?}"),
+        }
+    }
+
     /// The `grpc.health.v1` status of `service`, or `None` if the sidecar
     /// cannot be reached or does not answer.
     pub async fn health(&self, service: &str) -> Option<i32> {
-        health_status(format!("http://{}", self.addr), service).await
+        health_status(format!("http://{}", self.addr()), service).await
     }
 
     pub async fn wait_serving(&mut self) {
-        let url = format!("http://{}", self.addr);
+        let ListenAddr::Tcp(addr) = self.listening().await else {
+            panic!("wait_serving needs a TCP listener");
+        };
+        let url = format!("http://{addr}");
         let log = self.log.clone();
         let child = &mut self.child;
         poll(
@@ -110,9 +149,7 @@ impl Sidecar {
     }
 
     pub async fn client(&self) -> AuthorizationClient<Channel> {
-        AuthorizationClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("connect to service-auth")
+        authz_client(self.addr()).await
     }
 
     pub fn log_text(&self) -> String {
@@ -162,6 +199,15 @@ impl Drop for Sidecar {
     }
 }
 
+/// The address in the sidecar's `{"event":"listening","address":...}` line.
+fn listening_address(log: &str) -> Option<ListenAddr> {
+    log.lines().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        (v["event"] == "listening").then_some(())?;
+        v["address"].as_str()?.parse().ok()
+    })
+}
+
 async fn health_status(url: String, service: &str) -> Option<i32> {
     let channel = Channel::from_shared(url).ok()?.connect().await.ok()?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
@@ -194,10 +240,9 @@ pub fn envoy_binary() -> PathBuf {
     })
 }
 
-/// Ports and addresses to run `envoy/envoy.yaml` with in a test.
+/// Where the Envoy under test sends traffic. Its own listener and admin
+/// ports are 0 (chosen by the kernel) and read back from its admin API.
 pub struct EnvoyPorts {
-    pub listener: u16,
-    pub admin: u16,
     pub sidecar: SocketAddr,
     pub app: SocketAddr,
 }
@@ -223,17 +268,9 @@ pub fn envoy_config_variant(
         sa["address"] = ip.into();
         sa["port_value"] = u64::from(port).into();
     };
-    set_addr(
-        &mut doc["admin"]["address"],
-        "127.0.0.1".into(),
-        ports.admin,
-    );
+    set_addr(&mut doc["admin"]["address"], "127.0.0.1".into(), 0);
     let statics = &mut doc["static_resources"];
-    set_addr(
-        &mut statics["listeners"][0]["address"],
-        "127.0.0.1".into(),
-        ports.listener,
-    );
+    set_addr(&mut statics["listeners"][0]["address"], "127.0.0.1".into(), 0);
     let clusters = statics["clusters"].as_sequence_mut().expect("clusters");
     for cluster in clusters {
         let target = match cluster["name"].as_str() {
@@ -260,6 +297,7 @@ pub fn envoy_config_variant(
 /// A running Envoy.
 pub struct Envoy {
     child: Child,
+    /// The inbound listener's port (bound by Envoy, read from its admin API).
     pub listener: u16,
     pub admin: u16,
     pub log: PathBuf,
@@ -267,12 +305,14 @@ pub struct Envoy {
 
 impl Envoy {
     /// Runs Envoy with `config` in `workdir` (which holds `certs/`), waiting
-    /// until its listener accepts connections.
-    pub async fn start(workdir: &Path, config: &str, ports: &EnvoyPorts) -> Envoy {
+    /// until it is ready; its ports are read back from its admin API.
+    pub async fn start(workdir: &Path, config: &str) -> Envoy {
         let config_path = workdir.join("envoy.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log = workdir.join("envoy.log");
-        let child = Command::new(envoy_binary())
+        let admin_file = workdir.join("envoy-admin.addr");
+        let _ = std::fs::remove_file(&admin_file);
+        let mut child = Command::new(envoy_binary())
             .current_dir(workdir)
             .arg("-c")
             .arg(&config_path)
@@ -281,28 +321,33 @@ impl Envoy {
             .arg("--disable-hot-restart")
             .arg("--concurrency")
             .arg("1")
+            .arg("--admin-address-path")
+            .arg(&admin_file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn envoy");
-        let mut envoy = Envoy {
-            child,
-            listener: ports.listener,
-            admin: ports.admin,
-            log,
-        };
-        let ready = format!("http://127.0.0.1:{}/ready", envoy.admin);
-        let http = reqwest::Client::new();
-        let log = envoy.log.clone();
-        let child = &mut envoy.child;
-        poll("envoy to become ready", Duration::from_secs(60), || {
+        let exited = |child: &mut Child| {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "envoy exited with {status}: {}",
                     std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
+        };
+        let admin: SocketAddr = poll("envoy's admin address", Duration::from_secs(60), || {
+            exited(&mut child);
+            let addr = std::fs::read_to_string(&admin_file)
+                .ok()
+                .and_then(|a| a.trim().parse().ok());
+            async move { addr }
+        })
+        .await;
+        let http = reqwest::Client::new();
+        let ready = format!("http://{admin}/ready");
+        poll("envoy to become ready", Duration::from_secs(60), || {
+            exited(&mut child);
             let req = http.get(&ready).send();
             async move {
                 let resp = req.await.ok()?;
@@ -310,21 +355,32 @@ impl Envoy {
             }
         })
         .await;
-        envoy
+        let listeners: serde_json::Value = http
+            .get(format!("http://{admin}/listeners?format=json"))
+            .send()
+            .await
+            .expect("envoy admin /listeners")
+            .json()
+            .await
+            .expect("envoy admin /listeners JSON");
+        let listener = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+            ["port_value"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or_else(|| panic!("no listener port in {listeners}"));
+        Envoy {
+            child,
+            listener,
+            admin: admin.port(),
+            log,
+        }
     }
-}
 
-impl Envoy {
     /// Runs the shipped `envoy/envoy.yaml` in `workdir` (which holds
-    /// `certs/`) in front of `sidecar` and `app`, on free ports.
+    /// `certs/`) in front of `sidecar` and `app`.
     pub async fn shipped(workdir: &Path, sidecar: SocketAddr, app: SocketAddr) -> Envoy {
-        let ports = EnvoyPorts {
-            listener: free_port(),
-            admin: free_port(),
-            sidecar,
-            app,
-        };
-        Envoy::start(workdir, &envoy_config(&ports), &ports).await
+        let ports = EnvoyPorts { sidecar, app };
+        Envoy::start(workdir, &envoy_config(&ports)).await
     }
 
     /// The listener's base URL (the test certificates are for `localhost`).
