@@ -1,23 +1,47 @@
 //! Micro-benchmarks of the decision path: certificate extraction, registry
-//! lookup, API-key check, token signing, and the whole `decide` (with and
-//! without the certificate cache the server uses).
-//! Run: `cargo bench --bench decide`.
-
-#[path = "../tests/common/mod.rs"]
-mod common;
+//! lookup, API-key check, token signing, and a whole Check's work (parse the
+//! attributes, gather evidence with or without the server's memo, decide,
+//! sign). Run: `cargo bench --bench decide`.
 
 use std::hint::black_box;
+use std::sync::Arc;
 
-use common::pki::{Ca, ClientSpec};
-use common::{Fixture, Req, Svc};
 use criterion::{Criterion, criterion_group, criterion_main};
-use service_auth::check::{Decision, decide, decide_with};
-use service_auth::identity::{CertCache, PeerCertificate, SanKind};
-use service_auth::registry::hash_api_key;
+use service_auth::check::{self, Decision, Grant, Input};
+use service_auth::evidence::{Evidence, EvidenceCache};
+use service_auth::identity::{PeerCertificate, SanKind};
+use service_auth::registry::{Registry, hash_api_key};
+use service_auth::request::Attributes;
+use service_auth::testkit::pki::{Ca, ClientSpec};
+use service_auth::testkit::{Fixture, Req, Svc, unix_now};
 use service_auth::token;
 
 const URI: &str = "spiffe://mesh.bench/ns/default/sa/caller";
 const KEY: &str = "bench-api-key-0123456789abcdefghij";
+
+/// One Check's work after the request is decoded, as the server does it.
+fn check_once(
+    req: &envoy_types::pb::envoy::service::auth::v3::CheckRequest,
+    registry: &Registry,
+    cache: Option<&EvidenceCache>,
+    now: i64,
+) -> bool {
+    let attributes = Attributes::from_request(req);
+    let evidence = match cache {
+        Some(cache) => cache.resolve(attributes.certificate, registry),
+        None => Evidence::from_forwarded(attributes.certificate, registry).map(Arc::new),
+    };
+    let input = Input {
+        attributes,
+        certificate: Some(evidence.as_ref().map(Arc::as_ref).map_err(|e| *e)),
+    };
+    match check::decide(&input, registry, now) {
+        Decision::Allow(Grant::Issue(grant)) => {
+            token::issue(&registry.token, &grant.subject(), now).is_ok()
+        }
+        _ => false,
+    }
+}
 
 fn bench(c: &mut Criterion) {
     let mut services: Vec<Svc> = (0..1000)
@@ -30,18 +54,17 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let ca = Ca::new("bench CA");
-    std::fs::create_dir_all(std::env::temp_dir()).unwrap();
     let mut caller = Svc::new("caller", URI, KEY);
     let fixture = Fixture::new(&[]);
-    std::fs::write(fixture.path().join("ca.crt"), ca.cert_pem()).unwrap();
+    fixture.write_file("ca.crt", ca.cert_pem());
     caller.ca_file = Some("ca.crt".into());
     services.push(caller);
     fixture.write_registry(&services);
     let registry = fixture.load();
     let cert = ca.client(&ClientSpec::uri(URI));
     let forwarded = cert.forwarded();
-    let request = Req::cert(forwarded.clone()).key(KEY).build();
-    let now = common::unix_now();
+    let request = Req::typical(forwarded.clone(), KEY).build();
+    let now = unix_now();
 
     c.bench_function(
         "certificate extraction (percent-decode + PEM + X.509 + SANs)",
@@ -58,44 +81,26 @@ fn bench(c: &mut Criterion) {
         b.iter(|| hash_api_key(black_box(KEY.as_bytes())))
     });
     let service = registry.service("caller").unwrap();
+    let subject = token::Subject {
+        service: &service.id,
+        principal: URI,
+        scope: service.all_scopes.as_str().into(),
+        certificate_sha256: Some([7; 32]),
+    };
     c.bench_function("token signing", |b| {
-        b.iter(|| {
-            token::issue(
-                &registry.token,
-                token::Subject {
-                    service: &service.id,
-                    principal: URI,
-                    scope: &service.all_scopes,
-                    certificate_sha256: Some(&[7; 32]),
-                },
-                now,
-            )
-            .unwrap()
-        })
+        b.iter(|| token::issue(&registry.token, black_box(&subject), now).unwrap())
     });
     c.bench_function(
-        "decide, allow, uncached (parse + CA signature every time)",
-        |b| {
-            b.iter(|| {
-                assert!(matches!(
-                    decide(black_box(&request), &registry, now),
-                    Decision::Allow(_)
-                ))
-            })
-        },
+        "check, allow, uncached (parse + CA signature every time)",
+        |b| b.iter(|| assert!(check_once(black_box(&request), &registry, None, now))),
     );
-    let cache = CertCache::new(1024);
-    c.bench_function("decide, allow, with the server's certificate cache", |b| {
-        b.iter(|| {
-            assert!(matches!(
-                decide_with(black_box(&request), &registry, now, &cache),
-                Decision::Allow(_)
-            ))
-        })
+    let cache = EvidenceCache::new(1024);
+    c.bench_function("check, allow, with the server's evidence memo", |b| {
+        b.iter(|| assert!(check_once(black_box(&request), &registry, Some(&cache), now)))
     });
-    let denied = Req::cert(forwarded).key("wrong-key").build();
-    c.bench_function("decide, deny (wrong key), with cache", |b| {
-        b.iter(|| decide_with(black_box(&denied), &registry, now, &cache))
+    let denied = Req::typical(forwarded, "wrong-key").build();
+    c.bench_function("check, deny (wrong key), with the memo", |b| {
+        b.iter(|| assert!(!check_once(black_box(&denied), &registry, Some(&cache), now)))
     });
 }
 

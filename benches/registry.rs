@@ -1,11 +1,9 @@
 //! Registry build time: how long a reload of a large registry takes (read,
 //! parse, validate, index). Run: `cargo bench --bench registry`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use criterion::{Criterion, criterion_group, criterion_main};
 use service_auth::registry::Registry;
+use service_auth::testkit as common;
 
 /// A registry of `n` services, each with one URI principal and two keys.
 pub fn large_fixture(n: usize) -> common::Fixture {

@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::pki::{Ca, ClientSpec};
-use common::procs::{Echo, Envoy, Sidecar, free_port};
-use common::{Fixture, Svc, registry_yaml};
+use common::procs::{Echo, Envoy, Sidecar};
+use common::{Ca, ClientSpec, Fixture, Svc, tcp0};
+use service_auth::config::{Otlp, OtlpProtocol};
 use tokio::sync::Mutex;
 
 const A_URI: &str = "spiffe://soak.test/sa/a";
@@ -103,6 +103,17 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
+/// A port for the stand-in collector, which this benchmark kills and
+/// restarts on the same port (so it cannot be bound to port 0 each time).
+/// Bound and released once; a benchmark, not a test, so the small race is
+/// acceptable.
+fn collector_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port for the collector")
+}
+
 fn start_collector(command: &str, port: u16) -> Child {
     Command::new("sh")
         .arg("-c")
@@ -132,22 +143,22 @@ async fn main() {
     // The mesh: two stable services and one that the rewriter adds and removes.
     let stable = vec![Svc::new("a", A_URI, A_KEY), Svc::new("b", B_URI, B_KEY)];
     let fixture = Fixture::new(&stable);
-    let collector_port = free_port();
-    let sidecar_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = fixture.write_config(
-        &sidecar_addr.to_string(),
-        &format!(
-            "telemetry:\n  otlp:\n    endpoint: http://127.0.0.1:{collector_port}\n    protocol: grpc\n    interval: 1s\n"
-        ),
-    );
+    let collector_port = collector_port();
+    let mut config = fixture.static_config(tcp0());
+    config.telemetry.otlp = Some(Otlp {
+        endpoint: Some(format!("http://127.0.0.1:{collector_port}")),
+        protocol: Some(OtlpProtocol::Grpc),
+        interval: Some(Duration::from_secs(1)),
+    });
+    let config = fixture.write_config(&config);
     let mut collector = start_collector(&collector_cmd, collector_port);
-    let sidecar = Sidecar::start(&config, sidecar_addr).await;
+    let sidecar = Sidecar::start(&config).await;
     let echo = Echo::start().await;
     let ca = Ca::new("soak CA");
-    ca.write_envoy_certs(fixture.path());
-    let _envoy = Envoy::shipped(fixture.path(), sidecar_addr, echo.addr).await;
+    common::write_envoy_certs(&ca, fixture.path());
+    let _envoy = Envoy::shipped(fixture.path(), sidecar.addr(), echo.addr).await;
     let cert = ca.client(&ClientSpec::uri(A_URI));
-    let http = ca.https_client(&cert);
+    let http = common::https_client(&ca, &cert);
     let base = _envoy.base_url();
 
     println!(
@@ -190,7 +201,7 @@ async fn main() {
                         None,
                     ));
                 }
-                let text = registry_yaml(&services, "");
+                let text = serde_yaml::to_string(&common::registry_file(&services)).unwrap();
                 let target = dir.join("registry.yaml");
                 if n.is_multiple_of(2) {
                     let tmp = dir.join(".registry.yaml.tmp");

@@ -1,9 +1,10 @@
-//! Envoy's `CheckResponse` for each outcome of a Check.
+//! The steps after the decision: signing the token a grant calls for, and
+//! Envoy's `CheckResponse` for each outcome.
 //!
-//! The shape is the contract with Envoy: an OK response replaces the token
-//! header on every Envoy version and strips the API key; a denial carries the
-//! HTTP status, a generic JSON body and the gRPC code, while the precise
-//! reason goes only to Envoy's dynamic metadata (for its access log).
+//! The response shape is the contract with Envoy: an OK response replaces
+//! the token header on every Envoy version and strips the API key; a denial
+//! carries the HTTP status, a generic JSON body and the gRPC code, while the
+//! precise reason goes only to Envoy's dynamic metadata (for its access log).
 
 use envoy_types::ext_authz::v3::pb::{
     CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
@@ -12,9 +13,65 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 
-use crate::check::{Outcome, Reason, SERVICE_ID_HEADER, VerifyGrant};
+use crate::check::{Decision, Denial, Grant, Mode, Outcome, Reason, SERVICE_ID_HEADER, VerifyGrant};
 use crate::registry::Registry;
-use crate::token::Issued;
+use crate::token::{self, Issued};
+
+/// A decision with the token its grant calls for, ready to answer.
+#[derive(Debug)]
+pub struct Answer<'r> {
+    pub decision: Decision<'r>,
+    /// The token signed for an issue-mode grant.
+    pub issued: Option<Issued<'r>>,
+}
+
+impl<'r> Answer<'r> {
+    /// Signs the token an issue-mode grant calls for. Failing to sign is an
+    /// internal error: the answer becomes a denial (fail closed).
+    pub fn sign(decision: Decision<'r>, registry: &'r Registry, now: i64) -> Answer<'r> {
+        match decision {
+            Decision::Allow(Grant::Issue(grant)) => {
+                match token::issue(&registry.token, &grant.subject(), now) {
+                    Ok(issued) => Answer {
+                        decision: Decision::Allow(Grant::Issue(grant)),
+                        issued: Some(issued),
+                    },
+                    Err(_) => Answer::denied(Denial::internal(Mode::Issue)),
+                }
+            }
+            decision => Answer {
+                decision,
+                issued: None,
+            },
+        }
+    }
+
+    /// An answer that refuses.
+    pub fn denied(denial: Denial<'r>) -> Answer<'r> {
+        Answer {
+            decision: Decision::Deny(denial),
+            issued: None,
+        }
+    }
+
+    /// The kid that signed the issued token, if one was.
+    pub fn kid(&self) -> Option<&'r str> {
+        self.issued.as_ref().map(|t| t.kid)
+    }
+
+    /// Envoy's response.
+    pub fn into_response(self, registry: &Registry) -> CheckResponse {
+        match (self.decision, self.issued) {
+            (Decision::Allow(Grant::Issue(grant)), Some(token)) => {
+                issued(registry, &grant.service.id, token)
+            }
+            (Decision::Allow(Grant::Verify(grant)), _) => verified(grant),
+            (Decision::Deny(denial), _) => denied(denial.reason),
+            // Not built by `sign`; fail closed all the same.
+            (Decision::Allow(Grant::Issue(_)), None) => denied(Reason::InternalError),
+        }
+    }
+}
 
 /// OK for an issue-mode Check: the token header set, the API key header
 /// removed (unless the registry forwards it).

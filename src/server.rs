@@ -3,7 +3,7 @@
 //! This layer only translates and sequences. For each Check it parses the
 //! request's attributes once, gathers the certificate evidence (memoized),
 //! calls the pure `check::decide`, signs a token when the decision grants
-//! one, reports to telemetry, and turns the outcome into a `CheckResponse`.
+//! one (`response::Answer`), reports to telemetry, and answers.
 //! Every outcome, including a panic, is an answer inside a `CheckResponse`:
 //! a gRPC error would let the request through wherever Envoy runs with
 //! `failure_mode_allow: true`.
@@ -20,15 +20,14 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::{HealthReporter, HealthService};
 
-use crate::check::{self, Decision, Denial, Grant, Input, Mode, Reason, unix_now};
+use crate::check::{self, Decision, Denial, Input, Mode, Reason, unix_now};
 use crate::config::Limits;
 use crate::evidence::EvidenceCache;
 use crate::listener::Incoming;
 use crate::registry::{Registry, Snapshot};
 use crate::request::Attributes;
-use crate::response;
+use crate::response::{self, Answer};
 use crate::telemetry::{CheckEvent, Observer};
-use crate::token;
 
 /// How long SIGTERM waits for in-flight Checks. Envoy gives up on a Check
 /// far sooner (0.5 s in `envoy/envoy.yaml`); this only stops a stuck client
@@ -97,31 +96,14 @@ impl AuthzService {
                 .as_ref()
                 .map(|e| e.as_ref().map(Arc::as_ref).map_err(|e| *e)),
         };
-        let decision = check::decide(&input, registry, now);
-        // Signing is the step after the decision; failing to sign fails closed.
-        let (decision, issued) = match decision {
-            Decision::Allow(Grant::Issue(grant)) => {
-                match token::issue(&registry.token, &grant.subject(), now) {
-                    Ok(issued) => (Decision::Allow(Grant::Issue(grant)), Some(issued)),
-                    Err(_) => (Decision::Deny(Denial::internal(Mode::Issue)), None),
-                }
-            }
-            other => (other, None),
-        };
+        let answer = Answer::sign(check::decide(&input, registry, now), registry, now);
         self.observer.check(&CheckEvent {
             attributes,
-            decision: &decision,
-            issued_kid: issued.as_ref().map(|t| t.kid),
+            decision: &answer.decision,
+            issued_kid: answer.kid(),
             elapsed: started.elapsed(),
         });
-        match (decision, issued) {
-            (Decision::Allow(Grant::Issue(grant)), Some(issued)) => {
-                response::issued(registry, &grant.service.id, issued)
-            }
-            (Decision::Allow(Grant::Verify(grant)), _) => response::verified(grant),
-            (Decision::Deny(denial), _) => response::denied(denial.reason),
-            (Decision::Allow(Grant::Issue(_)), None) => response::denied(Reason::InternalError),
-        }
+        answer.into_response(registry)
     }
 }
 

@@ -10,8 +10,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use service_auth::check::decide;
-use service_auth_fuzz::{NOW, SERVICES, assert_justified, world};
+use service_auth_fuzz::{SERVICES, assert_justified, decide, world};
 
 #[derive(Arbitrary, Debug)]
 struct Parts {
@@ -102,5 +101,5 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => return,
         }
     };
-    assert_justified(&req, decide(&req, &world().registry, NOW));
+    assert_justified(&req, decide(&req));
 });

@@ -9,14 +9,17 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, SanType, SerialNumber,
+use rcgen::{ExtendedKeyUsagePurpose, SanType};
+use service_auth::check::{Decision, Grant};
+use service_auth::config::{
+    ApiKeyEntry, KeyEntry, RegistryFile, RequestSection, RevocationSection, ServiceEntry,
+    TokenSection,
 };
-use service_auth::check::{Decision, Mode};
 use service_auth::registry::Registry;
-use service_auth::server::to_response;
+use service_auth::response::Answer;
+use service_auth::testkit::pki::{Ca, ClientSpec};
 use sha2::Digest;
+use time::macros::datetime;
 
 /// The fixed "current time" of every fuzz run (2027-01-15).
 pub const NOW: i64 = 1_800_000_000;
@@ -77,64 +80,59 @@ pub fn world() -> &'static World {
 
 fn build_world() -> World {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = new_ca("fuzz CA");
-    let other_ca = new_ca("someone else's CA");
-    std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
+    let ca = Ca::new("fuzz CA");
+    let other_ca = Ca::new("someone else's CA");
     for (kid, secret) in SECRETS {
-        std::fs::write(dir.path().join(format!("secrets/{kid}.key")), secret).unwrap();
+        write(&dir.path().join(format!("secrets/{kid}.key")), secret.as_bytes());
     }
-    std::fs::write(dir.path().join("ca.crt"), ca.pem()).unwrap();
+    write(&dir.path().join("ca.crt"), ca.cert_pem().as_bytes());
     let registry_path = dir.path().join("registry.yaml");
-    std::fs::write(&registry_path, registry_yaml()).unwrap();
+    let text = serde_yaml::to_string(&registry_file()).expect("serialize the fuzz registry");
+    write(&registry_path, text.as_bytes());
     let registry = Registry::load(&registry_path).expect("fuzz registry is valid");
 
-    let uri = |u: &str| SanType::URI(u.try_into().unwrap());
-    let dns = |d: &str| SanType::DnsName(d.try_into().unwrap());
     let a = "spiffe://fuzz.test/sa/a";
-    let specs: Vec<(&CertifiedIssuer<'static, KeyPair>, CertificateParams)> = vec![
-        (&ca, leaf(vec![uri(a)])),
-        (&ca, leaf(vec![dns("A.Fuzz.Test")])),
-        (&ca, leaf(vec![uri("spiffe://fuzz.test/sa/b")])),
-        (&ca, leaf(vec![uri("spiffe://fuzz.test/sa/c")])),
-        (&other_ca, leaf(vec![uri("spiffe://fuzz.test/sa/c")])),
-        (&ca, {
-            let mut p = leaf(vec![uri(a)]);
-            p.serial_number = Some(SerialNumber::from_slice(&REVOKED_SERIAL));
-            p
-        }),
-        (&ca, {
-            let mut p = leaf(vec![uri(a)]);
-            p.not_before = time::macros::datetime!(2000-01-01 0:00 UTC);
-            p.not_after = time::macros::datetime!(2001-01-01 0:00 UTC);
-            p
-        }),
+    // Valid at NOW unless a case says otherwise.
+    let leaf = |spec: ClientSpec| {
+        spec.with_cn("fuzz client")
+            .valid(datetime!(2000-01-01 0:00 UTC), datetime!(2100-01-01 0:00 UTC))
+    };
+    let dns = |d: &str| {
+        let mut spec = ClientSpec::empty();
+        spec.sans = vec![SanType::DnsName(d.try_into().expect("ia5"))];
+        spec
+    };
+    let specs: Vec<(&Ca, ClientSpec)> = vec![
+        (&ca, leaf(ClientSpec::uri(a))),
+        (&ca, leaf(dns("A.Fuzz.Test"))),
+        (&ca, leaf(ClientSpec::uri("spiffe://fuzz.test/sa/b"))),
+        (&ca, leaf(ClientSpec::uri("spiffe://fuzz.test/sa/c"))),
+        (&other_ca, leaf(ClientSpec::uri("spiffe://fuzz.test/sa/c"))),
+        (&ca, leaf(ClientSpec::uri(a)).serial(&REVOKED_SERIAL)),
+        (
+            &ca,
+            ClientSpec::uri(a).valid(
+                datetime!(2000-01-01 0:00 UTC),
+                datetime!(2001-01-01 0:00 UTC),
+            ),
+        ),
         // CN only: the CN must never be an identity.
-        (&ca, {
-            let mut p = leaf(Vec::new());
-            p.distinguished_name.push(DnType::CommonName, a);
-            p
-        }),
-        (&ca, leaf(vec![uri(a), uri("spiffe://fuzz.test/sa/b")])),
-        (&ca, {
-            let mut p = leaf(vec![uri(a)]);
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p
-        }),
-        (&ca, {
-            let mut p = leaf(vec![uri(a)]);
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            p
-        }),
+        (&ca, leaf(ClientSpec::empty()).with_cn(a)),
+        (&ca, leaf(ClientSpec::uri(a).with_uri("spiffe://fuzz.test/sa/b"))),
+        (&ca, leaf(ClientSpec::uri(a)).ca()),
+        (
+            &ca,
+            leaf(ClientSpec::uri(a)).eku(vec![ExtendedKeyUsagePurpose::ServerAuth]),
+        ),
         // SAN type confusion: a DNS SAN spelling a URI principal.
-        (&ca, leaf(vec![dns("spiffe://fuzz.test/sa/a")])),
+        (&ca, leaf(dns("spiffe://fuzz.test/sa/a"))),
     ];
     let mut certs = Vec::new();
     let mut ders = Vec::new();
-    for (issuer, params) in specs {
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, issuer).unwrap();
-        certs.push(forwarded(&cert.pem()));
-        ders.push(cert.der().to_vec());
+    for (issuer, spec) in specs {
+        let cert = issuer.client(&spec);
+        certs.push(cert.forwarded());
+        ders.push(cert.der);
     }
     World {
         _dir: dir,
@@ -145,59 +143,62 @@ fn build_world() -> World {
     }
 }
 
-fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-/// A client leaf valid at `NOW` (rcgen's default window is 1975..4096).
-fn leaf(sans: Vec<SanType>) -> CertificateParams {
-    let mut p = CertificateParams::default();
-    p.distinguished_name.push(DnType::CommonName, "fuzz client");
-    p.subject_alt_names = sans;
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p
-}
-
-/// URL-encodes PEM the way Envoy forwards `source.certificate`.
-pub fn forwarded(pem: &str) -> String {
-    let mut out = String::with_capacity(pem.len() * 3);
-    for b in pem.bytes() {
-        if b.is_ascii_alphanumeric() {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+fn write(path: &std::path::Path, contents: &[u8]) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create the fuzz directory");
     }
-    out
+    std::fs::write(path, contents).expect("write a fuzz fixture file");
 }
 
-pub fn registry_yaml() -> String {
-    let mut y = format!(
-        "token:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  ttl: 5m\n  leeway: {LEEWAY}s\n  keys:\n    - kid: k1\n      secret_file: secrets/k1.key\n    - kid: k2\n      secret_file: secrets/k2.key\n      verify_only: true\nrevocation:\n  serials: [\"0bad\"]\nservices:\n"
-    );
-    for s in &SERVICES {
-        y.push_str(&format!(
-            "  - id: {}\n    scopes: [read, write]\n    principals: {:?}\n",
-            s.id, s.principals
-        ));
-        if s.id == "c" {
-            y.push_str("    ca_file: ca.crt\n");
-        }
-        y.push_str("    api_keys:\n");
-        for (i, (key, expired)) in s.keys.iter().enumerate() {
-            y.push_str(&format!(
-                "      - id: k{i}\n        sha256: {}\n",
-                hex::encode(sha2::Sha256::digest(key.as_bytes()))
-            ));
-            if *expired {
-                y.push_str("        not_after: 2020-01-01T00:00:00Z\n");
-            }
-        }
+/// The fixed registry, from the typed config structs.
+pub fn registry_file() -> RegistryFile {
+    RegistryFile {
+        token: TokenSection {
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            ttl: std::time::Duration::from_secs(300),
+            leeway: std::time::Duration::from_secs(LEEWAY as u64),
+            header: "x-service-jwt".into(),
+            keys: vec![
+                KeyEntry {
+                    kid: "k1".into(),
+                    secret_file: Some("secrets/k1.key".into()),
+                    ..Default::default()
+                },
+                KeyEntry {
+                    kid: "k2".into(),
+                    secret_file: Some("secrets/k2.key".into()),
+                    verify_only: true,
+                    ..Default::default()
+                },
+            ],
+        },
+        request: RequestSection::default(),
+        revocation: RevocationSection {
+            serials: vec!["0bad".into()],
+            crl_files: Vec::new(),
+        },
+        services: SERVICES
+            .iter()
+            .map(|s| ServiceEntry {
+                id: s.id.into(),
+                principals: s.principals.iter().map(|p| (*p).into()).collect(),
+                ca_file: (s.id == "c").then(|| PathBuf::from("ca.crt")),
+                scopes: vec!["read".into(), "write".into()],
+                api_keys: s
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (key, expired))| ApiKeyEntry {
+                        id: format!("k{i}"),
+                        sha256: hex::encode(sha2::Sha256::digest(key.as_bytes())),
+                        not_after: expired.then(|| "2020-01-01T00:00:00Z".into()),
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect(),
     }
-    y
 }
 
 /// Every occurrence of a header, read the way Envoy may deliver it:
@@ -230,20 +231,25 @@ pub fn occurrences(req: &CheckRequest, name: &str) -> Vec<Vec<u8>> {
     found
 }
 
+/// The decision on `req` with the fixed registry at `NOW`, as the server
+/// reaches it (without its memo).
+pub fn decide(req: &CheckRequest) -> Decision<'static> {
+    service_auth::testkit::decide(req, &world().registry, NOW)
+}
+
 /// Checks a decision against what must hold whatever the input, then
-/// checks its translation into a `CheckResponse`.
-pub fn assert_justified(req: &CheckRequest, decision: Decision<'_>) {
-    if let Decision::Allow(allow) = &decision {
-        match allow.mode {
-            Mode::Issue => assert_issue_allow_justified(req, allow.service),
-            Mode::Verify => {
-                assert_eq!(allow.set_header.0, "x-service-id");
-                assert!(!allow.set_header.1.is_empty());
-            }
+/// checks the answer the server builds from it.
+pub fn assert_justified(req: &CheckRequest, decision: Decision<'static>) {
+    match &decision {
+        Decision::Allow(Grant::Issue(grant)) => {
+            assert_issue_allow_justified(req, Some(grant.service.id.as_str()))
         }
+        Decision::Allow(Grant::Verify(grant)) => assert!(!grant.subject.is_empty()),
+        Decision::Deny(_) => {}
     }
     let allowed = matches!(decision, Decision::Allow(_));
-    let resp = to_response(decision);
+    let registry = &world().registry;
+    let resp = Answer::sign(decision, registry, NOW).into_response(registry);
     let code = resp.status.as_ref().map_or(-1, |s| s.code);
     use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
     match (allowed, &resp.http_response) {

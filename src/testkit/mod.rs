@@ -22,6 +22,6 @@ pub use fixture::{AUDIENCE, Fixture, ISSUER, SECRET, Svc, registry_file, sha256_
 #[cfg(feature = "test-util")]
 pub use forge::{claims_json, forge_hs256};
 #[cfg(feature = "test-util")]
-pub use request::{Req, decide};
+pub use request::{Req, decide, grpc_frame};
 
 pub use crate::check::unix_now;

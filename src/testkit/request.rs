@@ -61,6 +61,25 @@ impl Req {
         self
     }
 
+    /// The request Envoy sends for a typical mesh call: the forwarded
+    /// certificate, the API key and the usual pseudo- and client headers
+    /// (what the benchmarks replay).
+    pub fn typical(forwarded: String, api_key: &str) -> Self {
+        let mut req = Req::cert(forwarded);
+        for (k, v) in [
+            (":authority", "orders.mesh.local"),
+            (":method", "GET"),
+            (":path", "/orders/42"),
+            (":scheme", "https"),
+            ("user-agent", "curl/8.5.0"),
+            ("accept", "*/*"),
+            ("x-request-id", "5b0b1a3c-0c1e-4c4e-9d0e-3f1f5c3c2b1a"),
+        ] {
+            req = req.header(k, v);
+        }
+        req.key(api_key)
+    }
+
     pub fn build(&self) -> CheckRequest {
         let headers: HashMap<String, String> = self.headers.iter().cloned().collect();
         let header_map = (!self.raw_headers.is_empty()).then(|| HeaderMap {
@@ -111,4 +130,15 @@ pub fn decide<'r>(req: &CheckRequest, registry: &'r Registry, now: i64) -> Decis
         certificate: evidence.as_ref().map(|e| e.as_ref().map_err(|e| *e)),
     };
     check::decide(&input, registry, now)
+}
+
+/// `msg` framed as one gRPC message (uncompressed), as it travels in an
+/// HTTP/2 DATA frame: what h2load replays and raw-h2 tests send.
+pub fn grpc_frame(msg: &impl prost::Message) -> Vec<u8> {
+    let body = msg.encode_to_vec();
+    let mut framed = Vec::with_capacity(body.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&body);
+    framed
 }
