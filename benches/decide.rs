@@ -96,11 +96,25 @@ fn bench(c: &mut Criterion) {
     );
     let cache = EvidenceCache::new(1024);
     c.bench_function("check, allow, with the server's evidence memo", |b| {
-        b.iter(|| assert!(check_once(black_box(&request), &registry, Some(&cache), now)))
+        b.iter(|| {
+            assert!(check_once(
+                black_box(&request),
+                &registry,
+                Some(&cache),
+                now
+            ))
+        })
     });
     let denied = Req::typical(forwarded, "wrong-key").build();
     c.bench_function("check, deny (wrong key), with the memo", |b| {
-        b.iter(|| assert!(!check_once(black_box(&denied), &registry, Some(&cache), now)))
+        b.iter(|| {
+            assert!(!check_once(
+                black_box(&denied),
+                &registry,
+                Some(&cache),
+                now
+            ))
+        })
     });
 }
 

@@ -90,8 +90,7 @@ impl Sidecar {
         let (metrics, observer) = match &export {
             Some(settings) => {
                 let metrics = MetricsExport::start(settings)?;
-                let observer =
-                    Observer::with_metrics(&metrics.meter(), snapshot.clone(), expiries);
+                let observer = Observer::with_metrics(&metrics.meter(), snapshot.clone(), expiries);
                 tracing::info!(
                     event = "metrics_export",
                     protocol = ?settings.protocol,
@@ -104,7 +103,8 @@ impl Sidecar {
             None => (None, Observer::logs_only()),
         };
 
-        let (incoming, local_addr) = listener::bind(&config.listen.grpc, tls.clone(), &config.limits)?;
+        let (incoming, local_addr) =
+            listener::bind(&config.listen.grpc, tls.clone(), &config.limits)?;
         tracing::info!(
             event = "listening",
             address = %local_addr,
@@ -205,7 +205,10 @@ impl Drop for Sidecar {
 }
 
 /// Runs the sidecar until `shutdown` resolves, then drains and stops.
-pub async fn run(config: &StaticConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(
+    config: &StaticConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let mut sidecar = Sidecar::start(config).await?;
     tokio::pin!(shutdown);
     tokio::select! {
@@ -253,13 +256,7 @@ async fn load_then_reload(
         services = registry.services().len(),
     );
     snapshot.store(Arc::new(registry));
-    let reloader = Reloader::start(
-        path,
-        attempt.sources,
-        snapshot,
-        observer,
-        poll_interval,
-    );
+    let reloader = Reloader::start(path, attempt.sources, snapshot, observer, poll_interval);
     readiness.serving().await;
     let _ = loaded.send(Ok(()));
     reloader.run().await;

@@ -412,11 +412,7 @@ impl Peer<'_> {
 
 /// Step 1: establish the peer identity and check what does not depend on
 /// which service it claims (shape, validity window, revocation).
-fn peer_identity<'q>(
-    input: &Input<'q>,
-    registry: &Registry,
-    now: i64,
-) -> Result<Peer<'q>, Reason> {
+fn peer_identity<'q>(input: &Input<'q>, registry: &Registry, now: i64) -> Result<Peer<'q>, Reason> {
     if let Some(certificate) = input.certificate {
         let evidence = certificate.map_err(cert_reason)?;
         check_certificate(&evidence.certificate, registry, now)?;

@@ -15,8 +15,7 @@ use service_auth::{alloc, devpki, health, telemetry, token};
 /// Loads the static config and its registry, joining every error into one message.
 fn load(config_path: &Path) -> anyhow::Result<(StaticConfig, Registry)> {
     let config = StaticConfig::load(config_path)?;
-    let registry =
-        Registry::load(&config.registry).map_err(service_auth::RunError::Registry)?;
+    let registry = Registry::load(&config.registry).map_err(service_auth::RunError::Registry)?;
     Ok((config, registry))
 }
 
@@ -148,7 +147,11 @@ pub fn token_verify(config_path: &Path, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn health(addr: Option<ListenAddr>, config_path: &Path, timeout: Duration) -> anyhow::Result<()> {
+pub fn health(
+    addr: Option<ListenAddr>,
+    config_path: &Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let addr = match addr {
         Some(addr) => addr,
         None => StaticConfig::load(config_path)?.listen.grpc,

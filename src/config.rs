@@ -670,7 +670,10 @@ mod tests {
             ),
             "{err:?}"
         );
-        assert!(err.to_string().contains("5000 bytes is above the 1024-byte limit"));
+        assert!(
+            err.to_string()
+                .contains("5000 bytes is above the 1024-byte limit")
+        );
         assert!(matches!(
             read_capped(&dir.path().join("missing.yaml"), 1024),
             Err(ConfigError::Read { .. })
@@ -679,7 +682,8 @@ mod tests {
 
     #[test]
     fn zero_limits_are_named() {
-        let text = "listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\nlimits:\n  max_connections: 0\n";
+        let text =
+            "listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\nlimits:\n  max_connections: 0\n";
         let config: StaticConfig = serde_yaml::from_str(text).unwrap();
         let err = config.validate(Path::new("c.yaml")).unwrap_err();
         assert!(

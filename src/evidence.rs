@@ -85,7 +85,11 @@ impl EvidenceCache {
 
     /// The evidence for `forwarded` under `registry`, from the memo when it
     /// holds an entry for this snapshot.
-    pub fn resolve(&self, forwarded: &str, registry: &Registry) -> Result<Arc<Evidence>, CertError> {
+    pub fn resolve(
+        &self,
+        forwarded: &str,
+        registry: &Registry,
+    ) -> Result<Arc<Evidence>, CertError> {
         let hit = self
             .entries
             .lock()

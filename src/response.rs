@@ -13,7 +13,9 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 
-use crate::check::{Decision, Denial, Grant, Mode, Outcome, Reason, SERVICE_ID_HEADER, VerifyGrant};
+use crate::check::{
+    Decision, Denial, Grant, Mode, Outcome, Reason, SERVICE_ID_HEADER, VerifyGrant,
+};
 use crate::registry::Registry;
 use crate::token::{self, Issued};
 
@@ -110,7 +112,11 @@ fn api_key_removal(registry: &Registry) -> Vec<String> {
     }
 }
 
-fn ok(header: HeaderValueOption, remove: Vec<String>, metadata: Vec<(&str, String)>) -> CheckResponse {
+fn ok(
+    header: HeaderValueOption,
+    remove: Vec<String>,
+    metadata: Vec<(&str, String)>,
+) -> CheckResponse {
     CheckResponse {
         status: Some(rpc::Status {
             code: tonic::Code::Ok as i32,

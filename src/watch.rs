@@ -16,7 +16,6 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-
 /// File events arrive in bursts (truncate + write, rename + chmod, the
 /// kubelet's several symlink steps): wait this long for quiet first.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -176,4 +175,3 @@ async fn recv_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option
         None => std::future::pending().await,
     }
 }
-

@@ -12,9 +12,7 @@ use x509_parser::prelude::{parse_x509_crl, parse_x509_pem};
 use super::{
     ApiKey, KeyHash, MIN_SECRET_BYTES, Registry, RequestSettings, Service, next_generation,
 };
-use crate::config::{
-    self, ConfigError, MAX_AUX_FILE_BYTES, RegistryFile, ServiceEntry,
-};
+use crate::config::{self, ConfigError, MAX_AUX_FILE_BYTES, RegistryFile, ServiceEntry};
 use crate::identity::{self, AnchorError, San, SanKind, TrustAnchor};
 use crate::token::{KeySetError, SigningKey, TokenSettings};
 
@@ -312,12 +310,7 @@ impl Builder<'_> {
             };
             let Some(secret) = secret else { continue };
             if secret.len() < MIN_SECRET_BYTES {
-                self.err(
-                    at,
-                    Problem::SecretTooShort {
-                        len: secret.len(),
-                    },
-                );
+                self.err(at, Problem::SecretTooShort { len: secret.len() });
                 continue;
             }
             if keys.is_empty() && !k.verify_only {

@@ -115,7 +115,12 @@ impl Instruments {
 
     /// Records one Check decision, the kid that signed its token (issue
     /// mode) and how long it took.
-    pub(super) fn record_check(&self, decision: &Decision<'_>, kid: Option<&str>, elapsed: Duration) {
+    pub(super) fn record_check(
+        &self,
+        decision: &Decision<'_>,
+        kid: Option<&str>,
+        elapsed: Duration,
+    ) {
         let mode = decision.mode();
         let (result, reason) = match decision {
             Decision::Allow(_) => ("allow", NO_REASON),
@@ -185,7 +190,10 @@ mod tests {
             token_verification(TokenCheck::Rejected(VerifyError::BadSignature)),
             ("failure", "bad_signature")
         );
-        assert_eq!(token_verification(TokenCheck::Verified), ("success", NO_REASON));
+        assert_eq!(
+            token_verification(TokenCheck::Verified),
+            ("success", NO_REASON)
+        );
         assert_eq!(
             token_verification(TokenCheck::Unbound),
             ("failure", CERTIFICATE_BINDING)

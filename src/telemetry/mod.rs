@@ -39,12 +39,12 @@ pub enum LogError {
 pub fn init_logging(log: &Log) -> Result<(), LogError> {
     let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
         Ok(filter) => filter,
-        Err(_) => tracing_subscriber::EnvFilter::try_new(&log.level).map_err(|error| {
-            LogError::Level {
+        Err(_) => {
+            tracing_subscriber::EnvFilter::try_new(&log.level).map_err(|error| LogError::Level {
                 level: log.level.clone(),
                 error,
-            }
-        })?,
+            })?
+        }
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -18,7 +18,9 @@ mod forge;
 mod request;
 
 #[cfg(feature = "test-util")]
-pub use fixture::{AUDIENCE, Fixture, ISSUER, SECRET, Svc, registry_file, sha256_hex, static_config};
+pub use fixture::{
+    AUDIENCE, Fixture, ISSUER, SECRET, Svc, registry_file, sha256_hex, static_config,
+};
 #[cfg(feature = "test-util")]
 pub use forge::{claims_json, forge_hs256};
 #[cfg(feature = "test-util")]

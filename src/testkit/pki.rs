@@ -138,7 +138,12 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         let key = KeyPair::generate()?;
         let key_pem = key.serialize_pem();
-        let params = ca_params(name, path_len, now - Duration::days(2), now + Duration::days(365));
+        let params = ca_params(
+            name,
+            path_len,
+            now - Duration::days(2),
+            now + Duration::days(365),
+        );
         Ok(Ca {
             issuer: CertifiedIssuer::self_signed(params, key)?,
             key_pem,

@@ -270,7 +270,11 @@ pub fn envoy_config_variant(
     };
     set_addr(&mut doc["admin"]["address"], "127.0.0.1".into(), 0);
     let statics = &mut doc["static_resources"];
-    set_addr(&mut statics["listeners"][0]["address"], "127.0.0.1".into(), 0);
+    set_addr(
+        &mut statics["listeners"][0]["address"],
+        "127.0.0.1".into(),
+        0,
+    );
     let clusters = statics["clusters"].as_sequence_mut().expect("clusters");
     for cluster in clusters {
         let target = match cluster["name"].as_str() {
@@ -363,11 +367,11 @@ impl Envoy {
             .json()
             .await
             .expect("envoy admin /listeners JSON");
-        let listener = listeners["listener_statuses"][0]["local_address"]["socket_address"]
-            ["port_value"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or_else(|| panic!("no listener port in {listeners}"));
+        let listener =
+            listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or_else(|| panic!("no listener port in {listeners}"));
         Envoy {
             child,
             listener,
