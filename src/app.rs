@@ -125,7 +125,7 @@ impl Sidecar {
         let (loaded_tx, loaded) = oneshot::channel();
         background.push(tokio::spawn(load_then_reload(
             config.registry.clone(),
-            config.reload.poll_interval,
+            config.reload.clone(),
             snapshot.clone(),
             readiness,
             observer,
@@ -230,7 +230,7 @@ pub async fn run(
 /// then keeps it current.
 async fn load_then_reload(
     path: PathBuf,
-    poll_interval: Duration,
+    reload: crate::config::Reload,
     snapshot: Snapshot,
     readiness: Readiness,
     observer: Observer,
@@ -256,7 +256,7 @@ async fn load_then_reload(
         services = registry.services().len(),
     );
     snapshot.store(Arc::new(registry));
-    let reloader = Reloader::start(path, attempt.sources, snapshot, observer, poll_interval);
+    let reloader = Reloader::start(path, attempt.sources, snapshot, observer, &reload);
     readiness.serving().await;
     let _ = loaded.send(Ok(()));
     reloader.run().await;

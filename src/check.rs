@@ -418,8 +418,11 @@ fn peer_identity<'q>(input: &Input<'q>, registry: &Registry, now: i64) -> Result
         check_certificate(&evidence.certificate, registry, now)?;
         return Ok(Peer::Certificate(evidence));
     }
+    // Envoy's principal is only its guess at the peer (first URI SAN, else
+    // DNS SAN, else the subject): without `require_certificate: false` the
+    // certificate factor must be there.
     let principal = input.attributes.principal;
-    if !principal.is_empty() {
+    if !principal.is_empty() && !registry.require_certificate {
         return Ok(Peer::Principal(San::from_principal(principal)));
     }
     Err(Reason::MissingIdentity)
@@ -579,7 +582,9 @@ fn verify<'r>(input: &Input<'_>, registry: &'r Registry, now: i64) -> Decision<'
     };
     let id = Some(service.id.as_str());
 
-    // RFC 8705: a certificate-bound token is only good on that certificate.
+    // RFC 8705: a certificate-bound token is only good on that certificate,
+    // and only while that certificate would still authenticate its service
+    // now (a revocation must not wait out the token's lifetime).
     if let Some(cnf) = &claims.cnf {
         let evidence = match input.certificate {
             None => return refuse(Reason::InvalidToken, id, TokenCheck::Unbound),
@@ -589,6 +594,11 @@ fn verify<'r>(input: &Input<'_>, registry: &'r Registry, now: i64) -> Decision<'
         let presented = token::Confirmation::for_certificate_sha256(&evidence.certificate.sha256);
         if !bool::from(presented.x5t_s256.as_bytes().ct_eq(cnf.x5t_s256.as_bytes())) {
             return refuse(Reason::InvalidToken, id, TokenCheck::Unbound);
+        }
+        let still_good = check_certificate(&evidence.certificate, registry, now)
+            .and_then(|()| check_trust(service, Some(evidence)));
+        if let Err(reason) = still_good {
+            return refuse(reason, id, TokenCheck::Unbound);
         }
     }
     let granted: Vec<&str> = claims.scopes().collect();
@@ -618,9 +628,10 @@ fn presented_token<'q>(headers: &Headers<'q>, header: &str) -> Result<&'q str, V
     };
     let bearer = match headers.single("authorization") {
         Header::Repeated => return Err(VerifyError::Malformed),
-        Header::One(v) => match v.strip_prefix(b"Bearer ") {
-            Some(t) => Some(t),
-            None => return Err(VerifyError::Malformed),
+        // The auth scheme is case-insensitive (RFC 9110).
+        Header::One(v) => match v.split_at_checked(7) {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case(b"bearer ") => Some(t),
+            _ => return Err(VerifyError::Malformed),
         },
         Header::Absent => None,
     };

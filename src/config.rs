@@ -367,16 +367,23 @@ impl Limits {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Reload {
+    /// Safety net beside file events and SIGHUP.
     #[serde(with = "duration")]
     pub poll_interval: Duration,
+    /// A changed file is applied only once it has been unchanged this long,
+    /// so a registry written in place in several steps is never read half
+    /// written.
+    #[serde(with = "duration")]
+    pub settle: Duration,
 }
 
 impl Default for Reload {
     fn default() -> Self {
         Reload {
             poll_interval: Duration::from_secs(2),
+            settle: Duration::from_millis(500),
         }
     }
 }
@@ -456,11 +463,31 @@ pub enum LogFormat {
 pub struct RegistryFile {
     pub token: TokenSection,
     #[serde(default)]
+    pub identity: IdentitySection,
+    #[serde(default)]
     pub request: RequestSection,
     #[serde(default)]
     pub revocation: RevocationSection,
-    #[serde(default)]
+    /// Required (`services: []` for none): a truncated file must not read
+    /// as an empty registry.
     pub services: Vec<ServiceEntry>,
+}
+
+/// How the caller's identity may be established.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySection {
+    /// Without a forwarded certificate a Check is `missing_identity`; when
+    /// false, Envoy's `source.principal` is accepted instead.
+    pub require_certificate: bool,
+}
+
+impl Default for IdentitySection {
+    fn default() -> Self {
+        IdentitySection {
+            require_certificate: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

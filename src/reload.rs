@@ -9,7 +9,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::registry::{Registry, Snapshot};
 use crate::telemetry::Observer;
@@ -32,13 +31,13 @@ impl Reloader {
         sources: Vec<PathBuf>,
         snapshot: Snapshot,
         observer: Observer,
-        poll_interval: Duration,
+        settings: &crate::config::Reload,
     ) -> Self {
         Reloader {
             path,
             snapshot,
             observer,
-            watch: FileWatch::new(sources, poll_interval),
+            watch: FileWatch::new(sources, settings.poll_interval).with_settle(settings.settle),
         }
     }
 
@@ -58,6 +57,16 @@ impl Reloader {
                 self.observer.reload(Err(&[]));
                 continue;
             };
+            if !self.watch.unchanged_since(&before) {
+                // A writer got in while we read: whatever we built may mix
+                // old and new content. Wait for the files to settle again.
+                tracing::info!(
+                    event = "registry_reload",
+                    result = "retry",
+                    "the registry changed while it was read; reading it again once it settles"
+                );
+                continue;
+            }
             self.watch.acted(before, loaded.sources);
             match loaded.result {
                 Ok(registry) => {

@@ -67,7 +67,7 @@ impl<'r> Answer<'r> {
             (Decision::Allow(Grant::Issue(grant)), Some(token)) => {
                 issued(registry, &grant.service.id, token)
             }
-            (Decision::Allow(Grant::Verify(grant)), _) => verified(grant),
+            (Decision::Allow(Grant::Verify(grant)), _) => verified(registry, grant),
             (Decision::Deny(denial), _) => denied(denial.reason),
             // Not built by `sign`; fail closed all the same.
             (Decision::Allow(Grant::Issue(_)), None) => denied(Reason::InternalError),
@@ -89,11 +89,12 @@ pub fn issued(registry: &Registry, service: &str, token: Issued<'_>) -> CheckRes
     )
 }
 
-/// OK for a verify-mode Check: `x-service-id` set to the token's subject.
-pub fn verified(grant: VerifyGrant<'_>) -> CheckResponse {
+/// OK for a verify-mode Check: `x-service-id` set to the token's subject,
+/// the API key header removed (unless the registry forwards it).
+pub fn verified(registry: &Registry, grant: VerifyGrant<'_>) -> CheckResponse {
     ok(
         overwrite_header(SERVICE_ID_HEADER, grant.subject),
-        Vec::new(),
+        api_key_removal(registry),
         vec![
             ("service", grant.service.id.clone()),
             ("kid", grant.kid.to_owned()),

@@ -51,6 +51,7 @@ pub struct FileWatch {
     watcher: Option<notify::RecommendedWatcher>,
     watched: BTreeSet<PathBuf>,
     hangup: Option<tokio::signal::unix::Signal>,
+    settle: Duration,
 }
 
 impl FileWatch {
@@ -87,6 +88,7 @@ impl FileWatch {
             watcher,
             watched: BTreeSet::new(),
             hangup,
+            settle: Duration::ZERO,
         };
         watch.watch_dirs();
         watch
@@ -117,11 +119,36 @@ impl FileWatch {
                     true
                 }
             };
-            let now = fingerprint(&self.sources);
+            let mut now = fingerprint(&self.sources);
             if forced || now != self.seen {
-                return now;
+                // Apply a change only once the files have been still for
+                // `settle`: a file written in place in several steps must
+                // never be read half written.
+                loop {
+                    tokio::time::sleep(self.settle).await;
+                    let again = fingerprint(&self.sources);
+                    if again == now {
+                        return now;
+                    }
+                    now = again;
+                }
             }
         }
+    }
+
+    /// True when the files still look as they did in `before` (what
+    /// [`FileWatch::changed`] returned): a caller that read them meanwhile
+    /// read a consistent set. When false, the read raced a writer and must
+    /// be thrown away; the next [`FileWatch::changed`] reports the change.
+    pub fn unchanged_since(&self, before: &Fingerprint) -> bool {
+        fingerprint(&self.sources) == *before
+    }
+
+    /// Sets how long a changed file must stay unchanged before it is
+    /// reported (default: report at once).
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     /// Records that the caller acted on the files: `before` is what

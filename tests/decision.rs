@@ -137,9 +137,36 @@ fn forward_api_key_keeps_the_key_header() {
     assert!(registry.request.forward_api_key);
 }
 
+/// `world()`, with `identity.require_certificate: false`.
+fn world_accepting_principals() -> World {
+    let w = world();
+    let mut file = w
+        .fixture
+        .registry_file(&[Svc::new("a", A_URI, A_KEY), Svc::new("b", B_URI, B_KEY)]);
+    file.identity.require_certificate = false;
+    w.fixture.write(&file);
+    World {
+        registry: w.fixture.load(),
+        ..w
+    }
+}
+
+#[test]
+fn envoys_principal_is_refused_unless_configured() {
+    // The default: the certificate factor cannot drop out (a workload that
+    // reaches the sidecar directly could otherwise name any principal).
+    let w = world();
+    assert_denied(
+        &w,
+        Req::principal(A_URI).key(A_KEY),
+        Reason::MissingIdentity,
+    );
+    assert!(w.registry.require_certificate);
+}
+
 #[test]
 fn principal_is_used_only_without_a_certificate() {
-    let w = world();
+    let w = world_accepting_principals();
     let req = Req {
         principal: Some(A_URI.into()),
         ..Default::default()
@@ -389,7 +416,10 @@ fn service_ca_file_must_have_signed_the_certificate() {
     svc.ca_file = Some("a-ca.crt".into());
     let fixture = Fixture::new(&[]);
     std::fs::write(fixture.path().join("a-ca.crt"), trusted.cert_pem()).unwrap();
-    fixture.write_registry(&[svc]);
+    let mut file = fixture.registry_file(&[svc]);
+    // Let a bare principal through identity, so the CA rule itself is tested.
+    file.identity.require_certificate = false;
+    fixture.write(&file);
     let registry = fixture.load();
     let good = trusted.client(&ClientSpec::uri(A_URI));
     assert!(matches!(

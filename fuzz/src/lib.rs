@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use rcgen::{ExtendedKeyUsagePurpose, SanType};
 use service_auth::check::{Decision, Grant};
 use service_auth::config::{
-    ApiKeyEntry, KeyEntry, RegistryFile, RequestSection, RevocationSection, ServiceEntry,
+    ApiKeyEntry, IdentitySection, KeyEntry, RegistryFile, RequestSection, RevocationSection, ServiceEntry,
     TokenSection,
 };
 use service_auth::registry::Registry;
@@ -172,6 +172,10 @@ pub fn registry_file() -> RegistryFile {
                     ..Default::default()
                 },
             ],
+        },
+        // Principals are accepted, so the fuzzer also reaches that path.
+        identity: IdentitySection {
+            require_certificate: false,
         },
         request: RequestSection::default(),
         revocation: RevocationSection {

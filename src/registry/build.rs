@@ -61,8 +61,12 @@ pub enum Problem {
     Empty,
     #[error("must be above zero")]
     NotPositive,
-    #[error("{0:?} is not a valid header name")]
+    #[error("{0:?} is not a valid lower-case header name")]
     InvalidHeaderName(String),
+    #[error("{0:?} is reserved: the sidecar must not set, remove or read credentials from it")]
+    ReservedHeaderName(String),
+    #[error("{name:?} is also {other}: each header must have one role")]
+    HeaderCollision { name: String, other: &'static str },
     /// A file the registry names cannot be used (the inner error names it).
     #[error("{0}")]
     File(ConfigError),
@@ -118,7 +122,25 @@ pub enum CrlError {
 pub enum Warning {
     #[error("{at}: {}: the CRL is past its nextUpdate; refresh it", path.display())]
     StaleCrl { at: String, path: PathBuf },
+    #[error(
+        "{at} (kid {kid:?}) is the bundled DEVELOPMENT secret: anyone with this repository can forge tokens it accepts; generate your own with `service-auth gen-secret`"
+    )]
+    DevSecret { at: String, kid: String },
 }
+
+/// Header names the registry may not give any role: the sidecar would
+/// overwrite, strip or trust a header Envoy or the upstream relies on.
+const RESERVED_HEADERS: [&str; 9] = [
+    "host",
+    "authorization",
+    "content-length",
+    "content-type",
+    "te",
+    "connection",
+    "transfer-encoding",
+    crate::check::SERVICE_ID_HEADER,
+    "x-forwarded-client-cert",
+];
 
 /// The outcome of one load attempt and the files it involved.
 pub struct Loaded {
@@ -242,6 +264,7 @@ impl Builder<'_> {
             }
         }
         let revoked_serials = self.revocations(&file, &services);
+        self.header_roles(&file);
 
         match (token, request) {
             (Some((token, uses_dev_secret)), Some(request)) if self.errors.is_empty() => {
@@ -250,6 +273,7 @@ impl Builder<'_> {
                 Ok(Registry {
                     token,
                     request,
+                    require_certificate: file.identity.require_certificate,
                     generation: next_generation(),
                     services,
                     by_id,
@@ -313,8 +337,14 @@ impl Builder<'_> {
                 self.err(at, Problem::SecretTooShort { len: secret.len() });
                 continue;
             }
-            if keys.is_empty() && !k.verify_only {
-                uses_dev_secret = hex::encode(Sha256::digest(&secret)) == DEV_SECRET_SHA256;
+            // Any key, signing or verify-only: a verify-only dev secret still
+            // lets anyone forge tokens this sidecar accepts.
+            if hex::encode(Sha256::digest(&secret)) == DEV_SECRET_SHA256 {
+                uses_dev_secret = true;
+                self.warnings.push(Warning::DevSecret {
+                    at: at.clone(),
+                    kid: k.kid.clone(),
+                });
             }
             keys.push(SigningKey::new(k.kid.clone(), &secret, k.verify_only));
         }
@@ -351,16 +381,44 @@ impl Builder<'_> {
         })
     }
 
+    /// A header name as Envoy delivers it: an RFC 9110 token in lower case,
+    /// and not one the sidecar must leave alone.
     fn header_name(&mut self, at: &str, name: &str) -> Option<String> {
-        let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !valid {
+        if name.starts_with(':') || RESERVED_HEADERS.contains(&name) {
+            self.err(at, Problem::ReservedHeaderName(name.to_owned()));
+            return None;
+        }
+        let token_char =
+            |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if name.is_empty() || !name.bytes().all(token_char) {
             self.err(at, Problem::InvalidHeaderName(name.to_owned()));
             return None;
         }
-        Some(name.to_ascii_lowercase())
+        Some(name.to_owned())
+    }
+
+    /// The token, API key and scope headers must be three different headers:
+    /// a token header that is also the API key header would be set and
+    /// removed by the same response.
+    fn header_roles(&mut self, file: &RegistryFile) {
+        let mut roles: Vec<(&str, &'static str)> = vec![
+            (&file.token.header, "token.header"),
+            (&file.request.api_key_header, "request.api_key_header"),
+        ];
+        if let Some(scope) = &file.request.scope_header {
+            roles.push((scope, "request.scope_header"));
+        }
+        for (i, (name, at)) in roles.iter().enumerate() {
+            if let Some((_, other)) = roles[..i].iter().find(|(n, _)| n == name) {
+                self.err(
+                    *at,
+                    Problem::HeaderCollision {
+                        name: (*name).to_owned(),
+                        other,
+                    },
+                );
+            }
+        }
     }
 
     /// Revoked serials from the list and the CRL files. A CRL issued by one

@@ -91,6 +91,9 @@ pub struct RequestSettings {
 pub struct Registry {
     pub token: TokenSettings,
     pub request: RequestSettings,
+    /// Without a forwarded certificate, a Check fails (`missing_identity`)
+    /// instead of trusting Envoy's `source.principal`.
+    pub require_certificate: bool,
     /// Distinct for every snapshot built by this process, so memos keyed by
     /// snapshot (certificate trust verdicts) never outlive the policy they
     /// were computed under.
@@ -101,7 +104,8 @@ pub struct Registry {
     by_dns: HashMap<String, usize>,
     by_key_hash: HashMap<KeyHash, usize>,
     revoked_serials: HashSet<Vec<u8>>,
-    /// True when tokens are signed with the bundled development secret.
+    /// True when any key (signing or verify-only) is the bundled development
+    /// secret: anyone with this repository can forge tokens it accepts.
     pub uses_dev_secret: bool,
     sources: Vec<PathBuf>,
     warnings: Vec<Warning>,

@@ -48,6 +48,7 @@ pub(super) struct Instruments {
     /// kept so the registrations visibly belong to this struct.
     _registry_services: ObservableGauge<u64>,
     _credentials_expiry: ObservableGauge<i64>,
+    _dev_secret: ObservableGauge<u64>,
 }
 
 impl Instruments {
@@ -56,7 +57,19 @@ impl Instruments {
     /// so they always describe what is serving now.
     pub(super) fn new(meter: &Meter, snapshot: Snapshot, expiries: ExpirySources) -> Self {
         let services = snapshot.clone();
+        let dev_secret = snapshot.clone();
         Instruments {
+            _dev_secret: meter
+                .u64_observable_gauge("service_auth.dev_secret.in_use")
+                .with_description(
+                    "1 while any registry key is the bundled development secret (anyone can forge tokens)",
+                )
+                .with_callback(move |observer| {
+                    if let Some(registry) = dev_secret.load() {
+                        observer.observe(u64::from(registry.uses_dev_secret), &[]);
+                    }
+                })
+                .build(),
             checks: meter
                 .u64_counter("service_auth.checks")
                 .with_description("Check decisions")

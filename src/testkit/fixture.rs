@@ -84,6 +84,7 @@ pub fn registry_file(services: &[Svc]) -> RegistryFile {
                 ..Default::default()
             }],
         },
+        identity: Default::default(),
         request: RequestSection::default(),
         revocation: RevocationSection::default(),
         services: services.iter().map(Svc::entry).collect(),
@@ -98,6 +99,7 @@ pub fn static_config(grpc: ListenAddr, registry: &Path) -> StaticConfig {
         registry: registry.to_path_buf(),
         reload: Reload {
             poll_interval: Duration::from_millis(200),
+            settle: Duration::from_millis(100),
         },
         telemetry: Default::default(),
         log: Log::default(),
