@@ -149,6 +149,7 @@ pub fn token_verify(config_path: &Path, token: &str) -> anyhow::Result<()> {
 
 pub fn health(
     addr: Option<ListenAddr>,
+    tls: Option<health::ProbeTls>,
     config_path: &Path,
     timeout: Duration,
 ) -> anyhow::Result<()> {
@@ -160,7 +161,7 @@ pub fn health(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(health::probe(&addr, timeout))?;
+    runtime.block_on(health::probe(&addr, tls.as_ref(), timeout))?;
     println!("SERVING");
     Ok(())
 }

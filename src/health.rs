@@ -6,20 +6,45 @@
 //! run the sidecar binary itself. Exec probes run inside the container, so
 //! they reach a listener bound to loopback or a Unix socket, which is where
 //! the sidecar should listen (nothing outside the pod may call `Check`).
+//! A `listen.tls` listener wants a client certificate: [`ProbeTls`] gives
+//! the probe one.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::config::ListenAddr;
 
+/// The client side of a `listen.tls` listener: a certificate it accepts,
+/// and the CA that signed its server certificate.
+#[derive(Debug, Clone)]
+pub struct ProbeTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    /// The name the server certificate must carry (default: the address's IP).
+    pub server_name: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("cannot connect to {0}")]
-    Connect(String, #[source] tonic::transport::Error),
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, tonic::transport::Error),
+    #[error("cannot read {}: {error}", path.display())]
+    TlsFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("TLS needs a TCP address, not {0}")]
+    TlsOnUnixSocket(String),
+    #[error(
+        "{0} closed the connection: if it is a listen.tls listener, probe it with --tls-cert, --tls-key and --tls-ca"
+    )]
+    NeedsTls(String),
     #[error("health check on {0} failed: {1}")]
     Rpc(String, tonic::Status),
     #[error("no answer from {0} within {1:?}")]
@@ -30,9 +55,13 @@ pub enum ProbeError {
 
 /// Asks the server at `addr` for its overall health (service `""`), within
 /// `timeout` in total. `Ok` only when it answers SERVING.
-pub async fn probe(addr: &ListenAddr, timeout: Duration) -> Result<(), ProbeError> {
+pub async fn probe(
+    addr: &ListenAddr,
+    tls: Option<&ProbeTls>,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     let name = addr.to_string();
-    let status = tokio::time::timeout(timeout, check(addr))
+    let status = tokio::time::timeout(timeout, check(addr, tls))
         .await
         .map_err(|_| ProbeError::Timeout(name.clone(), timeout))??;
     match status {
@@ -41,18 +70,76 @@ pub async fn probe(addr: &ListenAddr, timeout: Duration) -> Result<(), ProbeErro
     }
 }
 
-async fn check(addr: &ListenAddr) -> Result<ServingStatus, ProbeError> {
+async fn check(addr: &ListenAddr, tls: Option<&ProbeTls>) -> Result<ServingStatus, ProbeError> {
     let name = addr.to_string();
-    let channel = connect(addr)
-        .await
-        .map_err(|e| ProbeError::Connect(name.clone(), e))?;
+    let channel = match tls {
+        Some(tls) => connect_tls(addr, tls).await?,
+        None => connect(addr)
+            .await
+            .map_err(|e| ProbeError::Connect(name.clone(), e))?,
+    };
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),
         })
         .await
-        .map_err(|e| ProbeError::Rpc(name, e))?;
+        .map_err(|e| {
+            // A TLS listener drops a plaintext HTTP/2 client right after its
+            // preface: say so rather than "broken pipe".
+            if tls.is_none() && is_connection_reset(&e) {
+                ProbeError::NeedsTls(name.clone())
+            } else {
+                ProbeError::Rpc(name.clone(), e)
+            }
+        })?;
     Ok(ServingStatus::try_from(response.get_ref().status).unwrap_or(ServingStatus::Unknown))
+}
+
+fn is_connection_reset(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = e.source();
+    }
+    let message = status.message();
+    message.contains("BrokenPipe") || message.contains("connection reset")
+}
+
+async fn connect_tls(addr: &ListenAddr, tls: &ProbeTls) -> Result<Channel, ProbeError> {
+    let name = addr.to_string();
+    let ListenAddr::Tcp(socket) = addr else {
+        return Err(ProbeError::TlsOnUnixSocket(name));
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|error| ProbeError::TlsFile {
+            path: path.clone(),
+            error,
+        })
+    };
+    let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+    let server_name = tls
+        .server_name
+        .clone()
+        .unwrap_or_else(|| socket.ip().to_string());
+    let config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
+        .identity(identity)
+        .domain_name(server_name);
+    let connect_error = |e| ProbeError::Connect(name.clone(), e);
+    Endpoint::from_shared(format!("https://{socket}"))
+        .map_err(connect_error)?
+        .tls_config(config)
+        .map_err(connect_error)?
+        .connect()
+        .await
+        .map_err(connect_error)
 }
 
 async fn connect(addr: &ListenAddr) -> Result<Channel, tonic::transport::Error> {

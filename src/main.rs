@@ -54,6 +54,18 @@ enum Command {
         /// Give up (and fail) after this long, e.g. `2s`.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// For a `listen.tls` listener: a client certificate it accepts...
+        #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+        tls_cert: Option<PathBuf>,
+        /// ...its private key...
+        #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+        tls_key: Option<PathBuf>,
+        /// ...and the CA that signed the listener's certificate.
+        #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+        tls_ca: Option<PathBuf>,
+        /// The name the listener's certificate carries (default: the address's IP).
+        #[arg(long, requires = "tls_cert")]
+        tls_server_name: Option<String>,
     },
     /// Generate a DEVELOPMENT CA, certificates, API keys, signing secret and
     /// configs for the docker-compose demo into DIR. Prints the API keys once.
@@ -107,7 +119,22 @@ fn main() -> ExitCode {
             addr,
             config,
             timeout,
-        } => commands::health(addr, &config.config, timeout),
+            tls_cert,
+            tls_key,
+            tls_ca,
+            tls_server_name,
+        } => {
+            let tls = match (tls_cert, tls_key, tls_ca) {
+                (Some(cert), Some(key), Some(ca)) => Some(service_auth::health::ProbeTls {
+                    cert,
+                    key,
+                    ca,
+                    server_name: tls_server_name,
+                }),
+                _ => None,
+            };
+            commands::health(addr, tls, &config.config, timeout)
+        }
         Command::DevPki { dir, force } => commands::dev_pki(&dir, force),
     };
     match result {
