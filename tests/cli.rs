@@ -5,7 +5,8 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::{Fixture, Svc};
+use common::{Fixture, Svc, tcp0};
+use service_auth::registry::{Problem, Registry};
 
 fn run(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_service-auth"))
@@ -52,7 +53,10 @@ fn token_issue(config: &str, service: &str, scope: &str) -> Output {
 
 fn fixture() -> (Fixture, String) {
     let f = Fixture::new(&[Svc::new("a", "spiffe://mesh.test/a", "key-a-0123456789")]);
-    let config = f.write_config("127.0.0.1:1", "").display().to_string();
+    let config = f
+        .write_config(&f.static_config(tcp0()))
+        .display()
+        .to_string();
     (f, config)
 }
 
@@ -77,7 +81,7 @@ fn check_config_reports_every_error_with_location() {
     let o = run(&["check-config", "--config", &config], "");
     assert!(o.status.success(), "{}", stderr(&o));
 
-    std::fs::write(f.registry_path(), "token:\n  issuer: x\n  audiense: y\n").unwrap();
+    f.write_text("token:\n  issuer: x\n  audiense: y\n");
     let o = run(&["check-config", "--config", &config], "");
     assert!(!o.status.success());
     let err = stderr(&o);
@@ -85,17 +89,32 @@ fn check_config_reports_every_error_with_location() {
     assert!(err.contains(&format!("{path}:3:")), "{err}");
     assert!(err.contains("audiense"), "{err}");
 
-    let yaml = common::registry_yaml(
-        &[
-            Svc::new("a", "spiffe://x/a", "k-0123456789"),
-            Svc::new("a", "spiffe://x/a", "k-0123456789"),
-        ],
-        "",
-    );
-    std::fs::write(f.registry_path(), yaml).unwrap();
+    f.write_registry(&[
+        Svc::new("a", "spiffe://x/a", "k-0123456789"),
+        Svc::new("a", "spiffe://x/a", "k-0123456789"),
+    ]);
     let o = run(&["check-config", "--config", &config], "");
     assert!(!o.status.success());
     let err = stderr(&o);
+    // The three errors the library reports, each printed on its own line.
+    let Err(errors) = Registry::load(&f.registry_path()) else {
+        panic!("the duplicated registry loaded");
+    };
+    let kinds: Vec<_> = errors.iter().map(|e| (e.at(), e.problem())).collect();
+    assert!(
+        matches!(
+            kinds.as_slice(),
+            [
+                (Some("services[1].id"), Some(Problem::DuplicateServiceId(_))),
+                (Some("services[1].principals[0]"), Some(Problem::PrincipalClaimed { .. })),
+                (Some("services[1].api_keys[0].sha256"), Some(Problem::DuplicateKeyHash { .. })),
+            ]
+        ),
+        "{errors:#?}"
+    );
+    for e in &errors {
+        assert!(err.lines().any(|l| l == e.to_string()), "{e} in {err}");
+    }
     assert!(
         err.contains("duplicate service id") && err.contains("already claimed"),
         "{err}"

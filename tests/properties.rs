@@ -10,10 +10,10 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::pki::{Ca, ClientSpec};
-use common::{Fixture, Req, Svc, unix_now};
+use common::{Ca, ClientSpec, Fixture, Req, Svc, unix_now};
 use proptest::prelude::*;
-use service_auth::check::{Decision, decide};
+use service_auth::check::{Decision, Grant};
+use service_auth::testkit::decide;
 use time::{Duration, OffsetDateTime};
 
 /// The SANs certificates in the pool carry: URI SANs, then DNS SANs.
@@ -172,10 +172,10 @@ impl World {
             .iter()
             .zip(&self.revoked)
             .filter(|(_, r)| **r)
-            .map(|(c, _)| format!("{:?}", c.serial))
+            .map(|(c, _)| c.serial.clone())
             .collect();
         let mut fixture = Fixture::new(&[]);
-        fixture.extra = format!("revocation:\n  serials: [{}]\n", revoked.join(", "));
+        fixture.revocation.serials = revoked;
         fixture.write_registry(&services);
         fixture
     }
@@ -201,10 +201,7 @@ impl World {
 fn build(req: &Request, raw_header: bool) -> Req {
     let mut r = match req.identity {
         Identity::Cert(i) => Req::cert(pool()[i].forwarded.clone()),
-        Identity::Principal(san) => Req {
-            principal: Some(SANS[san].to_string()),
-            ..Default::default()
-        },
+        Identity::Principal(san) => Req::principal(SANS[san]),
     };
     if let Some(k) = req.key {
         r = if raw_header {
@@ -218,7 +215,8 @@ fn build(req: &Request, raw_header: bool) -> Req {
 
 fn verdict(d: &Decision<'_>) -> Option<String> {
     match d {
-        Decision::Allow(a) => Some(a.service.expect("issue allows name the service").into()),
+        Decision::Allow(Grant::Issue(g)) => Some(g.service.id.clone()),
+        Decision::Allow(Grant::Verify(g)) => panic!("an issue-mode request was verified: {g:?}"),
         Decision::Deny(_) => None,
     }
 }

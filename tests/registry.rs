@@ -1,30 +1,102 @@
 //! Registry validation: every rule in the SPEC's "a registry is rejected if"
-//! list, each error reported with its file.
+//! list, each error reported with its file, its YAML path and its kind.
 
 mod common;
 
-use common::{Fixture, Svc, registry_yaml};
-use service_auth::registry::Registry;
+use std::io::ErrorKind;
+use std::path::Path;
+
+use common::{Ca, ClientSpec, Fixture, Svc, registry_file, tcp0};
+use service_auth::config::{ConfigError, RegistryFile};
+use service_auth::identity::{AnchorError, SanKind};
+use service_auth::registry::{LoadError, Problem, Registry, Warning};
+use service_auth::token::KeySetError;
 
 const A_URI: &str = "spiffe://mesh.test/a";
 const B_URI: &str = "spiffe://mesh.test/b";
 
-fn errors_for(fixture: &Fixture, yaml: &str) -> Vec<String> {
-    std::fs::write(fixture.registry_path(), yaml).unwrap();
-    match Registry::load(&fixture.registry_path()) {
-        Ok(_) => Vec::new(),
-        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+/// Writes `file` as the fixture's registry and loads it.
+fn load(fixture: &Fixture, file: &RegistryFile) -> Result<Registry, Vec<LoadError>> {
+    fixture.write(file);
+    Registry::load(&fixture.registry_path())
+}
+
+/// The errors loading `file` reports; panics if it loads.
+fn rejected(fixture: &Fixture, file: &RegistryFile) -> Vec<LoadError> {
+    match load(fixture, file) {
+        Ok(_) => panic!("the registry loaded, but it should have been rejected"),
+        Err(errors) => errors,
     }
 }
 
-fn assert_rejected(fixture: &Fixture, yaml: &str, needle: &str) {
-    let errors = errors_for(fixture, yaml);
+/// The errors loading the registry text `text` reports; panics if it loads.
+fn rejected_text(fixture: &Fixture, text: &str) -> Vec<LoadError> {
+    fixture.write_text(text);
+    match Registry::load(&fixture.registry_path()) {
+        Ok(_) => panic!("{text:?} loaded, but it should have been rejected"),
+        Err(errors) => errors,
+    }
+}
+
+/// An expected error: its YAML path and a test of its problem.
+type Expected<'a> = (&'a str, &'a dyn Fn(&Problem) -> bool);
+
+/// Asserts that `errors` are exactly `expected` (in any order), each a value
+/// error in the fixture's registry file.
+fn assert_errors(fixture: &Fixture, errors: &[LoadError], expected: &[Expected<'_>]) {
+    let registry = fixture.registry_path();
+    for e in errors {
+        match e {
+            LoadError::Invalid { file, .. } => assert_eq!(file, &registry, "{e}"),
+            LoadError::File(_) => panic!("expected value errors, got {e:?}"),
+        }
+    }
+    let mut unmatched: Vec<&LoadError> = errors.iter().collect();
+    for (at, is) in expected {
+        let found = unmatched
+            .iter()
+            .position(|e| e.at() == Some(*at) && e.problem().is_some_and(is));
+        match found {
+            Some(i) => {
+                unmatched.remove(i);
+            }
+            None => panic!("no error of the expected kind at {at} in {errors:#?}"),
+        }
+    }
+    assert!(unmatched.is_empty(), "unexpected errors: {unmatched:#?}");
+}
+
+/// Asserts that `errors` is one YAML error located in the registry file.
+fn assert_yaml_error(fixture: &Fixture, errors: &[LoadError]) {
     assert!(
-        errors.iter().any(|e| e.contains(needle)),
-        "expected an error containing {needle:?}, got {errors:#?}"
+        matches!(
+            errors,
+            [LoadError::File(ConfigError::Yaml { path, .. })] if *path == fixture.registry_path()
+        ),
+        "{errors:#?}"
     );
-    let path = fixture.registry_path().display().to_string();
-    assert!(errors.iter().all(|e| e.starts_with(&path)), "{errors:#?}");
+}
+
+/// True if `problem` is a file the registry names that cannot be read
+/// because it does not exist.
+fn missing(problem: &Problem, file: &Path) -> bool {
+    matches!(
+        problem,
+        Problem::File(ConfigError::Read { path, error })
+            if path == file && error.kind() == ErrorKind::NotFound
+    )
+}
+
+/// True if `problem` is the CRL `file` failing with the `CrlError` variant
+/// named `variant`. `CrlError` is not exported by `registry` (only
+/// `LoadError`, `Problem` and `Warning` are), so the variant is compared by
+/// its `Debug` name, which is exact but not checked by the compiler.
+fn crl_error(problem: &Problem, file: &Path, variant: &str) -> bool {
+    matches!(problem, Problem::Crl { path, error } if path == file && format!("{error:?}") == variant)
+}
+
+fn one_service() -> Vec<Svc> {
+    vec![Svc::new("a", A_URI, "k-0123456789")]
 }
 
 #[test]
@@ -36,13 +108,15 @@ fn a_valid_registry_loads_and_indexes() {
     let r = f.load();
     assert_eq!(r.services().len(), 2);
     assert_eq!(r.service("a").unwrap().all_scopes, "read write");
-    assert!(
-        r.service_for_principal(service_auth::identity::SanKind::Uri, A_URI)
-            .is_some()
+    assert_eq!(
+        r.service_for_principal(SanKind::Uri, A_URI)
+            .map(|s| s.id.as_str()),
+        Some("a")
     );
-    assert!(
-        r.service_for_principal(service_auth::identity::SanKind::Dns, "b.mesh.test")
-            .is_some()
+    assert_eq!(
+        r.service_for_principal(SanKind::Dns, "b.mesh.test")
+            .map(|s| s.id.as_str()),
+        Some("b")
     );
     assert!(!r.uses_dev_secret);
 }
@@ -50,109 +124,168 @@ fn a_valid_registry_loads_and_indexes() {
 #[test]
 fn duplicate_service_id() {
     let f = Fixture::new(&[]);
-    let yaml = registry_yaml(
-        &[
-            Svc::new("a", A_URI, "k1-0123456789"),
-            Svc::new("a", B_URI, "k2-0123456789"),
-        ],
-        "",
+    let file = f.registry_file(&[
+        Svc::new("a", A_URI, "k1-0123456789"),
+        Svc::new("a", B_URI, "k2-0123456789"),
+    ]);
+    assert_errors(
+        &f,
+        &rejected(&f, &file),
+        &[("services[1].id", &|p| {
+            matches!(p, Problem::DuplicateServiceId(id) if id == "a")
+        })],
     );
-    assert_rejected(&f, &yaml, "duplicate service id");
 }
 
 #[test]
 fn principal_claimed_twice() {
     let f = Fixture::new(&[]);
-    let yaml = registry_yaml(
-        &[
-            Svc::new("a", A_URI, "k1-0123456789"),
-            Svc::new("b", A_URI, "k2-0123456789"),
-        ],
-        "",
+    let file = f.registry_file(&[
+        Svc::new("a", A_URI, "k1-0123456789"),
+        Svc::new("b", A_URI, "k2-0123456789"),
+    ]);
+    assert_errors(
+        &f,
+        &rejected(&f, &file),
+        &[("services[1].principals[0]", &|p| {
+            matches!(p, Problem::PrincipalClaimed { principal, owner }
+                if principal == A_URI && owner == "a")
+        })],
     );
-    assert_rejected(&f, &yaml, "already claimed by service \"a\"");
 }
 
 #[test]
 fn duplicate_api_key_hash() {
     let f = Fixture::new(&[]);
-    let yaml = registry_yaml(
-        &[
-            Svc::new("a", A_URI, "same-key-0123"),
-            Svc::new("b", B_URI, "same-key-0123"),
-        ],
-        "",
+    let file = f.registry_file(&[
+        Svc::new("a", A_URI, "same-key-0123"),
+        Svc::new("b", B_URI, "same-key-0123"),
+    ]);
+    assert_errors(
+        &f,
+        &rejected(&f, &file),
+        &[("services[1].api_keys[0].sha256", &|p| {
+            matches!(p, Problem::DuplicateKeyHash { key, owner } if key == "k1" && owner == "a")
+        })],
     );
-    assert_rejected(&f, &yaml, "same hash");
 }
 
 #[test]
 fn missing_or_short_secret_file() {
     let f = Fixture::new(&[]);
-    let good = registry_yaml(&[Svc::new("a", A_URI, "k-0123456789")], "");
-    assert_rejected(
+    let mut file = f.registry_file(&one_service());
+    file.token.keys[0].secret_file = Some("secrets/missing.key".into());
+    let missing_key = f.path().join("secrets/missing.key");
+    assert_errors(
         &f,
-        &good.replace("secrets/jwt.key", "secrets/missing.key"),
-        "cannot read",
+        &rejected(&f, &file),
+        &[("token.keys[0].secret_file", &|p| missing(p, &missing_key))],
     );
-    std::fs::write(f.path().join("secrets/short.key"), "too-short").unwrap();
-    assert_rejected(
+
+    f.write_file("secrets/short.key", "too-short");
+    file.token.keys[0].secret_file = Some("secrets/short.key".into());
+    assert_errors(
         &f,
-        &good.replace("secrets/jwt.key", "secrets/short.key"),
-        "at least 32",
+        &rejected(&f, &file),
+        &[("token.keys[0]", &|p| {
+            matches!(p, Problem::SecretTooShort { len: 9 })
+        })],
     );
 }
 
 #[test]
 fn secret_from_env_var() {
     let f = Fixture::new(&[]);
-    let good = registry_yaml(&[Svc::new("a", A_URI, "k-0123456789")], "");
+    let mut file = f.registry_file(&one_service());
     let var = "SERVICE_AUTH_TEST_SECRET_REGISTRY_RS";
-    // SAFETY: this test binary sets the variable once, from one test, before reading it.
-    unsafe { std::env::set_var(var, "env-secret-0123456789abcdef0123456789") };
-    let yaml = good.replace(
-        "secret_file: secrets/jwt.key",
-        &format!("secret_env: {var}"),
+    file.token.keys[0].secret_file = None;
+    file.token.keys[0].secret_env = Some(var.into());
+    f.write(&file);
+    // Setting a variable in this process needs `unsafe` (edition 2024), which
+    // the crate denies; the binary loads the registry with it set instead.
+    let config = f.write_config(&f.static_config(tcp0()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_service-auth"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .env(var, "env-secret-0123456789abcdef0123456789")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(errors_for(&f, &yaml).is_empty());
-    let yaml = good.replace(
-        "secret_file: secrets/jwt.key",
-        "secret_env: SERVICE_AUTH_TEST_UNSET_VAR",
+
+    let unset = "SERVICE_AUTH_TEST_UNSET_VAR";
+    assert!(std::env::var_os(unset).is_none());
+    file.token.keys[0].secret_env = Some(unset.into());
+    assert_errors(
+        &f,
+        &rejected(&f, &file),
+        &[("token.keys[0].secret_env", &|p| {
+            matches!(p, Problem::EnvNotSet(v) if v == unset)
+        })],
     );
-    assert_rejected(&f, &yaml, "is not set");
 }
 
 #[test]
 fn no_signing_key() {
     let f = Fixture::new(&[]);
-    let yaml = registry_yaml(&[Svc::new("a", A_URI, "k-0123456789")], "").replace(
-        "secret_file: secrets/jwt.key",
-        "secret_file: secrets/jwt.key\n      verify_only: true",
+    let mut file = f.registry_file(&one_service());
+    file.token.keys[0].verify_only = true;
+    assert_errors(
+        &f,
+        &rejected(&f, &file),
+        &[("token.keys", &|p| {
+            matches!(p, Problem::KeySet(KeySetError::NoSigningKey))
+        })],
     );
-    assert_rejected(&f, &yaml, "no signing key");
 }
 
 #[test]
 fn malformed_hash_serial_pin_and_date() {
     let f = Fixture::new(&[]);
-    let mut yaml = registry_yaml(&[Svc::new("a", A_URI, "k-0123456789")], "");
+    let mut file = f.registry_file(&one_service());
     let hash = common::sha256_hex("k-0123456789");
-    yaml = yaml.replace(&hash, &hash[..40]);
-    assert_rejected(&f, &yaml, "sha256 is not 64 hex digits");
-
-    let yaml = registry_yaml(
-        &[Svc::new("a", A_URI, "k-0123456789")],
-        "revocation:\n  serials: [\"xyz\"]\n",
+    assert_eq!(file.services[0].api_keys[0].sha256, hash);
+    file.services[0].api_keys[0].sha256 = hash[..40].to_owned();
+    assert_errors(
+        &f,
+        &rejected(&f, &file),
+        &[("services[0].api_keys[0].sha256", &|p| {
+            matches!(p, Problem::InvalidSha256(s) if *s == hash[..40])
+        })],
     );
-    assert_rejected(&f, &yaml, "not a hex serial");
+
+    let mut file = f.registry_file(&one_service());
+    file.revocation.serials = vec!["xyz".into()];
+    assert_errors(
+        &f,
+        &rejected(&f, &file),
+        &[("revocation.serials[0]", &|p| {
+            matches!(p, Problem::InvalidSerial(s) if s == "xyz")
+        })],
+    );
 
     let mut svc = Svc::new("a", A_URI, "k-0123456789");
     svc.pins = vec!["abc".into()];
-    assert_rejected(&f, &registry_yaml(&[svc], ""), "certificate_sha256");
+    assert_errors(
+        &f,
+        &rejected(&f, &f.registry_file(&[svc])),
+        &[("services[0].certificate_sha256[0]", &|p| {
+            matches!(p, Problem::InvalidSha256(s) if s == "abc")
+        })],
+    );
 
     let mut svc = Svc::new("a", A_URI, "k-0123456789");
     svc.keys[0].2 = Some("next tuesday".into());
-    assert_rejected(&f, &registry_yaml(&[svc], ""), "not RFC 3339");
+    assert_errors(
+        &f,
+        &rejected(&f, &f.registry_file(&[svc])),
+        &[("services[0].api_keys[0].not_after", &|p| {
+            matches!(p, Problem::InvalidTime(s) if s == "next tuesday")
+        })],
+    );
 }
 
 #[test]
@@ -160,70 +293,102 @@ fn unreadable_ca_and_crl_files() {
     let f = Fixture::new(&[]);
     let mut svc = Svc::new("a", A_URI, "k-0123456789");
     svc.ca_file = Some("missing-ca.crt".into());
-    assert_rejected(&f, &registry_yaml(&[svc], ""), "ca_file");
+    let missing_ca = f.path().join("missing-ca.crt");
+    assert_errors(
+        &f,
+        &rejected(&f, &f.registry_file(&[svc])),
+        &[("services[0].ca_file", &|p| missing(p, &missing_ca))],
+    );
 
-    std::fs::write(
-        f.path().join("leaf.crt"),
-        common::pki::Ca::new("x")
-            .client(&common::pki::ClientSpec::uri(A_URI))
-            .cert_pem,
-    )
-    .unwrap();
+    let leaf = f.write_file(
+        "leaf.crt",
+        Ca::new("x").client(&ClientSpec::uri(A_URI)).cert_pem,
+    );
     let mut svc = Svc::new("a", A_URI, "k-0123456789");
     svc.ca_file = Some("leaf.crt".into());
-    assert_rejected(&f, &registry_yaml(&[svc], ""), "not a CA");
+    assert_errors(
+        &f,
+        &rejected(&f, &f.registry_file(&[svc])),
+        &[("services[0].ca_file", &|p| {
+            matches!(p, Problem::Anchor { path, error: AnchorError::NotCa } if *path == leaf)
+        })],
+    );
 
-    let yaml = registry_yaml(
-        &[Svc::new("a", A_URI, "k-0123456789")],
-        "revocation:\n  crl_files: [nope.crl]\n",
+    let mut file = f.registry_file(&one_service());
+    file.revocation.crl_files = vec!["nope.crl".into()];
+    let nope = f.path().join("nope.crl");
+    assert_errors(
+        &f,
+        &rejected(&f, &file),
+        &[("revocation.crl_files[0]", &|p| missing(p, &nope))],
     );
-    assert_rejected(&f, &yaml, "crl_files[0]");
-    std::fs::write(f.path().join("bad.crl"), "not a crl").unwrap();
-    let yaml = registry_yaml(
-        &[Svc::new("a", A_URI, "k-0123456789")],
-        "revocation:\n  crl_files: [bad.crl]\n",
+
+    let bad = f.write_file("bad.crl", "not a crl");
+    file.revocation.crl_files = vec!["bad.crl".into()];
+    assert_errors(
+        &f,
+        &rejected(&f, &file),
+        &[("revocation.crl_files[0]", &|p| crl_error(p, &bad, "NotCrl"))],
     );
-    assert_rejected(&f, &yaml, "not a CRL");
 }
 
 #[test]
 fn unknown_fields_and_broken_yaml_are_located() {
     let f = Fixture::new(&[]);
-    let yaml = registry_yaml(&[Svc::new("a", A_URI, "k-0123456789")], "")
-        .replace("    scopes:", "    scopez: [x]\n    scopes:");
-    let errors = errors_for(&f, &yaml);
-    let path = f.registry_path().display().to_string();
-    assert!(errors[0].starts_with(&format!("{path}:")), "{errors:?}");
-    assert!(errors[0].contains("scopez"), "{errors:?}");
-    let line = errors[0]
-        .split(':')
-        .nth(1)
-        .unwrap()
-        .parse::<usize>()
+    // A typo'd field cannot be written from the typed file: add it to the
+    // YAML document built from one.
+    let mut doc = serde_yaml::to_value(f.registry_file(&one_service())).unwrap();
+    doc["services"][0]["scopez"] = serde_yaml::to_value(["x"]).unwrap();
+    let text = serde_yaml::to_string(&doc).unwrap();
+    let errors = rejected_text(&f, &text);
+    let [LoadError::File(ConfigError::Yaml { path, line, message, .. })] = errors.as_slice()
+    else {
+        panic!("expected one YAML error, got {errors:#?}");
+    };
+    assert_eq!(*path, f.registry_path());
+    assert!(message.contains("scopez"), "{message}");
+    let scopez_line = 1 + text
+        .lines()
+        .position(|l| l.trim_start().starts_with("scopez:"))
         .unwrap();
-    assert!(line > 1, "line number: {errors:?}");
+    assert_eq!(*line, scopez_line, "{text}\n{errors:?}");
 
-    assert_rejected(&f, "token: [unclosed", "");
-    assert_rejected(&f, "", "");
+    assert_yaml_error(&f, &rejected_text(&f, "token: [unclosed"));
+    assert_yaml_error(&f, &rejected_text(&f, ""));
 }
 
 #[test]
 fn every_error_is_reported_at_once() {
     let f = Fixture::new(&[]);
-    let yaml = registry_yaml(
+    let mut file = f.registry_file(&[
+        Svc::new("a", A_URI, "k1-0123456789"),
+        Svc::new("a", A_URI, "k1-0123456789"),
+    ]);
+    file.revocation.serials = vec!["nothex".into()];
+    assert_errors(
+        &f,
+        &rejected(&f, &file),
         &[
-            Svc::new("a", A_URI, "k1-0123456789"),
-            Svc::new("a", A_URI, "k1-0123456789"),
+            ("services[1].id", &|p| {
+                matches!(p, Problem::DuplicateServiceId(id) if id == "a")
+            }),
+            ("services[1].principals[0]", &|p| {
+                matches!(p, Problem::PrincipalClaimed { principal, owner }
+                    if principal == A_URI && owner == "a")
+            }),
+            ("services[1].api_keys[0].sha256", &|p| {
+                matches!(p, Problem::DuplicateKeyHash { key, owner } if key == "k1" && owner == "a")
+            }),
+            ("revocation.serials[0]", &|p| {
+                matches!(p, Problem::InvalidSerial(s) if s == "nothex")
+            }),
         ],
-        "revocation:\n  serials: [\"nothex\"]\n",
     );
-    let errors = errors_for(&f, &yaml);
-    assert!(errors.len() >= 4, "{errors:#?}");
 }
 
 #[test]
 fn bundled_config_is_valid_and_flags_the_dev_secret() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config =
         service_auth::config::StaticConfig::load(&root.join("config/service-auth.yaml")).unwrap();
     let registry = Registry::load(&config.registry).unwrap();
@@ -236,64 +401,64 @@ fn bundled_config_is_valid_and_flags_the_dev_secret() {
 
 #[test]
 fn crls_are_checked_against_the_issuing_ca_and_for_staleness() {
-    use common::pki::Ca;
     let f = Fixture::new(&[]);
     let ca = Ca::new("mesh CA");
-    std::fs::write(f.path().join("ca.crt"), ca.cert_pem()).unwrap();
+    f.write_file("ca.crt", ca.cert_pem());
     let mut svc = Svc::new("a", A_URI, "k-0123456789");
     svc.ca_file = Some("ca.crt".into());
-    let with_crl = |file: &str| {
-        registry_yaml(
-            &[svc.clone()],
-            &format!("revocation:\n  crl_files: [{file}]\n"),
-        )
+    let with_crl = |crl: &str| {
+        let mut file = f.registry_file(std::slice::from_ref(&svc));
+        file.revocation.crl_files = vec![crl.into()];
+        file
     };
 
-    std::fs::write(f.path().join("good.crl"), ca.crl_pem(&[&[1]])).unwrap();
-    assert!(errors_for(&f, &with_crl("good.crl")).is_empty());
-    assert!(
-        Registry::load(&f.registry_path())
-            .unwrap()
-            .warnings()
-            .is_empty()
-    );
+    f.write_file("good.crl", ca.crl_pem(&[&[1]]));
+    let r = load(&f, &with_crl("good.crl")).unwrap();
+    assert!(r.warnings().is_empty(), "{:?}", r.warnings());
 
     // Same issuer name, another key: a forged CRL.
     let impostor = Ca::new("mesh CA");
-    std::fs::write(f.path().join("forged.crl"), impostor.crl_pem(&[&[1]])).unwrap();
-    assert_rejected(&f, &with_crl("forged.crl"), "signature does not verify");
+    let forged = f.write_file("forged.crl", impostor.crl_pem(&[&[1]]));
+    assert_errors(
+        &f,
+        &rejected(&f, &with_crl("forged.crl")),
+        &[("revocation.crl_files[0]", &|p| {
+            crl_error(p, &forged, "BadSignature")
+        })],
+    );
 
     // Past nextUpdate: still applied, and reported.
     let stale = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-    std::fs::write(f.path().join("stale.crl"), ca.crl_pem_until(&[&[1]], stale)).unwrap();
-    assert!(errors_for(&f, &with_crl("stale.crl")).is_empty());
-    let r = Registry::load(&f.registry_path()).unwrap();
-    assert!(
-        r.warnings().iter().any(|w| w.contains("nextUpdate")),
-        "{:?}",
-        r.warnings()
-    );
+    let stale_crl = f.write_file("stale.crl", ca.crl_pem_until(&[&[1]], stale));
+    let r = load(&f, &with_crl("stale.crl")).unwrap();
+    let warning = Warning::StaleCrl {
+        at: "revocation.crl_files[0]".into(),
+        path: stale_crl,
+    };
+    assert_eq!(r.warnings(), std::slice::from_ref(&warning));
     assert!(r.is_revoked(&[1]));
     // check-config shows the warning.
-    let config = f.write_config("127.0.0.1:1", "");
+    let config = f.write_config(&f.static_config(tcp0()));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_service-auth"))
         .args(["check-config", "--config"])
         .arg(&config)
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("warning:"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.lines().any(|l| l == format!("warning: {warning}")),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn sources_list_every_file_read() {
-    use common::pki::Ca;
     let f = Fixture::new(&[]);
-    std::fs::write(f.path().join("ca.crt"), Ca::new("x").cert_pem()).unwrap();
+    f.write_file("ca.crt", Ca::new("x").cert_pem());
     let mut svc = Svc::new("a", A_URI, "k-0123456789");
     svc.ca_file = Some("ca.crt".into());
-    std::fs::write(f.registry_path(), registry_yaml(&[svc], "")).unwrap();
-    let r = Registry::load(&f.registry_path()).unwrap();
+    let r = load(&f, &registry_file(&[svc])).unwrap();
     let names: Vec<_> = r
         .sources()
         .iter()

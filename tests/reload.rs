@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::pki::{Ca, ClientSpec};
-use common::procs::{Sidecar, free_port, poll};
-use common::{Fixture, Req, Svc};
+use common::procs::{Sidecar, poll};
+use common::{Ca, ClientSpec, Fixture, Req, Svc, tcp0};
 use envoy_types::ext_authz::v3::pb::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::google::protobuf::value::Kind;
+use service_auth::config::{KeyEntry, RegistryFile};
 use tonic::transport::Channel;
 
 const A_URI: &str = "spiffe://mesh.test/a";
@@ -31,9 +31,8 @@ struct Harness {
 
 async fn start(services: &[Svc]) -> Harness {
     let fixture = Fixture::new(services);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = fixture.write_config(&addr, "");
-    let sidecar = Sidecar::start(&config, addr.parse().unwrap()).await;
+    let config = fixture.write_config(&fixture.static_config(tcp0()));
+    let sidecar = Sidecar::start(&config).await;
     let client = sidecar.client().await;
     Harness {
         fixture,
@@ -87,12 +86,13 @@ impl Harness {
         }
     }
 
+    /// Reload attempts with `result` in the sidecar's JSON log so far.
     fn reloads(&self, result: &str) -> usize {
-        let needle = format!("\"result\":\"{result}\"");
         self.sidecar
             .log_text()
             .lines()
-            .filter(|l| l.contains("\"event\":\"registry_reload\"") && l.contains(&needle))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "registry_reload" && v["result"] == result)
             .count()
     }
 
@@ -106,10 +106,20 @@ impl Harness {
     }
 
     /// Atomic replace (write + rename), as most tools and editors do.
-    fn replace_registry(&self, yaml: &str) {
+    fn replace_registry(&self, file: &RegistryFile) {
+        self.replace_registry_text(&yaml(file));
+    }
+
+    /// [`Harness::replace_registry`] with text, for broken registries.
+    fn replace_registry_text(&self, text: &str) {
         let tmp = self.fixture.path().join(".registry.yaml.tmp");
-        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, self.fixture.registry_path()).unwrap();
+    }
+
+    /// The fixture's registry file for `services`.
+    fn registry(&self, services: &[Svc]) -> RegistryFile {
+        self.fixture.registry_file(services)
     }
 }
 
@@ -135,13 +145,10 @@ async fn keys_and_services_come_and_go_without_restart() {
         "the old key keeps working during rotation"
     );
 
-    h.replace_registry(&common::registry_yaml(
-        &[a_svc, Svc::new("b", B_URI, B_KEY)],
-        "",
-    ));
+    h.replace_registry(&h.registry(&[a_svc, Svc::new("b", B_URI, B_KEY)]));
     h.until("the added service", &b, "allow").await;
 
-    h.replace_registry(&common::registry_yaml(&[Svc::new("b", B_URI, B_KEY)], ""));
+    h.replace_registry(&h.registry(&[Svc::new("b", B_URI, B_KEY)]));
     h.until("the removed service", &a, "unknown_principal")
         .await;
     assert_eq!(h.outcome(&b).await, "allow");
@@ -162,24 +169,17 @@ async fn revocations_take_effect() {
     .key(A_KEY);
     assert_eq!(h.outcome(&first).await, "allow");
 
-    let services = [Svc::new("a", A_URI, A_KEY)];
-    h.replace_registry(&common::registry_yaml(
-        &services,
-        "revocation:\n  serials: [\"1122\"]\n",
-    ));
+    let mut file = h.registry(&[Svc::new("a", A_URI, A_KEY)]);
+    file.revocation.serials = vec!["1122".into()];
+    h.replace_registry(&file);
     h.until("the revoked serial", &first, "certificate_revoked")
         .await;
     assert_eq!(h.outcome(&second).await, "allow");
 
-    std::fs::write(
-        h.fixture.path().join("mesh.crl.pem"),
-        h.ca.crl_pem(&[&[0x33, 0x44]]),
-    )
-    .unwrap();
-    h.replace_registry(&common::registry_yaml(
-        &services,
-        "revocation:\n  serials: [\"1122\"]\n  crl_files: [mesh.crl.pem]\n",
-    ));
+    h.fixture
+        .write_file("mesh.crl.pem", h.ca.crl_pem(&[&[0x33, 0x44]]));
+    file.revocation.crl_files = vec!["mesh.crl.pem".into()];
+    h.replace_registry(&file);
     h.until("the CRL", &second, "certificate_revoked").await;
 }
 
@@ -199,16 +199,25 @@ async fn signing_key_rotation_and_removal() {
     assert_eq!(h.outcome(&verify_old).await, "allow");
 
     // New key signs; the old one only verifies.
-    std::fs::write(
-        h.fixture.path().join("secrets/jwt-2.key"),
+    h.fixture.write_file(
+        "secrets/jwt-2.key",
         "second-signing-secret-0123456789abcdef",
-    )
-    .unwrap();
-    let services = [Svc::new("a", A_URI, A_KEY)];
-    let rotated = common::registry_yaml(&services, "").replace(
-        "    - kid: test-1\n      secret_file: secrets/jwt.key\n",
-        "    - kid: test-2\n      secret_file: secrets/jwt-2.key\n    - kid: test-1\n      secret_file: secrets/jwt.key\n      verify_only: true\n",
     );
+    let new_key = KeyEntry {
+        kid: "test-2".into(),
+        secret_file: Some("secrets/jwt-2.key".into()),
+        ..Default::default()
+    };
+    let mut rotated = h.registry(&[Svc::new("a", A_URI, A_KEY)]);
+    let old_key = rotated.token.keys.remove(0);
+    assert_eq!(old_key.kid, "test-1");
+    rotated.token.keys = vec![
+        new_key.clone(),
+        KeyEntry {
+            verify_only: true,
+            ..old_key
+        },
+    ];
     h.replace_registry(&rotated);
     let client = h.client.clone();
     poll("tokens signed with the new kid", WAIT, || {
@@ -234,10 +243,8 @@ async fn signing_key_rotation_and_removal() {
     );
 
     // Removing the old key stops its tokens verifying.
-    let removed = common::registry_yaml(&services, "").replace(
-        "    - kid: test-1\n      secret_file: secrets/jwt.key\n",
-        "    - kid: test-2\n      secret_file: secrets/jwt-2.key\n",
-    );
+    let mut removed = rotated;
+    removed.token.keys = vec![new_key];
     h.replace_registry(&removed);
     h.until(
         "the removed key's token to be refused",
@@ -251,37 +258,34 @@ async fn signing_key_rotation_and_removal() {
 async fn broken_registries_never_replace_the_good_one() {
     let mut h = start(&[Svc::new("a", A_URI, A_KEY), Svc::new("b", B_URI, B_KEY)]).await;
     let a = h.cert_req(A_URI, A_KEY);
-    let good = common::registry_yaml(
-        &[Svc::new("a", A_URI, A_KEY), Svc::new("b", B_URI, B_KEY)],
-        "",
-    );
-    std::fs::write(h.fixture.path().join("secrets/short.key"), "short").unwrap();
+    let good = h.registry(&[Svc::new("a", A_URI, A_KEY), Svc::new("b", B_URI, B_KEY)]);
+    h.fixture.write_file("secrets/short.key", "short");
+    let with_secret = |secret: &str| {
+        let mut file = good.clone();
+        file.token.keys[0].secret_file = Some(secret.into());
+        yaml(&file)
+    };
+    // An unknown field cannot be written from the typed file: add it to the
+    // YAML document built from one.
+    let mut unknown_field = serde_yaml::to_value(&good).unwrap();
+    unknown_field["token"]["tll"] = "6m".into();
     let broken = [
         ("broken YAML", "token: [unclosed\n".to_string()),
         (
             "unknown field",
-            good.replace("  ttl: 5m\n", "  ttl: 5m\n  tll: 6m\n"),
+            serde_yaml::to_string(&unknown_field).unwrap(),
         ),
         (
             "duplicate principal",
-            common::registry_yaml(
-                &[Svc::new("a", A_URI, A_KEY), Svc::new("b", A_URI, B_KEY)],
-                "",
-            ),
+            yaml(&h.registry(&[Svc::new("a", A_URI, A_KEY), Svc::new("b", A_URI, B_KEY)])),
         ),
-        (
-            "missing secret file",
-            good.replace("secrets/jwt.key", "secrets/absent.key"),
-        ),
-        (
-            "too-short secret",
-            good.replace("secrets/jwt.key", "secrets/short.key"),
-        ),
+        ("missing secret file", with_secret("secrets/absent.key")),
+        ("too-short secret", with_secret("secrets/short.key")),
         ("empty file", String::new()),
     ];
-    for (name, yaml) in broken {
+    for (name, text) in broken {
         let failures = h.reloads("failure");
-        h.replace_registry(&yaml);
+        h.replace_registry_text(&text);
         h.until_reloads("failure", failures).await;
         assert_eq!(
             h.outcome(&a).await,
@@ -295,7 +299,7 @@ async fn broken_registries_never_replace_the_good_one() {
     h.until_reloads("failure", failures).await;
     assert_eq!(h.outcome(&a).await, "allow");
     let successes = h.reloads("success");
-    h.replace_registry(&common::registry_yaml(&[Svc::new("b", B_URI, B_KEY)], ""));
+    h.replace_registry(&h.registry(&[Svc::new("b", B_URI, B_KEY)]));
     h.until_reloads("success", successes).await;
     h.until("the fixed registry", &a, "unknown_principal").await;
     assert!(!h.sidecar.log_text().contains(common::SECRET));
@@ -312,11 +316,7 @@ async fn in_place_writes_are_seen() {
         .open(h.fixture.registry_path())
         .unwrap();
     file.write_all(
-        common::registry_yaml(
-            &[Svc::new("a", A_URI, A_KEY), Svc::new("b", B_URI, B_KEY)],
-            "",
-        )
-        .as_bytes(),
+        yaml(&h.registry(&[Svc::new("a", A_URI, A_KEY), Svc::new("b", B_URI, B_KEY)])).as_bytes(),
     )
     .unwrap();
     drop(file);
@@ -332,12 +332,15 @@ async fn configmap_data_symlink_swap() {
     let fixture = Fixture::new(&[]);
     let volume = fixture.path().join("configmap");
     std::fs::create_dir(&volume).unwrap();
-    let secret = fixture.path().join("secrets/jwt.key").display().to_string();
+    // The registry resolves relative paths against its own (symlinked)
+    // directory: name the fixture's secret by its absolute path.
+    let secret = fixture.path().join("secrets/jwt.key");
     let publish = |n: u32, services: &[Svc]| {
         let dir = volume.join(format!("..2026_11_29_00_00_{n:02}.000{n}"));
         std::fs::create_dir(&dir).unwrap();
-        let yaml = common::registry_yaml(services, "").replace("secrets/jwt.key", &secret);
-        std::fs::write(dir.join("registry.yaml"), yaml).unwrap();
+        let mut file = fixture.registry_file(services);
+        file.token.keys[0].secret_file = Some(secret.clone());
+        std::fs::write(dir.join("registry.yaml"), yaml(&file)).unwrap();
         let tmp = volume.join("..data_tmp");
         std::os::unix::fs::symlink(dir.file_name().unwrap(), &tmp).unwrap();
         std::fs::rename(&tmp, volume.join("..data")).unwrap();
@@ -348,14 +351,10 @@ async fn configmap_data_symlink_swap() {
         dir
     };
     let first = publish(1, &[Svc::new("a", A_URI, A_KEY)]);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = fixture.path().join("service-auth.yaml");
-    std::fs::write(
-        &config,
-        format!("listen:\n  grpc: {addr}\nregistry: configmap/registry.yaml\nreload:\n  poll_interval: 1h\n"),
-    )
-    .unwrap();
-    let sidecar = Sidecar::start(&config, addr.parse().unwrap()).await;
+    let mut config = fixture.static_config(tcp0());
+    config.registry = "configmap/registry.yaml".into();
+    config.reload.poll_interval = Duration::from_secs(3600);
+    let sidecar = Sidecar::start(&fixture.write_config(&config)).await;
     let mut client = sidecar.client().await;
     let ca = Ca::new("configmap CA");
     let b = Req::cert(ca.client(&ClientSpec::uri(B_URI)).forwarded()).key(B_KEY);
@@ -422,12 +421,13 @@ async fn no_check_fails_while_the_registry_churns() {
     let mut extra = Svc::new("c", "spiffe://mesh.test/c", "key-of-c-0123456789");
     for round in 0..40u32 {
         extra.scopes = vec![format!("scope{round}")];
-        let yaml = common::registry_yaml(&[Svc::new("a", A_URI, A_KEY), extra.clone()], "");
+        let file = h.registry(&[Svc::new("a", A_URI, A_KEY), extra.clone()]);
         let before = h.reloads("success") + h.reloads("failure");
         if round % 2 == 0 {
-            h.replace_registry(&yaml);
+            h.replace_registry(&file);
         } else {
-            std::fs::write(h.fixture.registry_path(), yaml).unwrap();
+            // In place: `Fixture::write` truncates and rewrites the file.
+            h.fixture.write(&file);
         }
         // Pace the rewrites by the reloader, not by a clock.
         h.until_reloads_any(before).await;
@@ -451,6 +451,11 @@ async fn no_check_fails_while_the_registry_churns() {
         h.reloads("success") >= 20,
         "most rewrites should have been reloaded"
     );
+}
+
+/// `file` as YAML text, as `Fixture::write` writes it.
+fn yaml(file: &RegistryFile) -> String {
+    serde_yaml::to_string(file).unwrap()
 }
 
 impl Harness {

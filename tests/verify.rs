@@ -5,47 +5,37 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::pki::{Ca, ClientSpec};
-use common::{Fixture, Req, Svc, unix_now};
-use service_auth::check::{Decision, Reason, decide};
+use common::{Ca, ClientSpec, Fixture, Req, Svc, unix_now};
+use service_auth::check::{Decision, Grant, Reason, TokenCheck};
+use service_auth::config::KeyEntry;
 use service_auth::registry::Registry;
+use service_auth::testkit::{claims_json, decide, forge_hs256};
 use service_auth::token::VerifyError;
 
 const A_URI: &str = "spiffe://mesh.test/a";
 const A_KEY: &str = "key-of-a-0123456789";
 
-/// Signs `header.claims` with HS256 and `secret`, however hostile the content.
-fn forge(header: &str, claims: &str, secret: &[u8]) -> String {
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header),
-        URL_SAFE_NO_PAD.encode(claims)
-    );
-    let key = jsonwebtoken::EncodingKey::from_secret(secret);
-    let sig =
-        jsonwebtoken::crypto::sign(input.as_bytes(), &key, jsonwebtoken::Algorithm::HS256).unwrap();
-    format!("{input}.{sig}")
-}
-
+/// Claims the fixture accepts for service `a` at `now`, edited by `edit`.
 fn claims(now: i64, edit: impl FnOnce(&mut serde_json::Value)) -> String {
-    let mut c = serde_json::json!({
-        "iss": common::ISSUER, "sub": "a", "aud": common::AUDIENCE,
-        "iat": now, "nbf": now, "exp": now + 300, "jti": "j", "scope": "read write",
-    });
-    edit(&mut c);
-    c.to_string()
+    claims_json("a", now, edit)
 }
 
 const HEADER: &str = r#"{"alg":"HS256","typ":"JWT","kid":"test-1"}"#;
 
-/// Allowed, or the denial's reason and token-level error.
-type Verdict = Result<(), (Reason, Option<VerifyError>)>;
+/// Allowed, or the denial's reason and what happened to the token.
+type Verdict = Result<(), (Reason, Option<TokenCheck>)>;
 
 fn verdict(registry: &Registry, req: Req, now: i64) -> Verdict {
     match decide(&req.ext("mode", "verify").build(), registry, now) {
-        Decision::Allow(_) => Ok(()),
-        Decision::Deny(d) => Err((d.reason, d.token_error)),
+        Decision::Allow(Grant::Verify(_)) => Ok(()),
+        Decision::Allow(Grant::Issue(g)) => panic!("verify mode issued a token for {g:?}"),
+        Decision::Deny(d) => Err((d.reason, d.token)),
     }
+}
+
+/// The verdict for a token refused with `error`.
+fn rejected(reason: Reason, error: VerifyError) -> Verdict {
+    Err((reason, Some(TokenCheck::Rejected(error))))
 }
 
 fn bearer(token: &str) -> Req {
@@ -58,7 +48,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
     let registry = fixture.load();
     let now = unix_now();
     let secret = common::SECRET.as_bytes();
-    let good = forge(HEADER, &claims(now, |_| {}), secret);
+    let good = forge_hs256(HEADER, &claims(now, |_| {}), secret);
     assert_eq!(
         verdict(&registry, bearer(&good), now),
         Ok(()),
@@ -66,7 +56,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
     );
 
     let parts: Vec<&str> = good.split('.').collect();
-    let invalid = |e| Err((Reason::InvalidToken, Some(e)));
+    let invalid = |e| rejected(Reason::InvalidToken, e);
     let cases: Vec<(&str, String, Verdict)> = vec![
         (
             "alg none",
@@ -79,7 +69,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
         ),
         (
             "alg HS512",
-            forge(
+            forge_hs256(
                 r#"{"alg":"HS512","kid":"test-1"}"#,
                 &claims(now, |_| {}),
                 secret,
@@ -88,7 +78,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
         ),
         (
             "alg RS256",
-            forge(
+            forge_hs256(
                 r#"{"alg":"RS256","kid":"test-1"}"#,
                 &claims(now, |_| {}),
                 secret,
@@ -97,12 +87,12 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
         ),
         (
             "missing kid",
-            forge(r#"{"alg":"HS256"}"#, &claims(now, |_| {}), secret),
+            forge_hs256(r#"{"alg":"HS256"}"#, &claims(now, |_| {}), secret),
             invalid(VerifyError::BadHeader),
         ),
         (
             "unknown kid",
-            forge(
+            forge_hs256(
                 r#"{"alg":"HS256","kid":"nope"}"#,
                 &claims(now, |_| {}),
                 secret,
@@ -111,7 +101,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
         ),
         (
             "kid with path characters",
-            forge(
+            forge_hs256(
                 r#"{"alg":"HS256","kid":"../secrets/jwt.key"}"#,
                 &claims(now, |_| {}),
                 secret,
@@ -120,7 +110,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
         ),
         (
             "crit header",
-            forge(
+            forge_hs256(
                 r#"{"alg":"HS256","kid":"test-1","crit":["x"]}"#,
                 &claims(now, |_| {}),
                 secret,
@@ -129,7 +119,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
         ),
         (
             "jwk header",
-            forge(
+            forge_hs256(
                 r#"{"alg":"HS256","kid":"test-1","jwk":{}}"#,
                 &claims(now, |_| {}),
                 secret,
@@ -138,7 +128,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
         ),
         (
             "x5u header",
-            forge(
+            forge_hs256(
                 r#"{"alg":"HS256","kid":"test-1","x5u":"https://x"}"#,
                 &claims(now, |_| {}),
                 secret,
@@ -187,7 +177,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
         ),
         (
             "expired",
-            forge(
+            forge_hs256(
                 HEADER,
                 &claims(now, |c| {
                     c["iat"] = (now - 700).into();
@@ -196,11 +186,11 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
                 }),
                 secret,
             ),
-            Err((Reason::ExpiredToken, Some(VerifyError::Expired))),
+            rejected(Reason::ExpiredToken, VerifyError::Expired),
         ),
         (
             "nbf beyond leeway",
-            forge(
+            forge_hs256(
                 HEADER,
                 &claims(now, |c| c["nbf"] = (now + 31).into()),
                 secret,
@@ -209,7 +199,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
         ),
         (
             "wrong iss",
-            forge(
+            forge_hs256(
                 HEADER,
                 &claims(now, |c| c["iss"] = "https://evil".into()),
                 secret,
@@ -218,7 +208,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
         ),
         (
             "wrong aud",
-            forge(
+            forge_hs256(
                 HEADER,
                 &claims(now, |c| c["aud"] = "billing".into()),
                 secret,
@@ -227,7 +217,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
         ),
         (
             "missing sub",
-            forge(
+            forge_hs256(
                 HEADER,
                 &claims(now, |c| {
                     c.as_object_mut().unwrap().remove("sub");
@@ -238,7 +228,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
         ),
         (
             "exp as a string",
-            forge(
+            forge_hs256(
                 HEADER,
                 &claims(now, |c| c["exp"] = (now + 300).to_string().into()),
                 secret,
@@ -252,7 +242,7 @@ fn hostile_tokens_are_denied_with_the_right_reason() {
         ),
         (
             "signed with another secret",
-            forge(
+            forge_hs256(
                 HEADER,
                 &claims(now, |_| {}),
                 b"another-secret-0123456789abcdef-0123",
@@ -270,18 +260,18 @@ fn leeway_boundary_is_exact() {
     let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
     let registry = fixture.load();
     let now = unix_now();
-    let token = forge(HEADER, &claims(now, |_| {}), common::SECRET.as_bytes());
+    let token = forge_hs256(HEADER, &claims(now, |_| {}), common::SECRET.as_bytes());
     // exp = now + 300, leeway 30 s: valid until (exclusive) now + 330.
     assert_eq!(verdict(&registry, bearer(&token), now + 329), Ok(()));
     assert_eq!(
         verdict(&registry, bearer(&token), now + 330),
-        Err((Reason::ExpiredToken, Some(VerifyError::Expired)))
+        rejected(Reason::ExpiredToken, VerifyError::Expired)
     );
     // nbf = now: valid from now - 30.
     assert_eq!(verdict(&registry, bearer(&token), now - 30), Ok(()));
     assert_eq!(
         verdict(&registry, bearer(&token), now - 31),
-        Err((Reason::InvalidToken, Some(VerifyError::NotYetValid)))
+        rejected(Reason::InvalidToken, VerifyError::NotYetValid)
     );
 }
 
@@ -289,23 +279,19 @@ fn leeway_boundary_is_exact() {
 fn a_removed_key_stops_verifying() {
     let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
     let now = unix_now();
-    let token = forge(HEADER, &claims(now, |_| {}), common::SECRET.as_bytes());
-    std::fs::write(
-        fixture.path().join("secrets/new.key"),
-        "new-signing-secret-0123456789abcdef0123",
-    )
-    .unwrap();
-    let yaml = std::fs::read_to_string(fixture.registry_path())
-        .unwrap()
-        .replace(
-            "kid: test-1\n      secret_file: secrets/jwt.key",
-            "kid: test-2\n      secret_file: secrets/new.key",
-        );
-    std::fs::write(fixture.registry_path(), yaml).unwrap();
+    let token = forge_hs256(HEADER, &claims(now, |_| {}), common::SECRET.as_bytes());
+    fixture.write_file("secrets/new.key", "new-signing-secret-0123456789abcdef0123");
+    let mut file = fixture.registry_file(&[Svc::new("a", A_URI, A_KEY)]);
+    file.token.keys = vec![KeyEntry {
+        kid: "test-2".into(),
+        secret_file: Some("secrets/new.key".into()),
+        ..Default::default()
+    }];
+    fixture.write(&file);
     let registry = fixture.load();
     assert_eq!(
         verdict(&registry, bearer(&token), now),
-        Err((Reason::InvalidToken, Some(VerifyError::UnknownKid)))
+        rejected(Reason::InvalidToken, VerifyError::UnknownKid)
     );
 }
 
@@ -319,7 +305,7 @@ fn certificate_binding_and_header_conflicts() {
     let other = ca.client(&ClientSpec::uri(A_URI));
     use sha2::Digest;
     let thumb = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(&cert.der));
-    let bound = forge(
+    let bound = forge_hs256(
         HEADER,
         &claims(now, |c| c["cnf"] = serde_json::json!({"x5t#S256": thumb})),
         common::SECRET.as_bytes(),
@@ -339,10 +325,10 @@ fn certificate_binding_and_header_conflicts() {
             Req::cert(other.forwarded()).header("x-service-jwt", &bound),
             now
         ),
-        Err((Reason::InvalidToken, None)),
+        Err((Reason::InvalidToken, Some(TokenCheck::Unbound))),
         "a cert-bound token presented with another certificate"
     );
-    let unbound = forge(HEADER, &claims(now, |_| {}), common::SECRET.as_bytes());
+    let unbound = forge_hs256(HEADER, &claims(now, |_| {}), common::SECRET.as_bytes());
     assert_eq!(
         verdict(
             &registry,
@@ -351,7 +337,7 @@ fn certificate_binding_and_header_conflicts() {
                 .header("authorization", &format!("Bearer {bound}")),
             now
         ),
-        Err((Reason::InvalidToken, Some(VerifyError::Malformed))),
+        rejected(Reason::InvalidToken, VerifyError::Malformed),
         "the same header pair with different tokens"
     );
     assert_eq!(
@@ -371,6 +357,6 @@ fn certificate_binding_and_header_conflicts() {
             Req::default().header("authorization", &format!("Basic {unbound}")),
             now
         ),
-        Err((Reason::InvalidToken, Some(VerifyError::Malformed)))
+        rejected(Reason::InvalidToken, VerifyError::Malformed)
     );
 }
