@@ -106,8 +106,14 @@ fn check_config_reports_every_error_with_location() {
             kinds.as_slice(),
             [
                 (Some("services[1].id"), Some(Problem::DuplicateServiceId(_))),
-                (Some("services[1].principals[0]"), Some(Problem::PrincipalClaimed { .. })),
-                (Some("services[1].api_keys[0].sha256"), Some(Problem::DuplicateKeyHash { .. })),
+                (
+                    Some("services[1].principals[0]"),
+                    Some(Problem::PrincipalClaimed { .. })
+                ),
+                (
+                    Some("services[1].api_keys[0].sha256"),
+                    Some(Problem::DuplicateKeyHash { .. })
+                ),
             ]
         ),
         "{errors:#?}"

@@ -131,9 +131,10 @@ fn duplicate_service_id() {
     assert_errors(
         &f,
         &rejected(&f, &file),
-        &[("services[1].id", &|p| {
-            matches!(p, Problem::DuplicateServiceId(id) if id == "a")
-        })],
+        &[(
+            "services[1].id",
+            &|p| matches!(p, Problem::DuplicateServiceId(id) if id == "a"),
+        )],
     );
 }
 
@@ -164,9 +165,10 @@ fn duplicate_api_key_hash() {
     assert_errors(
         &f,
         &rejected(&f, &file),
-        &[("services[1].api_keys[0].sha256", &|p| {
-            matches!(p, Problem::DuplicateKeyHash { key, owner } if key == "k1" && owner == "a")
-        })],
+        &[(
+            "services[1].api_keys[0].sha256",
+            &|p| matches!(p, Problem::DuplicateKeyHash { key, owner } if key == "k1" && owner == "a"),
+        )],
     );
 }
 
@@ -222,9 +224,10 @@ fn secret_from_env_var() {
     assert_errors(
         &f,
         &rejected(&f, &file),
-        &[("token.keys[0].secret_env", &|p| {
-            matches!(p, Problem::EnvNotSet(v) if v == unset)
-        })],
+        &[(
+            "token.keys[0].secret_env",
+            &|p| matches!(p, Problem::EnvNotSet(v) if v == unset),
+        )],
     );
 }
 
@@ -252,9 +255,10 @@ fn malformed_hash_serial_pin_and_date() {
     assert_errors(
         &f,
         &rejected(&f, &file),
-        &[("services[0].api_keys[0].sha256", &|p| {
-            matches!(p, Problem::InvalidSha256(s) if *s == hash[..40])
-        })],
+        &[(
+            "services[0].api_keys[0].sha256",
+            &|p| matches!(p, Problem::InvalidSha256(s) if *s == hash[..40]),
+        )],
     );
 
     let mut file = f.registry_file(&one_service());
@@ -262,9 +266,10 @@ fn malformed_hash_serial_pin_and_date() {
     assert_errors(
         &f,
         &rejected(&f, &file),
-        &[("revocation.serials[0]", &|p| {
-            matches!(p, Problem::InvalidSerial(s) if s == "xyz")
-        })],
+        &[(
+            "revocation.serials[0]",
+            &|p| matches!(p, Problem::InvalidSerial(s) if s == "xyz"),
+        )],
     );
 
     let mut svc = Svc::new("a", A_URI, "k-0123456789");
@@ -272,9 +277,10 @@ fn malformed_hash_serial_pin_and_date() {
     assert_errors(
         &f,
         &rejected(&f, &f.registry_file(&[svc])),
-        &[("services[0].certificate_sha256[0]", &|p| {
-            matches!(p, Problem::InvalidSha256(s) if s == "abc")
-        })],
+        &[(
+            "services[0].certificate_sha256[0]",
+            &|p| matches!(p, Problem::InvalidSha256(s) if s == "abc"),
+        )],
     );
 
     let mut svc = Svc::new("a", A_URI, "k-0123456789");
@@ -282,9 +288,10 @@ fn malformed_hash_serial_pin_and_date() {
     assert_errors(
         &f,
         &rejected(&f, &f.registry_file(&[svc])),
-        &[("services[0].api_keys[0].not_after", &|p| {
-            matches!(p, Problem::InvalidTime(s) if s == "next tuesday")
-        })],
+        &[(
+            "services[0].api_keys[0].not_after",
+            &|p| matches!(p, Problem::InvalidTime(s) if s == "next tuesday"),
+        )],
     );
 }
 
@@ -309,9 +316,10 @@ fn unreadable_ca_and_crl_files() {
     assert_errors(
         &f,
         &rejected(&f, &f.registry_file(&[svc])),
-        &[("services[0].ca_file", &|p| {
-            matches!(p, Problem::Anchor { path, error: AnchorError::NotCa } if *path == leaf)
-        })],
+        &[(
+            "services[0].ca_file",
+            &|p| matches!(p, Problem::Anchor { path, error: AnchorError::NotCa } if *path == leaf),
+        )],
     );
 
     let mut file = f.registry_file(&one_service());
@@ -341,7 +349,14 @@ fn unknown_fields_and_broken_yaml_are_located() {
     doc["services"][0]["scopez"] = serde_yaml::to_value(["x"]).unwrap();
     let text = serde_yaml::to_string(&doc).unwrap();
     let errors = rejected_text(&f, &text);
-    let [LoadError::File(ConfigError::Yaml { path, line, message, .. })] = errors.as_slice()
+    let [
+        LoadError::File(ConfigError::Yaml {
+            path,
+            line,
+            message,
+            ..
+        }),
+    ] = errors.as_slice()
     else {
         panic!("expected one YAML error, got {errors:#?}");
     };
@@ -369,19 +384,22 @@ fn every_error_is_reported_at_once() {
         &f,
         &rejected(&f, &file),
         &[
-            ("services[1].id", &|p| {
-                matches!(p, Problem::DuplicateServiceId(id) if id == "a")
-            }),
+            (
+                "services[1].id",
+                &|p| matches!(p, Problem::DuplicateServiceId(id) if id == "a"),
+            ),
             ("services[1].principals[0]", &|p| {
                 matches!(p, Problem::PrincipalClaimed { principal, owner }
                     if principal == A_URI && owner == "a")
             }),
-            ("services[1].api_keys[0].sha256", &|p| {
-                matches!(p, Problem::DuplicateKeyHash { key, owner } if key == "k1" && owner == "a")
-            }),
-            ("revocation.serials[0]", &|p| {
-                matches!(p, Problem::InvalidSerial(s) if s == "nothex")
-            }),
+            (
+                "services[1].api_keys[0].sha256",
+                &|p| matches!(p, Problem::DuplicateKeyHash { key, owner } if key == "k1" && owner == "a"),
+            ),
+            (
+                "revocation.serials[0]",
+                &|p| matches!(p, Problem::InvalidSerial(s) if s == "nothex"),
+            ),
         ],
     );
 }
