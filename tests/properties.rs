@@ -1,7 +1,8 @@
 //! Property tests: for random registries and random requests, `decide`
 //! allows exactly when an independent oracle says the certificate SAN (or
-//! the principal) and the API key name the same registered service, the
-//! certificate is unexpired and unrevoked, and the key is unexpired.
+//! the principal, where the registry does not require a certificate) and
+//! the API key name the same registered service, the certificate is
+//! unexpired and unrevoked, and the key is unexpired.
 //!
 //! Certificates are slow to make, so a pool of 16 is generated once per run
 //! and the strategies pick from it.
@@ -90,6 +91,8 @@ struct World {
     key_owner: Vec<Option<(usize, bool)>>,
     /// Revoked, for each pool certificate.
     revoked: Vec<bool>,
+    /// `identity.require_certificate`: Envoy's principal alone is refused.
+    require_certificate: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -111,13 +114,17 @@ fn world_strategy() -> impl Strategy<Value = World> {
             prop::collection::vec(prop::option::of(0..services), SANS.len()),
             prop::collection::vec(prop::option::of((0..services, any::<bool>())), KEYS),
             prop::collection::vec(prop::bool::weighted(0.2), POOL),
+            any::<bool>(),
         )
-            .prop_map(|(services, san_owner, key_owner, revoked)| World {
-                services,
-                san_owner,
-                key_owner,
-                revoked,
-            })
+            .prop_map(
+                |(services, san_owner, key_owner, revoked, require_certificate)| World {
+                    services,
+                    san_owner,
+                    key_owner,
+                    revoked,
+                    require_certificate,
+                },
+            )
     })
 }
 
@@ -176,7 +183,9 @@ impl World {
             .collect();
         let mut fixture = Fixture::new(&[]);
         fixture.revocation.serials = revoked;
-        fixture.write_registry(&services);
+        let mut file = fixture.registry_file(&services);
+        file.identity.require_certificate = self.require_certificate;
+        fixture.write(&file);
         fixture
     }
 
@@ -190,6 +199,7 @@ impl World {
                 }
                 cert.san
             }
+            Identity::Principal(_) if self.require_certificate => return None,
             Identity::Principal(san) => san,
         };
         let owner = self.san_owner[san]?;
