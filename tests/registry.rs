@@ -9,7 +9,7 @@ use std::path::Path;
 use common::{Ca, ClientSpec, Fixture, Svc, registry_file, tcp0};
 use service_auth::config::{ConfigError, RegistryFile};
 use service_auth::identity::{AnchorError, SanKind};
-use service_auth::registry::{LoadError, Problem, Registry, Warning};
+use service_auth::registry::{CrlError, LoadError, Problem, Registry, Warning};
 use service_auth::token::KeySetError;
 
 const A_URI: &str = "spiffe://mesh.test/a";
@@ -87,12 +87,9 @@ fn missing(problem: &Problem, file: &Path) -> bool {
     )
 }
 
-/// True if `problem` is the CRL `file` failing with the `CrlError` variant
-/// named `variant`. `CrlError` is not exported by `registry` (only
-/// `LoadError`, `Problem` and `Warning` are), so the variant is compared by
-/// its `Debug` name, which is exact but not checked by the compiler.
-fn crl_error(problem: &Problem, file: &Path, variant: &str) -> bool {
-    matches!(problem, Problem::Crl { path, error } if path == file && format!("{error:?}") == variant)
+/// True if `problem` is the CRL `file` failing with `want`.
+fn crl_error(problem: &Problem, file: &Path, want: CrlError) -> bool {
+    matches!(problem, Problem::Crl { path, error } if path == file && *error == want)
 }
 
 fn one_service() -> Vec<Svc> {
@@ -336,7 +333,9 @@ fn unreadable_ca_and_crl_files() {
     assert_errors(
         &f,
         &rejected(&f, &file),
-        &[("revocation.crl_files[0]", &|p| crl_error(p, &bad, "NotCrl"))],
+        &[("revocation.crl_files[0]", &|p| {
+            crl_error(p, &bad, CrlError::NotCrl)
+        })],
     );
 }
 
@@ -449,7 +448,7 @@ fn crls_are_checked_against_the_issuing_ca_and_for_staleness() {
         &f,
         &rejected(&f, &with_crl("forged.crl")),
         &[("revocation.crl_files[0]", &|p| {
-            crl_error(p, &forged, "BadSignature")
+            crl_error(p, &forged, CrlError::BadSignature)
         })],
     );
 

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::identity::{SanKind, TrustAnchor};
 use crate::token::TokenSettings;
 
-pub use build::{LoadError, Loaded, Problem, Warning};
+pub use build::{CrlError, LoadError, Loaded, Problem, Warning};
 
 /// Signing secrets shorter than this are refused (HS256 wants ≥ 256 bits).
 pub const MIN_SECRET_BYTES: usize = 32;
