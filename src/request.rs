@@ -147,7 +147,9 @@ mod tests {
 
     #[test]
     fn headers_are_read_from_both_maps() {
-        let single = |h: &HttpRequest, name: &str| Headers { http: Some(h) }.single(name);
+        fn single<'q>(h: &'q HttpRequest, name: &str) -> Header<'q> {
+            Headers { http: Some(h) }.single(name)
+        }
         let h = http(&[("x-api-key", "a")], &[]);
         assert_eq!(single(&h, "x-api-key"), Header::One(b"a"));
         let h = http(&[], &[("x-api-key", b"b")]);
