@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::procs::{Echo, Envoy, Sidecar, envoy_binary, free_port};
-use common::{Fixture, Svc, unix_now};
+use common::procs::{Echo, Envoy, Sidecar, envoy_binary};
+use common::{Fixture, ListenAddr, Svc, tcp0, unix_now};
 use serde::Deserialize;
 use serde_yaml::Value;
 use service_auth::config::{RegistryFile, StaticConfig, parse_yaml};
@@ -136,17 +136,18 @@ fn dev_pki_keeps_secrets_private_and_refuses_to_overwrite() {
 async fn dev_pki_output_gives_an_allowed_call_through_real_envoy() {
     let pki = DevPki::generate();
 
-    // The generated config, listening on a free port instead of 9191.
-    let sidecar_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut config: Value = serde_yaml::from_str(&pki.read("service-auth.yaml")).unwrap();
-    config["listen"]["grpc"] = sidecar_addr.to_string().into();
+    // The generated config, listening on a kernel-chosen port instead of
+    // 9191 (its relative paths still resolve against the same directory).
+    let generated = pki.dir.join("service-auth.yaml");
+    let mut config: StaticConfig = parse_yaml(&generated, &pki.read("service-auth.yaml")).unwrap();
+    config.listen.grpc = tcp0();
     let config_path = pki.dir.join("service-auth.test.yaml");
     std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    let _sidecar = Sidecar::start(&config_path, sidecar_addr).await;
+    let sidecar = Sidecar::start(&config_path).await;
 
     let echo = Echo::start().await;
     // Envoy's working directory is the dev-pki output: certs/ as generated.
-    let envoy = Envoy::shipped(&pki.dir, sidecar_addr, echo.addr).await;
+    let envoy = Envoy::shipped(&pki.dir, sidecar.addr(), echo.addr).await;
     let base = envoy.base_url();
     let api = client(&pki, "api_service");
     let billing = client(&pki, "billing");
@@ -232,9 +233,8 @@ fn client(pki: &DevPki, service: &str) -> reqwest::Client {
 #[tokio::test]
 async fn health_exits_zero_only_when_serving_over_tcp_and_unix() {
     let fixture = Fixture::new(&[Svc::new("a", "spiffe://t/a", "key-a-0123456789")]);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = fixture.write_config(&addr.to_string(), "");
-    let sidecar = Sidecar::start(&config, addr).await;
+    let sidecar = Sidecar::start(&fixture.write_config(&fixture.static_config(tcp0()))).await;
+    let addr = sidecar.addr();
     let out = run(bin().arg("health").arg("--addr").arg(addr.to_string()));
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
@@ -245,7 +245,7 @@ async fn health_exits_zero_only_when_serving_over_tcp_and_unix() {
     // Over a Unix socket, with the address taken from the config (as the
     // Docker HEALTHCHECK does through SERVICE_AUTH_CONFIG).
     let socket = fixture.path().join("authz.sock");
-    let config = fixture.write_config(&format!("unix:{}", socket.display()), "");
+    let config = fixture.write_config(&fixture.static_config(ListenAddr::Unix(socket.clone())));
     let mut child = bin()
         .arg("serve")
         .arg("--config")
@@ -717,34 +717,33 @@ fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
     // Every file the registry names is in a Secret mount; with dev-pki files
     // in their place, the registry is valid as a whole.
     let pki = DevPki::generate();
-    let mut relocated = registry_text.clone();
-    let mut named: Vec<String> = registry
-        .token
-        .keys
-        .iter()
-        .filter_map(|k| k.secret_file.as_ref())
-        .map(|p| p.to_str().unwrap().to_owned())
-        .collect();
-    named.extend(
-        registry
-            .services
-            .iter()
-            .filter_map(|s| s.ca_file.as_ref())
-            .map(|p| p.to_str().unwrap().to_owned()),
-    );
-    assert!(!named.is_empty());
-    for path in named {
-        let (kind, _, key) = source(&path);
-        assert_eq!(kind, "Secret", "{path} should come from a Secret");
-        let stand_in = match key.as_str() {
+    let stand_in = |path: &mut PathBuf| {
+        let (kind, _, key) = source(path.to_str().unwrap());
+        assert_eq!(kind, "Secret", "{} should come from a Secret", path.display());
+        *path = match key.as_str() {
             "jwt-signing.key" => pki.dir.join("secrets/jwt-signing.key"),
             "ca.crt" => pki.dir.join("certs/ca.crt"),
             other => panic!("unexpected file {other}"),
         };
-        relocated = relocated.replace(&path, stand_in.to_str().unwrap());
+    };
+    let mut relocated = registry.clone();
+    let secret_files = relocated
+        .token
+        .keys
+        .iter_mut()
+        .filter_map(|k| k.secret_file.as_mut());
+    let ca_files = relocated
+        .services
+        .iter_mut()
+        .filter_map(|s| s.ca_file.as_mut());
+    let mut named = 0;
+    for path in secret_files.chain(ca_files) {
+        stand_in(path);
+        named += 1;
     }
+    assert!(named > 0);
     let file = pki.dir.join("k8s-registry.yaml");
-    std::fs::write(&file, relocated).unwrap();
+    std::fs::write(&file, serde_yaml::to_string(&relocated).unwrap()).unwrap();
     if let Err(errors) = Registry::load(&file) {
         panic!(
             "the Kubernetes registry is invalid: {:?}",

@@ -3,9 +3,8 @@
 
 mod common;
 
-use common::pki::{Ca, ClientSpec, Issued};
-use common::procs::{Echo, Envoy, Sidecar, free_port};
-use common::{Fixture, Svc, unix_now};
+use common::procs::{Echo, Envoy, Sidecar};
+use common::{Ca, ClientSpec, Fixture, Issued, Svc, tcp0, unix_now};
 use service_auth::token;
 
 const A_URI: &str = "spiffe://mesh.test/ns/default/sa/a";
@@ -26,17 +25,15 @@ struct Mesh {
 async fn mesh() -> Mesh {
     let ca = Ca::new("mesh CA");
     let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY), Svc::new("b", B_URI, B_KEY)]);
-    let sidecar_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = fixture.write_config(&sidecar_addr.to_string(), "");
-    let sidecar = Sidecar::start(&config, sidecar_addr).await;
+    let sidecar = Sidecar::start(&fixture.write_config(&fixture.static_config(tcp0()))).await;
     let echo = Echo::start().await;
 
-    ca.write_envoy_certs(fixture.path());
-    let envoy = Envoy::shipped(fixture.path(), sidecar_addr, echo.addr).await;
+    common::write_envoy_certs(&ca, fixture.path());
+    let envoy = Envoy::shipped(fixture.path(), sidecar.addr(), echo.addr).await;
     let base = envoy.base_url();
 
     let a_cert = ca.client(&ClientSpec::uri(A_URI));
-    let a = ca.https_client(&a_cert);
+    let a = common::https_client(&ca, &a_cert);
     Mesh {
         fixture,
         _sidecar: sidecar,

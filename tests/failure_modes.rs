@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::pki::{Ca, ClientSpec};
-use common::procs::{Echo, Envoy, Sidecar, free_port, poll};
-use common::{Fixture, Req, Svc};
-use service_auth::check::{Decision, Reason, decide};
+use common::procs::{Echo, Envoy, Sidecar, poll, refusing_addr};
+use common::{Ca, ClientSpec, Fixture, ListenAddr, Req, Svc, tcp0};
+use service_auth::check::{Decision, Reason};
+use service_auth::testkit::decide;
 use service_auth::token;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -25,7 +25,6 @@ const A_KEY: &str = "key-of-service-a-0123456789";
 
 struct Mesh {
     fixture: Fixture,
-    config: std::path::PathBuf,
     sidecar_addr: SocketAddr,
     _envoy: Envoy,
     echo: Echo,
@@ -33,22 +32,22 @@ struct Mesh {
     base: String,
 }
 
-/// Envoy with the shipped config in front of an echo upstream; the sidecar's
-/// address is reserved but nothing is started on it.
-async fn mesh_without_sidecar() -> Mesh {
+fn fixture() -> Fixture {
+    Fixture::new(&[Svc::new("a", A_URI, A_KEY)])
+}
+
+/// Envoy with the shipped config in front of an echo upstream, sending
+/// Checks to `sidecar_addr`.
+async fn mesh(fixture: Fixture, sidecar_addr: SocketAddr) -> Mesh {
     let ca = Ca::new("mesh CA");
-    let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
-    let sidecar_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = fixture.write_config(&sidecar_addr.to_string(), "");
     let echo = Echo::start().await;
-    ca.write_envoy_certs(fixture.path());
+    common::write_envoy_certs(&ca, fixture.path());
     let envoy = Envoy::shipped(fixture.path(), sidecar_addr, echo.addr).await;
     let base = envoy.base_url();
     let cert = ca.client(&ClientSpec::uri(A_URI));
-    let client = ca.https_client(&cert);
+    let client = common::https_client(&ca, &cert);
     Mesh {
         fixture,
-        config,
         sidecar_addr,
         _envoy: envoy,
         echo,
@@ -81,7 +80,9 @@ async fn call(m: &Mesh, path: &str, key: Option<&str>) -> (u16, Vec<String>) {
 
 #[tokio::test]
 async fn sidecar_down_means_503_and_nothing_reaches_the_upstream() {
-    let m = mesh_without_sidecar().await;
+    // The sidecar's address refuses connections: nothing serves it.
+    let (_down, sidecar_addr) = refusing_addr();
+    let m = mesh(fixture(), sidecar_addr).await;
     for (path, key) in [
         ("/orders", Some(A_KEY)),
         ("/orders", None),
@@ -103,8 +104,9 @@ struct Seen {
 
 #[tokio::test]
 async fn sidecar_restart_under_load_fails_closed_then_recovers() {
-    let m = Arc::new(mesh_without_sidecar().await);
-    let sidecar = Sidecar::start(&m.config, m.sidecar_addr).await;
+    let fixture = fixture();
+    let sidecar = Sidecar::start(&fixture.write_config(&fixture.static_config(tcp0()))).await;
+    let m = Arc::new(mesh(fixture, sidecar.addr()).await);
     let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -141,7 +143,12 @@ async fn sidecar_restart_under_load_fails_closed_then_recovers() {
     }
     let outage_len = seen.lock().await.len();
 
-    let _sidecar = Sidecar::start(&m.config, m.sidecar_addr).await;
+    // The restart binds the address the first run reported (Envoy's
+    // cluster points there).
+    let config = m
+        .fixture
+        .write_config(&m.fixture.static_config(ListenAddr::Tcp(m.sidecar_addr)));
+    let _sidecar = Sidecar::start(&config).await;
     poll(
         "allowed again after the restart",
         Duration::from_secs(30),

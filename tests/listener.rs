@@ -1,6 +1,9 @@
 //! The listener: mTLS and Unix-socket hops through a real Envoy, who is
 //! refused at the handshake, certificate rotation under a running sidecar,
 //! and idle connections that must not starve a normal client.
+//!
+//! Tests that only need a sidecar answering run it in-process; rotation
+//! (read from the process's log) and the socket file run the binary.
 
 mod common;
 
@@ -9,25 +12,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::pki::{Ca, ClientSpec, Issued};
-use common::procs::{Echo, Envoy, EnvoyPorts, Sidecar, envoy_config_variant, free_port, poll};
-use common::{Fixture, Req, Svc, unix_now};
+use common::procs::{Echo, Envoy, EnvoyPorts, Sidecar, envoy_config_variant, poll};
+use common::{Ca, ClientSpec, Fixture, InProcess, Issued, ListenAddr, Req, Svc, tcp0, unix_now};
 use envoy_types::ext_authz::v3::pb::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use service_auth::config::{ListenTls, StaticConfig};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const A_URI: &str = "spiffe://mesh.test/a";
 const A_KEY: &str = "key-of-a-0123456789";
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A fixture whose sidecar listens with `listen.tls`.
-struct TlsSidecar {
+/// A fixture, its CA and certificates, and a config that listens with
+/// `listen.tls` (paths relative to the config file, as an operator writes
+/// them).
+struct TlsSetup {
     fixture: Fixture,
     ca: Ca,
-    sidecar: Sidecar,
     /// Envoy's client certificate for the hop.
     client: Issued,
     served: Issued,
+    config: StaticConfig,
 }
 
 fn write_pair(dir: &Path, name: &str, issued: &Issued) {
@@ -35,45 +40,63 @@ fn write_pair(dir: &Path, name: &str, issued: &Issued) {
     std::fs::write(dir.join(format!("{name}.key")), &issued.key_pem).unwrap();
 }
 
-async fn tls_sidecar() -> TlsSidecar {
+fn tls_setup() -> TlsSetup {
     let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
     let ca = Ca::new("hop CA");
     let tls_dir = fixture.path().join("tls");
     std::fs::create_dir(&tls_dir).unwrap();
-    let served = ca.server("service-auth");
+    let served = ca.server(&["service-auth"]);
     write_pair(&tls_dir, "sidecar", &served);
     std::fs::write(tls_dir.join("ca.crt"), ca.cert_pem()).unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = fixture.write_config(&addr.to_string(), "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("  grpc: {addr}\n"),
-        &format!("  grpc: {addr}\n  tls:\n    cert: tls/sidecar.crt\n    key: tls/sidecar.key\n    client_ca: tls/ca.crt\n"),
-    );
-    std::fs::write(&config, text).unwrap();
-    let sidecar = Sidecar::spawn(&config, addr, &[]);
+    let mut config = fixture.static_config(tcp0());
+    config.listen.tls = Some(ListenTls {
+        cert: "tls/sidecar.crt".into(),
+        key: "tls/sidecar.key".into(),
+        client_ca: "tls/ca.crt".into(),
+    });
     let client = ca.client(&ClientSpec::empty().with_cn("envoy"));
-    let mut tls = TlsSidecar {
+    TlsSetup {
         fixture,
         ca,
-        sidecar,
         client,
         served,
-    };
-    let deadline = std::time::Instant::now() + WAIT;
-    while tls.channel(&tls.client).await.is_err() {
-        tls.sidecar.assert_running();
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the TLS listener never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        config,
     }
-    tls
 }
 
-impl TlsSidecar {
-    async fn channel(&self, identity: &Issued) -> Result<Channel, tonic::transport::Error> {
-        Channel::from_shared(format!("https://{}", self.sidecar.addr))
+impl TlsSetup {
+    /// The sidecar in this process, its TLS paths resolved as `serve`
+    /// resolves them against the config file.
+    async fn in_process(&self) -> InProcess {
+        let mut config = self.config.clone();
+        config.resolve_paths(&self.fixture.path().join("service-auth.yaml"));
+        InProcess::start(&config).await
+    }
+
+    /// The binary, once its TLS listener completes a handshake.
+    async fn binary(&self) -> Sidecar {
+        let mut sidecar = Sidecar::spawn(&self.fixture.write_config(&self.config), &[]);
+        let ListenAddr::Tcp(addr) = sidecar.listening().await else {
+            panic!("a TLS listener is TCP");
+        };
+        let deadline = std::time::Instant::now() + WAIT;
+        while self.channel(addr, &self.client).await.is_err() {
+            sidecar.assert_running();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the TLS listener never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        sidecar
+    }
+
+    async fn channel(
+        &self,
+        addr: SocketAddr,
+        identity: &Issued,
+    ) -> Result<Channel, tonic::transport::Error> {
+        Channel::from_shared(format!("https://{addr}"))
             .unwrap()
             .tls_config(
                 ClientTlsConfig::new()
@@ -130,15 +153,17 @@ async fn presented_certificate(addr: SocketAddr, ca: &Ca, identity: &Issued) -> 
 
 #[tokio::test]
 async fn only_clients_with_a_certificate_from_client_ca_get_in() {
-    let s = tls_sidecar().await;
+    let s = tls_setup();
+    let sidecar = s.in_process().await;
+    let addr = sidecar.addr;
     assert!(
-        allowed(s.channel(&s.client).await.unwrap(), &s.ca)
+        allowed(s.channel(addr, &s.client).await.unwrap(), &s.ca)
             .await
             .unwrap()
     );
 
     // Plaintext gRPC to the TLS port.
-    let plain = Channel::from_shared(format!("http://{}", s.sidecar.addr))
+    let plain = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await;
@@ -150,7 +175,7 @@ async fn only_clients_with_a_certificate_from_client_ca_get_in() {
     }
     // A client certificate from another CA.
     let stranger = Ca::new("another CA").client(&ClientSpec::empty().with_cn("envoy"));
-    let other = s.channel(&stranger).await;
+    let other = s.channel(addr, &stranger).await;
     if let Ok(channel) = other {
         assert!(
             allowed(channel, &s.ca).await.is_err(),
@@ -158,7 +183,7 @@ async fn only_clients_with_a_certificate_from_client_ca_get_in() {
         );
     }
     // No client certificate at all.
-    let anonymous = Channel::from_shared(format!("https://{}", s.sidecar.addr))
+    let anonymous = Channel::from_shared(format!("https://{addr}"))
         .unwrap()
         .tls_config(
             ClientTlsConfig::new()
@@ -178,11 +203,12 @@ async fn only_clients_with_a_certificate_from_client_ca_get_in() {
 
 #[tokio::test]
 async fn rotated_certificate_serves_new_handshakes_and_open_connections_live_on() {
-    let s = tls_sidecar().await;
-    let open = s.channel(&s.client).await.unwrap();
+    let s = tls_setup();
+    let sidecar = s.binary().await;
+    let open = s.channel(sidecar.addr(), &s.client).await.unwrap();
     assert!(allowed(open.clone(), &s.ca).await.unwrap());
     assert_eq!(
-        presented_certificate(s.sidecar.addr, &s.ca, &s.client).await,
+        presented_certificate(sidecar.addr(), &s.ca, &s.client).await,
         Some(s.served.der.clone())
     );
 
@@ -191,7 +217,7 @@ async fn rotated_certificate_serves_new_handshakes_and_open_connections_live_on(
     let half = &s.served.cert_pem[..s.served.cert_pem.len() / 2];
     std::fs::write(&cert_path, half).unwrap();
     poll("the failed TLS reload to be logged", WAIT, || {
-        let log = s.sidecar.log_text();
+        let log = sidecar.log_text();
         async move {
             log.lines()
                 .any(|l| l.contains("listener_tls_reload") && l.contains("failure"))
@@ -200,19 +226,19 @@ async fn rotated_certificate_serves_new_handshakes_and_open_connections_live_on(
     })
     .await;
     assert_eq!(
-        presented_certificate(s.sidecar.addr, &s.ca, &s.client).await,
+        presented_certificate(sidecar.addr(), &s.ca, &s.client).await,
         Some(s.served.der.clone()),
         "a broken file must not replace the serving certificate"
     );
 
     // A complete new pair, written the way cert-manager does (rename).
-    let rotated = s.ca.server("service-auth");
+    let rotated = s.ca.server(&["service-auth"]);
     let tmp = s.tls_dir().join("new");
     std::fs::create_dir(&tmp).unwrap();
     write_pair(&tmp, "sidecar", &rotated);
     std::fs::rename(tmp.join("sidecar.key"), s.tls_dir().join("sidecar.key")).unwrap();
     std::fs::rename(tmp.join("sidecar.crt"), &cert_path).unwrap();
-    let (addr, ca, client, want) = (s.sidecar.addr, &s.ca, &s.client, rotated.der.clone());
+    let (addr, ca, client, want) = (sidecar.addr(), &s.ca, &s.client, rotated.der.clone());
     poll("new handshakes to present the rotated certificate", WAIT, || {
         let want = want.clone();
         async move { (presented_certificate(addr, ca, client).await == Some(want)).then_some(()) }
@@ -225,12 +251,11 @@ async fn rotated_certificate_serves_new_handshakes_and_open_connections_live_on(
 #[tokio::test]
 async fn idle_connections_do_not_starve_a_normal_client() {
     let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = fixture.write_config(
-        &addr.to_string(),
-        "limits:\n  max_connections: 32\n  handshake_timeout: 300ms\n",
-    );
-    let sidecar = Sidecar::start(&config, addr).await;
+    let mut config = fixture.static_config(tcp0());
+    config.limits.max_connections = 32;
+    config.limits.handshake_timeout = Duration::from_millis(300);
+    let sidecar = InProcess::start(&config).await;
+    let addr = sidecar.addr;
     // Far more idle connections than the cap: none sends a byte.
     let mut idle = Vec::new();
     for _ in 0..200 {
@@ -273,8 +298,8 @@ async fn unix_socket_is_private_and_a_stale_one_is_replaced() {
     let socket = fixture.path().join("authz.sock");
     // A stale socket file from a previous run.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-    let config = fixture.write_config(&format!("unix:{}", socket.display()), "");
-    let mut sidecar = Sidecar::spawn(&config, "127.0.0.1:1".parse().unwrap(), &[]);
+    let config = fixture.write_config(&fixture.static_config(ListenAddr::Unix(socket.clone())));
+    let mut sidecar = Sidecar::spawn(&config, &[]);
     let mode = poll("the socket to be served", WAIT, || {
         sidecar.assert_running();
         let socket = socket.clone();
@@ -289,7 +314,7 @@ async fn unix_socket_is_private_and_a_stale_one_is_replaced() {
     // A regular file at the path is never deleted: start-up fails instead.
     let file = fixture.path().join("not-a-socket");
     std::fs::write(&file, "data").unwrap();
-    let config = fixture.write_config(&format!("unix:{}", file.display()), "");
+    let config = fixture.write_config(&fixture.static_config(ListenAddr::Unix(file.clone())));
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_service-auth"))
         .args(["serve", "--config"])
         .arg(&config)
@@ -322,25 +347,22 @@ async fn call_through_envoy(
     sidecar_addr: SocketAddr,
 ) {
     let echo = Echo::start().await;
-    ca.write_envoy_certs(fixture.path());
+    common::write_envoy_certs(ca, fixture.path());
     let certs = fixture.path().join("certs");
     let hop_client = ca.client(&ClientSpec::empty().with_cn("envoy"));
     write_pair(&certs, "envoy-client", &hop_client);
     let ports = EnvoyPorts {
-        listener: free_port(),
-        admin: free_port(),
         sidecar: sidecar_addr,
         app: echo.addr,
     };
-    let _envoy = Envoy::start(
+    let envoy = Envoy::start(
         fixture.path(),
         &envoy_config_variant(variant, &ports, sidecar_socket),
-        &ports,
     )
     .await;
     let caller = ca.client(&ClientSpec::uri(A_URI));
-    let http = ca.https_client(&caller);
-    let url = format!("https://localhost:{}/orders", ports.listener);
+    let http = common::https_client(ca, &caller);
+    let url = format!("{}/orders", envoy.base_url());
     let resp = http
         .get(&url)
         .header("x-api-key", A_KEY)
@@ -368,13 +390,14 @@ async fn call_through_envoy(
 
 #[tokio::test]
 async fn mtls_hop_through_envoy() {
-    let s = tls_sidecar().await;
+    let s = tls_setup();
+    let sidecar = s.in_process().await;
     call_through_envoy(
         "envoy/envoy-mtls-hop.yaml",
         &s.fixture,
         &s.ca,
         None,
-        s.sidecar.addr,
+        sidecar.addr,
     )
     .await;
 }
@@ -383,14 +406,12 @@ async fn mtls_hop_through_envoy() {
 async fn unix_socket_hop_through_envoy() {
     let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
     let socket = fixture.path().join("authz.sock");
-    let config = fixture.write_config(&format!("unix:{}", socket.display()), "");
-    let mut sidecar = Sidecar::spawn(&config, "127.0.0.1:1".parse().unwrap(), &[]);
-    poll("the socket to be served", WAIT, || {
-        sidecar.assert_running();
-        let socket = socket.clone();
-        async move { uds_health(&socket).await }
-    })
-    .await;
+    // In this process: the hop is under test, not the binary.
+    let config = fixture.static_config(ListenAddr::Unix(socket.clone()));
+    let mut sidecar = service_auth::Sidecar::start(&config)
+        .await
+        .expect("start the sidecar");
+    sidecar.ready().await.expect("load the registry");
     let ca = Ca::new("uds mesh CA");
     call_through_envoy(
         "envoy/envoy-uds-hop.yaml",

@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::otlp::Receiver;
-use common::procs::{Sidecar, free_port, poll};
-use common::{Fixture, Req, Svc};
+use common::procs::{Sidecar, poll, refusing_addr};
+use common::{Fixture, Req, Svc, tcp0};
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use opentelemetry_proto::tonic::metrics::v1::metric;
+use service_auth::config::{Otlp, OtlpProtocol, StaticConfig};
 use tonic::transport::Channel;
 
 const A_URI: &str = "spiffe://mesh.test/ns/default/sa/a";
@@ -35,23 +36,30 @@ fn services() -> Vec<Svc> {
     vec![a, Svc::new("b", B_URI, B_KEY)]
 }
 
-fn otlp_config(endpoint: &str, protocol: &str) -> String {
-    format!(
-        "telemetry:\n  service_name: sa-test\n  otlp:\n    endpoint: {endpoint}\n    protocol: {protocol}\n    interval: 200ms\n"
-    )
+/// The fixture's config, exporting to `endpoint` every 200 ms.
+fn otlp_config(fixture: &Fixture, endpoint: &str, protocol: OtlpProtocol) -> StaticConfig {
+    let mut config = fixture.static_config(tcp0());
+    config.telemetry.service_name = Some("sa-test".into());
+    config.telemetry.otlp = Some(Otlp {
+        endpoint: Some(endpoint.into()),
+        protocol: Some(protocol),
+        interval: Some(Duration::from_millis(200)),
+    });
+    config
 }
 
-async fn start(fixture: &Fixture, telemetry: &str) -> Sidecar {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = fixture.write_config(&addr, telemetry);
-    Sidecar::start(&config, addr.parse().unwrap()).await
+/// The fixture's config without telemetry.
+fn plain_config(fixture: &Fixture) -> StaticConfig {
+    fixture.static_config(tcp0())
+}
+
+/// The binary serving `config` (written into the fixture), once SERVING.
+async fn start(fixture: &Fixture, config: &StaticConfig) -> Sidecar {
+    Sidecar::start(&fixture.write_config(config)).await
 }
 
 fn by_principal(principal: &str) -> Req {
-    Req {
-        principal: Some(principal.into()),
-        ..Default::default()
-    }
+    Req::principal(principal)
 }
 
 async fn check(client: &mut AuthorizationClient<Channel>, req: CheckRequest) -> CheckResponse {
@@ -90,9 +98,9 @@ async fn expect_value(rx: &Receiver, name: &str, attrs: &[(&str, &str)], expecte
 
 /// Drives allowed and denied Checks of every kind and a reload, and asserts
 /// each instrument arrives at the receiver with its attributes and counts.
-async fn metrics_arrive(rx: &Receiver, protocol: &str) {
+async fn metrics_arrive(rx: &Receiver, protocol: OtlpProtocol) {
     let fixture = Fixture::new(&services());
-    let sidecar = start(&fixture, &otlp_config(&rx.url(), protocol)).await;
+    let sidecar = start(&fixture, &otlp_config(&fixture, &rx.url(), protocol)).await;
     let mut client = sidecar.client().await;
 
     let mut token = String::new();
@@ -212,7 +220,7 @@ async fn metrics_arrive(rx: &Receiver, protocol: &str) {
         1.0,
     )
     .await;
-    std::fs::write(fixture.registry_path(), "token: [not a mapping\n").unwrap();
+    fixture.write_text("token: [not a mapping\n");
     expect_value(
         rx,
         "service_auth.registry.reloads",
@@ -259,13 +267,13 @@ async fn metrics_arrive(rx: &Receiver, protocol: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_reach_an_otlp_grpc_receiver() {
     let rx = Receiver::grpc().await;
-    metrics_arrive(&rx, "grpc").await;
+    metrics_arrive(&rx, OtlpProtocol::Grpc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_reach_an_otlp_http_receiver() {
     let rx = Receiver::http().await;
-    metrics_arrive(&rx, "http/protobuf").await;
+    metrics_arrive(&rx, OtlpProtocol::HttpProtobuf).await;
 }
 
 /// Without a `telemetry.otlp` block, the standard variables alone turn
@@ -274,12 +282,10 @@ async fn metrics_reach_an_otlp_http_receiver() {
 async fn otel_environment_variables_alone_enable_export() {
     let rx = Receiver::http().await;
     let fixture = Fixture::new(&services());
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = fixture.write_config(&addr, "");
+    let config = fixture.write_config(&plain_config(&fixture));
     let url = rx.url();
     let mut sidecar = Sidecar::spawn(
         &config,
-        addr.parse().unwrap(),
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
@@ -346,13 +352,18 @@ async fn median_check_latency(sidecar: &Sidecar, n: usize) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_collector_costs_checks_nothing_and_memory_stays_bounded() {
     let baseline_fixture = Fixture::new(&services());
-    let baseline = start(&baseline_fixture, "").await;
+    let baseline = start(&baseline_fixture, &plain_config(&baseline_fixture)).await;
     let normal = median_check_latency(&baseline, 300).await;
     drop(baseline);
 
     let fixture = Fixture::new(&services());
-    let closed = format!("http://127.0.0.1:{}", free_port());
-    let sidecar = start(&fixture, &otlp_config(&closed, "grpc")).await;
+    let (_closed_port, closed) = refusing_addr();
+    let closed = format!("http://{closed}");
+    let sidecar = start(
+        &fixture,
+        &otlp_config(&fixture, &closed, OtlpProtocol::Grpc),
+    )
+    .await;
     check_burst(&sidecar, 3_000, 4).await;
     let before = rss_kib(sidecar.pid());
     check_burst(&sidecar, 30_000, 8).await;
@@ -389,16 +400,16 @@ async fn a_hanging_collector_cannot_hold_shutdown() {
             held.push(stream);
         }
     });
-    for protocol in ["grpc", "http/protobuf"] {
+    for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
         let fixture = Fixture::new(&services());
-        let sidecar = start(&fixture, &otlp_config(&endpoint, protocol)).await;
+        let sidecar = start(&fixture, &otlp_config(&fixture, &endpoint, protocol)).await;
         check_burst(&sidecar, 600, 2).await;
         let started = Instant::now();
         let status = sidecar.terminate();
-        assert!(status.success(), "{protocol}: {status}");
+        assert!(status.success(), "{protocol:?}: {status}");
         assert!(
             started.elapsed() < Duration::from_secs(8),
-            "{protocol}: shutdown took {:?}",
+            "{protocol:?}: shutdown took {:?}",
             started.elapsed()
         );
     }
@@ -411,7 +422,11 @@ async fn a_hanging_collector_cannot_hold_shutdown() {
 async fn random_unknown_principals_create_no_attribute_values() {
     let rx = Receiver::grpc().await;
     let fixture = Fixture::new(&services());
-    let sidecar = start(&fixture, &otlp_config(&rx.url(), "grpc")).await;
+    let sidecar = start(
+        &fixture,
+        &otlp_config(&fixture, &rx.url(), OtlpProtocol::Grpc),
+    )
+    .await;
     let mut client = sidecar.client().await;
     let n = 300;
     for i in 0..n {
@@ -459,9 +474,10 @@ async fn health_is_not_serving_until_the_registry_is_loaded() {
         .status()
         .unwrap();
     assert!(made.success());
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = fixture.write_config(&addr, "");
-    let mut sidecar = Sidecar::spawn(&config, addr.parse().unwrap(), &[]);
+    let config = fixture.write_config(&plain_config(&fixture));
+    let mut sidecar = Sidecar::spawn(&config, &[]);
+    // The listener is up before the registry loads: health can answer.
+    sidecar.listening().await;
 
     for service in ["", AUTHZ_SERVICE] {
         let status = poll("a health answer", Duration::from_secs(30), || {
@@ -550,8 +566,8 @@ fn open_check(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_completes_in_flight_checks_and_exits_zero() {
     let fixture = Fixture::new(&services());
-    let sidecar = start(&fixture, "").await;
-    let stream = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    let sidecar = start(&fixture, &plain_config(&fixture)).await;
+    let stream = tokio::net::TcpStream::connect(sidecar.addr()).await.unwrap();
     let (mut h2, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
@@ -565,11 +581,11 @@ async fn sigterm_completes_in_flight_checks_and_exits_zero() {
     let half = frame.len() / 2;
     let mut in_flight = Vec::new();
     for _ in 0..20 {
-        in_flight.push(open_check(&mut h2, sidecar.addr, frame[..half].to_vec()));
+        in_flight.push(open_check(&mut h2, sidecar.addr(), frame[..half].to_vec()));
     }
     // A complete Check on the same connection: once it is answered, the
     // server has read every earlier stream's headers, so those are in flight.
-    let (done, marker) = open_check(&mut h2, sidecar.addr, frame.clone());
+    let (done, marker) = open_check(&mut h2, sidecar.addr(), frame.clone());
     drop(done);
     assert_eq!(code(&marker.await.unwrap().unwrap()), 0);
 
@@ -605,7 +621,7 @@ async fn sigterm_completes_in_flight_checks_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_carry_denials_and_reloads_but_no_credentials() {
     let fixture = Fixture::new(&services());
-    let sidecar = start(&fixture, "").await;
+    let sidecar = start(&fixture, &plain_config(&fixture)).await;
     let mut client = sidecar.client().await;
 
     let mut secrets = vec![

@@ -463,3 +463,16 @@ impl Drop for Echo {
         self.task.abort();
     }
 }
+
+/// A loopback address that refuses connections for as long as the returned
+/// socket lives: it is bound but never listens, so the port is never
+/// released for another process to take (a dead collector, a sidecar that
+/// is down).
+pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind a loopback port");
+    let addr = socket.local_addr().expect("the bound address");
+    (socket, addr)
+}
