@@ -719,7 +719,12 @@ fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
     let pki = DevPki::generate();
     let stand_in = |path: &mut PathBuf| {
         let (kind, _, key) = source(path.to_str().unwrap());
-        assert_eq!(kind, "Secret", "{} should come from a Secret", path.display());
+        assert_eq!(
+            kind,
+            "Secret",
+            "{} should come from a Secret",
+            path.display()
+        );
         *path = match key.as_str() {
             "jwt-signing.key" => pki.dir.join("secrets/jwt-signing.key"),
             "ca.crt" => pki.dir.join("certs/ca.crt"),

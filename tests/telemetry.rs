@@ -567,7 +567,9 @@ fn open_check(
 async fn sigterm_completes_in_flight_checks_and_exits_zero() {
     let fixture = Fixture::new(&services());
     let sidecar = start(&fixture, &plain_config(&fixture)).await;
-    let stream = tokio::net::TcpStream::connect(sidecar.addr()).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(sidecar.addr())
+        .await
+        .unwrap();
     let (mut h2, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
