@@ -36,6 +36,23 @@ fn services() -> Vec<Svc> {
     vec![a, Svc::new("b", B_URI, B_KEY)]
 }
 
+/// A fixture for [`services`] that identifies callers by Envoy's
+/// `source.principal`: these tests are about what the sidecar reports, not
+/// about how it establishes identity.
+fn fixture() -> Fixture {
+    let fixture = Fixture::new(&services());
+    write_registry(&fixture, &services());
+    fixture
+}
+
+/// Writes the registry for `services` with
+/// `identity.require_certificate: false` (principal-only callers).
+fn write_registry(fixture: &Fixture, services: &[Svc]) {
+    let mut file = fixture.registry_file(services);
+    file.identity.require_certificate = false;
+    fixture.write(&file);
+}
+
 /// The fixture's config, exporting to `endpoint` every 200 ms.
 fn otlp_config(fixture: &Fixture, endpoint: &str, protocol: OtlpProtocol) -> StaticConfig {
     let mut config = fixture.static_config(tcp0());
@@ -99,7 +116,7 @@ async fn expect_value(rx: &Receiver, name: &str, attrs: &[(&str, &str)], expecte
 /// Drives allowed and denied Checks of every kind and a reload, and asserts
 /// each instrument arrives at the receiver with its attributes and counts.
 async fn metrics_arrive(rx: &Receiver, protocol: OtlpProtocol) {
-    let fixture = Fixture::new(&services());
+    let fixture = fixture();
     let sidecar = start(&fixture, &otlp_config(&fixture, &rx.url(), protocol)).await;
     let mut client = sidecar.client().await;
 
@@ -211,7 +228,7 @@ async fn metrics_arrive(rx: &Receiver, protocol: OtlpProtocol) {
     // A good reload, then a broken one that is refused.
     let mut more = services();
     more.push(Svc::new("c", C_URI, C_KEY));
-    fixture.write_registry(&more);
+    write_registry(&fixture, &more);
     expect_value(rx, "service_auth.registry.services", &[], 3.0).await;
     expect_value(
         rx,
@@ -281,7 +298,7 @@ async fn metrics_reach_an_otlp_http_receiver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otel_environment_variables_alone_enable_export() {
     let rx = Receiver::http().await;
-    let fixture = Fixture::new(&services());
+    let fixture = fixture();
     let config = fixture.write_config(&plain_config(&fixture));
     let url = rx.url();
     let mut sidecar = Sidecar::spawn(
@@ -351,12 +368,12 @@ async fn median_check_latency(sidecar: &Sidecar, n: usize) -> Duration {
 /// still exits 0 promptly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_collector_costs_checks_nothing_and_memory_stays_bounded() {
-    let baseline_fixture = Fixture::new(&services());
+    let baseline_fixture = fixture();
     let baseline = start(&baseline_fixture, &plain_config(&baseline_fixture)).await;
     let normal = median_check_latency(&baseline, 300).await;
     drop(baseline);
 
-    let fixture = Fixture::new(&services());
+    let fixture = fixture();
     let (_closed_port, closed) = refusing_addr();
     let closed = format!("http://{closed}");
     let sidecar = start(
@@ -401,7 +418,7 @@ async fn a_hanging_collector_cannot_hold_shutdown() {
         }
     });
     for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
-        let fixture = Fixture::new(&services());
+        let fixture = fixture();
         let sidecar = start(&fixture, &otlp_config(&fixture, &endpoint, protocol)).await;
         check_burst(&sidecar, 600, 2).await;
         let started = Instant::now();
@@ -421,7 +438,7 @@ async fn a_hanging_collector_cannot_hold_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_unknown_principals_create_no_attribute_values() {
     let rx = Receiver::grpc().await;
-    let fixture = Fixture::new(&services());
+    let fixture = fixture();
     let sidecar = start(
         &fixture,
         &otlp_config(&fixture, &rx.url(), OtlpProtocol::Grpc),
@@ -466,7 +483,7 @@ async fn random_unknown_principals_create_no_attribute_values() {
 /// 503, SERVING once it is installed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_not_serving_until_the_registry_is_loaded() {
-    let fixture = Fixture::new(&services());
+    let fixture = fixture();
     let secret = fixture.path().join("secrets/jwt.key");
     std::fs::remove_file(&secret).unwrap();
     let made = std::process::Command::new("mkfifo")
@@ -565,7 +582,7 @@ fn open_check(
 /// of them still gets its CheckResponse, and the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_completes_in_flight_checks_and_exits_zero() {
-    let fixture = Fixture::new(&services());
+    let fixture = fixture();
     let sidecar = start(&fixture, &plain_config(&fixture)).await;
     let stream = tokio::net::TcpStream::connect(sidecar.addr())
         .await
@@ -622,7 +639,7 @@ async fn sigterm_completes_in_flight_checks_and_exits_zero() {
 /// reload gets its one line with the fields an operator needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_carry_denials_and_reloads_but_no_credentials() {
-    let fixture = Fixture::new(&services());
+    let fixture = fixture();
     let sidecar = start(&fixture, &plain_config(&fixture)).await;
     let mut client = sidecar.client().await;
 
@@ -684,7 +701,7 @@ async fn logs_carry_denials_and_reloads_but_no_credentials() {
     );
     let mut more = services();
     more.push(Svc::new("c", C_URI, C_KEY));
-    fixture.write_registry(&more);
+    write_registry(&fixture, &more);
     poll("the reload log line", Duration::from_secs(10), || {
         let log = sidecar.log_text();
         async move { log.contains(r#""event":"registry_reload""#).then_some(()) }
