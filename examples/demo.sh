@@ -10,10 +10,12 @@
 # and curl. Uses the ports of envoy/envoy.yaml, which must be free:
 #   10000 Envoy's mTLS listener   9901 Envoy's admin (loopback)
 #    9191 the sidecar (loopback)  8080 the upstream app (loopback)
-# To use other ports, change them here and in a copy of envoy/envoy.yaml.
+# To use other ports, change them here and in a copy of envoy/envoy.yaml
+# named by ENVOY_CONFIG.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+ENVOY_CONFIG=${ENVOY_CONFIG:-$repo/envoy/envoy.yaml}
 
 LISTENER_PORT=10000
 ADMIN_PORT=9901
@@ -96,8 +98,8 @@ say "sidecar: service-auth serve --config $CONFIG"
 pids+=($!)
 wait_for "the sidecar" "$!" "$DIR/sidecar.log" "$BIN" health --config "$CONFIG"
 
-say "envoy -c envoy/envoy.yaml, working directory $DIR (it reads certs/ from there)"
-(cd "$DIR" && exec envoy -c "$repo/envoy/envoy.yaml" --disable-hot-restart --log-level warn) \
+say "envoy -c $ENVOY_CONFIG, working directory $DIR (it reads certs/ from there)"
+(cd "$DIR" && exec envoy -c "$ENVOY_CONFIG" --disable-hot-restart --log-level warn) \
   >"$DIR/envoy.log" 2>&1 &
 pids+=($!)
 wait_for "Envoy" "$!" "$DIR/envoy.log" curl -fsS "http://127.0.0.1:$ADMIN_PORT/ready"
