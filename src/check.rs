@@ -23,7 +23,7 @@ pub const MAX_API_KEY_LEN: usize = 512;
 pub const MAX_SCOPE_LEN: usize = 4096;
 
 /// The header verify mode sets to the verified token's subject.
-pub const SERVICE_ID_HEADER: &str = "x-service-id";
+pub use crate::registry::SERVICE_ID_HEADER;
 
 /// Seconds since the Unix epoch: the `now` every decision and token is
 /// judged at. A clock before 1970 reads as 0, which fails every validity

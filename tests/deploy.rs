@@ -552,7 +552,7 @@ fn observability_configs_agree_with_compose_and_the_spec_metrics() {
             .ends_with(":4317")
     );
 
-    // Every SPEC instrument has a panel, under its Prometheus name.
+    // Every instrument in docs/operations.md has a panel, under its Prometheus name.
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
             repo().join("config/observability/grafana/dashboards/service-auth.json"),

@@ -1,4 +1,4 @@
-//! Registry validation: every rule in the SPEC's "a registry is rejected if"
+//! Registry validation: every rule for when a registry is rejected (docs/configuration.md)
 //! list, each error reported with its file, its YAML path and its kind.
 
 mod common;

@@ -247,7 +247,7 @@ async fn metrics_arrive(rx: &Receiver, protocol: OtlpProtocol) {
     .await;
     expect_value(rx, "service_auth.registry.services", &[], 3.0).await;
 
-    // Kinds and units as the SPEC's table has them.
+    // Kinds and units as the metrics table in docs/operations.md has them.
     let kind = |name: &str| rx.metric(name).and_then(|m| m.data).unwrap();
     for name in [
         checks,

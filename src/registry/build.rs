@@ -138,7 +138,7 @@ const RESERVED_HEADERS: [&str; 9] = [
     "te",
     "connection",
     "transfer-encoding",
-    crate::check::SERVICE_ID_HEADER,
+    super::SERVICE_ID_HEADER,
     "x-forwarded-client-cert",
 ];
 

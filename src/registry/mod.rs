@@ -24,6 +24,10 @@ use crate::token::TokenSettings;
 
 pub use build::{CrlError, LoadError, Loaded, Problem, Warning};
 
+/// The header verify mode sets to the verified token's subject; no registry
+/// header may take its name.
+pub const SERVICE_ID_HEADER: &str = "x-service-id";
+
 /// Signing secrets shorter than this are refused (HS256 wants ≥ 256 bits).
 pub const MIN_SECRET_BYTES: usize = 32;
 
