@@ -5,8 +5,9 @@
 //! peer certificate, `check` decides (a pure function), `token` signs and
 //! verifies, `server` translates to and from gRPC on the connections
 //! `listener` accepts, and `telemetry` observes the result.
-//! Beside that flow: `health` probes a running sidecar, and `devpki`
-//! generates the development-only demo PKI.
+//! Beside that flow: `health` probes a running sidecar, `devpki`
+//! generates the development-only demo PKI, and `trust` validates
+//! certificate chains, CRLs and SPIFFE IDs against CA bundles.
 
 pub mod check;
 pub mod config;
@@ -19,3 +20,4 @@ pub mod reload;
 pub mod server;
 pub mod telemetry;
 pub mod token;
+pub mod trust;
