@@ -36,7 +36,9 @@ fn bench(c: &mut Criterion) {
     let mut leaf = CertificateParams::default();
     leaf.distinguished_name.push(DnType::CommonName, "workload");
     leaf.subject_alt_names = vec![SanType::URI(
-        "spiffe://mesh.bench/ns/default/sa/caller".try_into().unwrap(),
+        "spiffe://mesh.bench/ns/default/sa/caller"
+            .try_into()
+            .unwrap(),
     )];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let leaf = leaf
