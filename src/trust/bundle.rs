@@ -1,6 +1,7 @@
 //! CA bundles and chain validation with rustls-webpki (the policy is
 //! described in the parent module).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
@@ -143,7 +144,12 @@ impl Bundle {
     /// Parses a PEM bundle. Every block must be a CA certificate; text
     /// between blocks is ignored. Duplicate certificates are kept once.
     pub fn from_pem(pem: &[u8]) -> Result<Bundle, BundleError> {
-        let mut ders: Vec<Vec<u8>> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut certs = Vec::new();
+        let mut anchors = Vec::new();
+        let mut anchor_cert = Vec::new();
+        let mut intermediates = Vec::new();
+        let mut hasher = Sha256::new();
         for (i, block) in Pem::iter_from_buffer(pem).enumerate() {
             let index = i + 1;
             let block = block.map_err(|_| BundleError::Pem { index })?;
@@ -153,36 +159,23 @@ impl Bundle {
                     label: printable_label(&block.label),
                 });
             }
-            if !ders.contains(&block.contents) {
-                ders.push(block.contents);
+            if !seen.insert(Sha256::digest(&block.contents)) {
+                continue;
             }
-        }
-        if ders.is_empty() {
-            return Err(BundleError::Empty);
-        }
-        let mut certs = Vec::with_capacity(ders.len());
-        for (i, der) in ders.into_iter().enumerate() {
-            certs.push(parse_ca(der, i + 1)?);
-        }
-        let mut anchors = Vec::new();
-        let mut anchor_cert = Vec::new();
-        let mut intermediates = Vec::new();
-        let mut hasher = Sha256::new();
-        for (i, cert) in certs.iter().enumerate() {
+            let (cert, anchor) = parse_ca(block.contents, index)?;
             hasher.update((cert.der.len() as u64).to_be_bytes());
             hasher.update(cert.der.as_ref());
-            if cert.is_root {
-                let anchor = webpki::anchor_from_trusted_cert(&cert.der).map_err(|_| {
-                    BundleError::Unsupported {
-                        index: i + 1,
-                        subject: cert.subject.clone(),
-                    }
-                })?;
-                anchors.push(anchor.to_owned());
-                anchor_cert.push(i);
-            } else {
-                intermediates.push(cert.der.clone());
+            match anchor {
+                Some(anchor) => {
+                    anchors.push(anchor);
+                    anchor_cert.push(certs.len());
+                }
+                None => intermediates.push(cert.der.clone()),
             }
+            certs.push(cert);
+        }
+        if certs.is_empty() {
+            return Err(BundleError::Empty);
         }
         Ok(Bundle {
             certs,
@@ -465,7 +458,12 @@ impl ExtendedKeyUsageValidator for ClientAuth {
     }
 }
 
-fn parse_ca(der: Vec<u8>, index: usize) -> Result<CaCertificate, BundleError> {
+/// Parses block `index` of a bundle; a self-signed CA also yields its
+/// trust anchor.
+fn parse_ca(
+    der: Vec<u8>,
+    index: usize,
+) -> Result<(CaCertificate, Option<TrustAnchor<'static>>), BundleError> {
     let (rest, cert) =
         X509Certificate::from_der(&der).map_err(|_| BundleError::Malformed { index })?;
     if !rest.is_empty() {
@@ -476,13 +474,21 @@ fn parse_ca(der: Vec<u8>, index: usize) -> Result<CaCertificate, BundleError> {
         Ok(Some(bc)) if bc.value.ca => bc.value.path_len_constraint,
         _ => return Err(BundleError::NotCa { index, subject }),
     };
-    // The subject webpki matches an issuer against; also rejects early what
-    // path building would choke on at every verification.
-    if EndEntityCert::try_from(&CertificateDer::from(der.as_slice())).is_err() {
-        return Err(BundleError::Unsupported { index, subject });
-    }
+    // Refuse at load what webpki would fail to parse at every verification.
+    let unsupported = || BundleError::Unsupported {
+        index,
+        subject: subject.clone(),
+    };
+    let webpki_der = CertificateDer::from(der.as_slice());
+    EndEntityCert::try_from(&webpki_der).map_err(|_| unsupported())?;
     let is_root =
         cert.subject().as_raw() == cert.issuer().as_raw() && cert.verify_signature(None).is_ok();
+    let anchor = if is_root {
+        let anchor = webpki::anchor_from_trusted_cert(&webpki_der).map_err(|_| unsupported())?;
+        Some(anchor.to_owned())
+    } else {
+        None
+    };
     let uri_name_constraints = match cert.name_constraints() {
         Ok(Some(nc)) => [&nc.value.permitted_subtrees, &nc.value.excluded_subtrees]
             .into_iter()
@@ -492,7 +498,7 @@ fn parse_ca(der: Vec<u8>, index: usize) -> Result<CaCertificate, BundleError> {
         _ => false,
     };
     let validity = cert.validity();
-    Ok(CaCertificate {
+    let info = CaCertificate {
         not_before: validity.not_before.timestamp(),
         not_after: validity.not_after.timestamp(),
         is_root,
@@ -502,7 +508,8 @@ fn parse_ca(der: Vec<u8>, index: usize) -> Result<CaCertificate, BundleError> {
         uri_name_constraints,
         subject,
         der: CertificateDer::from(der),
-    })
+    };
+    Ok((info, anchor))
 }
 
 /// The leaf's validity window, when it parses.
@@ -817,6 +824,9 @@ mod tests {
                 subject: "CN=workload".into()
             }
         );
+        // Indexes count PEM blocks in the file, duplicates included.
+        let err = Bundle::from_pem(format!("{0}{0}{leaf_pem}", root.pem()).as_bytes());
+        assert!(matches!(err, Err(BundleError::NotCa { index: 3, .. })));
         let key = KeyPair::generate().unwrap().serialize_pem();
         assert!(matches!(
             Bundle::from_pem(key.as_bytes()),

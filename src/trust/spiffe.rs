@@ -53,15 +53,21 @@ pub enum SvidError {
 pub fn svid_trust_domain<'a>(
     uri_sans: impl IntoIterator<Item = &'a str>,
 ) -> Result<Option<&'a str>, SvidError> {
-    let uris: Vec<&str> = uri_sans.into_iter().collect();
-    let is_spiffe = |u: &&str| {
+    let is_spiffe = |u: &str| {
         u.get(..7)
             .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"))
     };
-    let Some(spiffe) = uris.iter().copied().find(is_spiffe) else {
+    let (mut count, mut spiffe) = (0usize, None);
+    for uri in uri_sans {
+        count += 1;
+        if spiffe.is_none() && is_spiffe(uri) {
+            spiffe = Some(uri);
+        }
+    }
+    let Some(spiffe) = spiffe else {
         return Ok(None);
     };
-    if uris.len() != 1 {
+    if count != 1 {
         return Err(SvidError::NotSoleUri);
     }
     trust_domain(spiffe).map(Some).ok_or(SvidError::Malformed)
