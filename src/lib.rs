@@ -4,8 +4,9 @@
 //! listed before it):
 //!
 //! * `config` parses the two YAML files into typed structs;
-//! * `identity` parses the forwarded peer certificate; `token` issues and
-//!   verifies mesh tokens;
+//! * `identity` parses the forwarded peer certificate; `trust` validates
+//!   certificate chains, CRLs and SPIFFE IDs against CA bundles; `token`
+//!   issues and verifies mesh tokens;
 //! * `registry` validates a registry file into an immutable, indexed
 //!   snapshot and holds the shared `Snapshot` handle;
 //! * `request` parses a `CheckRequest`'s attributes once; `evidence`
@@ -40,6 +41,7 @@ pub mod server;
 pub mod telemetry;
 pub mod testkit;
 pub mod token;
+pub mod trust;
 pub mod watch;
 
 pub use app::{RunError, Sidecar, run};
