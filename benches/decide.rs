@@ -13,7 +13,7 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use service_auth::check::{self, Decision, Grant, Input};
 use service_auth::evidence::{Evidence, EvidenceCache};
 use service_auth::identity::{PeerCertificate, SanKind};
@@ -35,8 +35,8 @@ fn check_once(
 ) -> bool {
     let attributes = Attributes::from_request(req);
     let evidence = match cache {
-        Some(cache) => cache.resolve(attributes.certificate, registry),
-        None => Evidence::from_forwarded(attributes.certificate, registry).map(Arc::new),
+        Some(cache) => cache.resolve(attributes.certificate, registry, now),
+        None => Evidence::from_forwarded(attributes.certificate, registry, now).map(Arc::new),
     };
     let input = Input {
         attributes,

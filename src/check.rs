@@ -15,6 +15,7 @@ use crate::identity::{CertError, PeerCertificate, San};
 use crate::registry::{self, Registry, Service};
 use crate::request::{Attributes, Header, Headers, RouteMode};
 use crate::token::{self, Subject, VerifyError};
+use crate::trust;
 
 /// API keys longer than this are refused without hashing. Generated keys
 /// are 43 characters.
@@ -360,7 +361,7 @@ fn issue<'r>(input: &Input<'_>, registry: &'r Registry, now: i64) -> Decision<'r
     };
     let principal = service.principals.get(principal).map_or("", String::as_str);
 
-    if let Err(reason) = check_trust(service, peer.evidence()) {
+    if let Err(reason) = check_trust(service, peer.evidence(), now) {
         return deny(mode, reason, Some(service));
     }
 
@@ -411,11 +412,13 @@ impl Peer<'_> {
 }
 
 /// Step 1: establish the peer identity and check what does not depend on
-/// which service it claims (shape, validity window, revocation).
+/// which service it claims (shape, validity window, revocation, trust
+/// domain).
 fn peer_identity<'q>(input: &Input<'q>, registry: &Registry, now: i64) -> Result<Peer<'q>, Reason> {
     if let Some(certificate) = input.certificate {
         let evidence = certificate.map_err(cert_reason)?;
         check_certificate(&evidence.certificate, registry, now)?;
+        check_trust_domain(evidence, registry, now)?;
         return Ok(Peer::Certificate(evidence));
     }
     // Envoy's principal is only its guess at the peer (first URI SAN, else
@@ -423,9 +426,20 @@ fn peer_identity<'q>(input: &Input<'q>, registry: &Registry, now: i64) -> Result
     // certificate factor must be there.
     let principal = input.attributes.principal;
     if !principal.is_empty() && !registry.require_certificate {
+        // Without a certificate no chain can be checked: a SPIFFE ID cannot
+        // be vouched for by its trust domain.
+        if registry.has_trust_domains() && is_spiffe_scheme(principal) {
+            return Err(Reason::CertificateUntrusted);
+        }
         return Ok(Peer::Principal(San::from_principal(principal)));
     }
     Err(Reason::MissingIdentity)
+}
+
+/// `spiffe:` in any case: a mis-cased scheme must not dodge the SPIFFE rules.
+fn is_spiffe_scheme(uri: &str) -> bool {
+    uri.get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"))
 }
 
 /// The checks on a certificate that depend on time and the registry, not
@@ -437,10 +451,28 @@ fn check_certificate(cert: &PeerCertificate, registry: &Registry, now: i64) -> R
     if now > cert.not_after {
         return Err(Reason::CertificateExpired);
     }
-    if registry.is_revoked(&cert.serial) {
+    if registry.is_revoked(cert) {
         return Err(Reason::CertificateRevoked);
     }
     Ok(())
+}
+
+/// With `trust_domains`: a certificate with a `spiffe://` SAN must be an
+/// X509-SVID (exactly one URI SAN, a valid SPIFFE ID) of a listed trust
+/// domain, and chain to that domain's bundle now. A certificate without a
+/// SPIFFE ID is left to the services' own `ca_file`.
+fn check_trust_domain(evidence: &Evidence, registry: &Registry, now: i64) -> Result<(), Reason> {
+    if !registry.has_trust_domains() {
+        return Ok(());
+    }
+    match trust::svid_trust_domain(evidence.certificate.uri_sans()) {
+        Ok(None) => Ok(()),
+        Ok(Some(domain)) => match registry.trust_domain(domain) {
+            Some(bundle) if evidence.trusted_by(bundle, now) => Ok(()),
+            _ => Err(Reason::CertificateUntrusted),
+        },
+        Err(_) => Err(Reason::CertificateUntrusted),
+    }
 }
 
 fn cert_reason(e: CertError) -> Reason {
@@ -450,12 +482,12 @@ fn cert_reason(e: CertError) -> Reason {
     }
 }
 
-/// Per-service trust: the issuing CA and certificate pins. A service that
-/// requires either cannot be authenticated by a bare principal.
-fn check_trust(service: &Service, evidence: Option<&Evidence>) -> Result<(), Reason> {
-    if let Some(anchor) = &service.ca {
+/// Per-service trust: the service's CA bundle and certificate pins. A
+/// service that requires either cannot be authenticated by a bare principal.
+fn check_trust(service: &Service, evidence: Option<&Evidence>, now: i64) -> Result<(), Reason> {
+    if let Some(bundle) = &service.ca {
         match evidence {
-            Some(e) if e.issued_by(anchor) => {}
+            Some(e) if e.trusted_by(bundle, now) => {}
             _ => return Err(Reason::CertificateUntrusted),
         }
     }
@@ -596,7 +628,8 @@ fn verify<'r>(input: &Input<'_>, registry: &'r Registry, now: i64) -> Decision<'
             return refuse(Reason::InvalidToken, id, TokenCheck::Unbound);
         }
         let still_good = check_certificate(&evidence.certificate, registry, now)
-            .and_then(|()| check_trust(service, Some(evidence)));
+            .and_then(|()| check_trust_domain(evidence, registry, now))
+            .and_then(|()| check_trust(service, Some(evidence), now));
         if let Err(reason) = still_good {
             return refuse(reason, id, TokenCheck::Unbound);
         }

@@ -7,6 +7,7 @@
 //! Turning a parsed registry into something a Check can use is `registry`'s
 //! job.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -464,6 +465,15 @@ pub struct RegistryFile {
     pub token: TokenSection,
     #[serde(default)]
     pub identity: IdentitySection,
+    /// SPIFFE trust domain -> CA bundle file (PEM roots and intermediates).
+    /// When set, a certificate with a `spiffe://` SAN must chain to its own
+    /// domain's bundle.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_keys::deserialize"
+    )]
+    pub trust_domains: BTreeMap<String, PathBuf>,
     #[serde(default)]
     pub request: RequestSection,
     #[serde(default)]
@@ -602,6 +612,43 @@ mod duration {
     }
 }
 
+/// A map whose keys must be unique: serde's maps keep the last duplicate
+/// silently, and a registry must not pick one of two values for a key.
+mod unique_keys {
+    use std::collections::BTreeMap;
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{Deserialize, Deserializer, Error, MapAccess, Visitor};
+
+    pub fn deserialize<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        V: Deserialize<'de>,
+    {
+        struct Unique<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Unique<V> {
+            type Value = BTreeMap<String, V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((key, value)) = map.next_entry::<String, V>()? {
+                    if out.contains_key(&key) {
+                        return Err(A::Error::custom(format!("duplicate key {key:?}")));
+                    }
+                    out.insert(key, value);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Unique(PhantomData))
+    }
+}
+
 mod optional_duration {
     use super::*;
 
@@ -666,6 +713,10 @@ mod tests {
     fn duplicate_keys_are_rejected() {
         let text = "id: a\nid: b\nprincipals: []\n";
         assert!(serde_yaml::from_str::<ServiceEntry>(text).is_err());
+        // Also among trust domains: which bundle would a domain get?
+        let text = "token: {issuer: i, audience: a, keys: []}\nservices: []\n\
+                    trust_domains:\n  a.test: one.pem\n  a.test: two.pem\n";
+        assert!(serde_yaml::from_str::<RegistryFile>(text).is_err());
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl AuthzService {
     ) -> CheckResponse {
         let now = unix_now();
         let evidence = (!attributes.certificate.is_empty())
-            .then(|| self.evidence.resolve(attributes.certificate, registry));
+            .then(|| self.evidence.resolve(attributes.certificate, registry, now));
         let input = Input {
             attributes: *attributes,
             certificate: evidence

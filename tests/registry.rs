@@ -8,9 +8,10 @@ use std::path::Path;
 
 use common::{Ca, ClientSpec, Fixture, Svc, registry_file, tcp0};
 use service_auth::config::{ConfigError, RegistryFile};
-use service_auth::identity::{AnchorError, SanKind};
+use service_auth::identity::{PeerCertificate, SanKind};
 use service_auth::registry::{CrlError, LoadError, Problem, Registry, Warning};
 use service_auth::token::KeySetError;
+use service_auth::trust::BundleError;
 
 const A_URI: &str = "spiffe://mesh.test/a";
 const B_URI: &str = "spiffe://mesh.test/b";
@@ -315,7 +316,7 @@ fn unreadable_ca_and_crl_files() {
         &rejected(&f, &f.registry_file(&[svc])),
         &[(
             "services[0].ca_file",
-            &|p| matches!(p, Problem::Anchor { path, error: AnchorError::NotCa } if *path == leaf),
+            &|p| matches!(p, Problem::Bundle { path, error: BundleError::NotCa { index: 1, .. } } if *path == leaf),
         )],
     );
 
@@ -461,7 +462,9 @@ fn crls_are_checked_against_the_issuing_ca_and_for_staleness() {
         path: stale_crl,
     };
     assert_eq!(r.warnings(), std::slice::from_ref(&warning));
-    assert!(r.is_revoked(&[1]));
+    let one = ca.client(&ClientSpec::uri(A_URI).serial(&[1]));
+    let one = PeerCertificate::from_pem(one.cert_pem.as_bytes()).unwrap();
+    assert!(r.is_revoked(&one));
     // check-config shows the warning.
     let config = f.write_config(&f.static_config(tcp0()));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_service-auth"))

@@ -177,6 +177,7 @@ pub fn registry_file() -> RegistryFile {
         identity: IdentitySection {
             require_certificate: false,
         },
+        trust_domains: Default::default(),
         request: RequestSection::default(),
         revocation: RevocationSection {
             serials: vec!["0bad".into()],

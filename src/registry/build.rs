@@ -1,20 +1,21 @@
 //! Building a [`Registry`] from the registry file: every rule of the file
 //! format checked once, every error reported with its YAML path as data.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ::time::OffsetDateTime;
 use ::time::format_description::well_known::Rfc3339;
 use sha2::{Digest, Sha256};
-use x509_parser::prelude::{parse_x509_crl, parse_x509_pem};
 
 use super::{
     ApiKey, KeyHash, MIN_SECRET_BYTES, Registry, RequestSettings, Service, next_generation,
 };
 use crate::config::{self, ConfigError, MAX_AUX_FILE_BYTES, RegistryFile, ServiceEntry};
-use crate::identity::{self, AnchorError, San, SanKind, TrustAnchor};
+use crate::identity::{San, SanKind};
 use crate::token::{KeySetError, SigningKey, TokenSettings};
+use crate::trust::{self, Bundle, BundleError, BundleWarning, Crl, Revocations};
 
 /// SHA-256 of the development signing secret shipped in `config/secrets/`.
 /// The sidecar warns loudly when it signs with it.
@@ -89,7 +90,11 @@ pub enum Problem {
     #[error("{0:?} is not a URI or DNS name")]
     InvalidPrincipal(String),
     #[error("{}: {error}", path.display())]
-    Anchor { path: PathBuf, error: AnchorError },
+    Bundle { path: PathBuf, error: BundleError },
+    #[error(
+        "{0:?} is not a valid SPIFFE trust domain name (lower-case letters, digits, '.', '-', '_')"
+    )]
+    InvalidTrustDomain(String),
     #[error("{0:?} is not 64 hex digits")]
     InvalidSha256(String),
     #[error("scope {0:?} must be printable ASCII without spaces or commas")]
@@ -111,10 +116,24 @@ pub enum Problem {
 pub enum CrlError {
     #[error("not a PEM or DER CRL")]
     NotCrl,
-    #[error("the PEM block is {0:?}, not X509 CRL")]
-    WrongPemLabel(String),
+    #[error("the PEM block is not an X509 CRL")]
+    WrongPemLabel,
+    #[error("more than one PEM block: one CRL per file")]
+    Multiple,
     #[error("the CRL signature does not verify against the CA that issued it")]
     BadSignature,
+}
+
+impl From<trust::CrlError> for CrlError {
+    fn from(e: trust::CrlError) -> Self {
+        match e {
+            trust::CrlError::NotCrl => CrlError::WrongPemLabel,
+            trust::CrlError::Multiple => CrlError::Multiple,
+            trust::CrlError::Empty | trust::CrlError::Pem | trust::CrlError::Malformed => {
+                CrlError::NotCrl
+            }
+        }
+    }
 }
 
 /// Something an operator should fix that does not invalidate the registry.
@@ -126,6 +145,34 @@ pub enum Warning {
         "{at} (kid {kid:?}) is the bundled DEVELOPMENT secret: anyone with this repository can forge tokens it accepts; generate your own with `service-auth gen-secret`"
     )]
     DevSecret { at: String, kid: String },
+    /// A certificate of a CA bundle that vouches for nothing (now).
+    #[error("{at}: {}: {warning}", path.display())]
+    Bundle {
+        at: String,
+        path: PathBuf,
+        warning: BundleWarning,
+    },
+    #[error(
+        "{at}: service {service:?} has principals in several SPIFFE trust domains ({}); one workload identity normally lives in one",
+        domains.join(", ")
+    )]
+    PrincipalsSpanDomains {
+        at: String,
+        service: String,
+        domains: Vec<String>,
+    },
+    #[error(
+        "{at}: principal {principal:?} is in trust domain {domain:?}, which trust_domains does not list: no certificate can authenticate it"
+    )]
+    UnlistedTrustDomain {
+        at: String,
+        principal: String,
+        domain: String,
+    },
+    #[error(
+        "{at}: principal {principal:?} uses the spiffe scheme but is not a valid SPIFFE ID: with trust_domains set, no certificate can authenticate it"
+    )]
+    NotSpiffeId { at: String, principal: String },
 }
 
 /// Header names the registry may not give any role: the sidecar would
@@ -163,6 +210,8 @@ impl Registry {
             errors: Vec::new(),
             warnings: Vec::new(),
             sources: vec![path.to_path_buf()],
+            bundles: HashMap::new(),
+            now: OffsetDateTime::now_utc().unix_timestamp(),
         };
         let result = match config::read_yaml::<RegistryFile>(path) {
             Ok(file) => builder.build(file),
@@ -180,6 +229,12 @@ struct Builder<'p> {
     errors: Vec<LoadError>,
     warnings: Vec<Warning>,
     sources: Vec<PathBuf>,
+    /// CA bundles loaded so far, by resolved path: a file several services
+    /// (or a service and a trust domain) name is parsed and warned about once.
+    bundles: HashMap<PathBuf, Arc<Bundle>>,
+    /// When this load happens (Unix seconds): bundle and CRL warnings are
+    /// judged at it.
+    now: i64,
 }
 
 impl Builder<'_> {
@@ -201,6 +256,7 @@ impl Builder<'_> {
     fn build(&mut self, file: RegistryFile) -> Result<Registry, Vec<LoadError>> {
         let token = self.token(&file);
         let request = self.request(&file);
+        let trust_domains = self.trust_domains(&file);
 
         let mut services = Vec::with_capacity(file.services.len());
         let mut by_id = HashMap::with_capacity(file.services.len());
@@ -263,8 +319,9 @@ impl Builder<'_> {
                 services.push(service);
             }
         }
-        let revoked_serials = self.revocations(&file, &services);
+        let revocations = self.revocations(&file);
         self.header_roles(&file);
+        self.principal_domains(&services, &trust_domains);
 
         match (token, request) {
             (Some((token, uses_dev_secret)), Some(request)) if self.errors.is_empty() => {
@@ -280,7 +337,8 @@ impl Builder<'_> {
                     by_uri,
                     by_dns,
                     by_key_hash,
-                    revoked_serials,
+                    trust_domains,
+                    revocations,
                     uses_dev_secret,
                     sources: self.sources.clone(),
                     warnings: std::mem::take(&mut self.warnings),
@@ -421,44 +479,150 @@ impl Builder<'_> {
         }
     }
 
-    /// Revoked serials from the list and the CRL files. A CRL issued by one
-    /// of the services' CAs must carry that CA's signature; a CRL past its
+    /// `trust_domains`: each name must be a valid SPIFFE trust domain and
+    /// each file a CA bundle.
+    fn trust_domains(&mut self, file: &RegistryFile) -> BTreeMap<String, Arc<Bundle>> {
+        let mut domains = BTreeMap::new();
+        for (name, path) in &file.trust_domains {
+            let at = format!("trust_domains[{name:?}]");
+            if !trust::is_valid_trust_domain(name) {
+                self.err(at, Problem::InvalidTrustDomain(name.clone()));
+                continue;
+            }
+            if let Some(bundle) = self.bundle(at, path) {
+                domains.insert(name.clone(), bundle);
+            }
+        }
+        domains
+    }
+
+    /// Loads the CA bundle `relative` names (for the value at `at`). Its
+    /// certificates that vouch for nothing at load time become warnings.
+    fn bundle(&mut self, at: String, relative: &Path) -> Option<Arc<Bundle>> {
+        let full = self.source(relative);
+        if let Some(bundle) = self.bundles.get(&full) {
+            return Some(bundle.clone());
+        }
+        let pem = match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
+            Ok(pem) => pem,
+            Err(e) => {
+                self.err(at, Problem::File(e));
+                return None;
+            }
+        };
+        match Bundle::from_pem(&pem) {
+            Ok(bundle) => {
+                for warning in bundle.warnings(self.now) {
+                    self.warnings.push(Warning::Bundle {
+                        at: at.clone(),
+                        path: full.clone(),
+                        warning,
+                    });
+                }
+                let bundle = Arc::new(bundle);
+                self.bundles.insert(full, bundle.clone());
+                Some(bundle)
+            }
+            Err(error) => {
+                self.err(at, Problem::Bundle { path: full, error });
+                None
+            }
+        }
+    }
+
+    /// Revocations from the serial list (any issuer) and the CRL files (the
+    /// CA that signed each). A CRL whose issuer is in a loaded bundle must
+    /// carry the signature of a CA of that name there; a CRL no bundle
+    /// vouches for is matched by issuer name alone. A CRL past its
     /// `nextUpdate` still revokes (stale revocations are still revocations)
     /// but is reported.
-    fn revocations(&mut self, file: &RegistryFile, services: &[Service]) -> HashSet<Vec<u8>> {
-        let mut serials = HashSet::new();
+    fn revocations(&mut self, file: &RegistryFile) -> Revocations {
+        let mut revocations = Revocations::new();
         for (i, s) in file.revocation.serials.iter().enumerate() {
-            match parse_serial(s) {
-                Some(serial) => {
-                    serials.insert(serial);
-                }
+            match trust::parse_serial(s) {
+                Some(serial) => revocations.revoke_serial(&serial),
                 None => self.err(
                     format!("revocation.serials[{i}]"),
                     Problem::InvalidSerial(s.clone()),
                 ),
             }
         }
-        let anchors: Vec<&TrustAnchor> = services.iter().filter_map(|s| s.ca.as_ref()).collect();
         for (i, crl) in file.revocation.crl_files.iter().enumerate() {
             let full = self.source(crl);
             let at = format!("revocation.crl_files[{i}]");
-            match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
-                Err(e) => self.err(at, Problem::File(e)),
-                Ok(raw) => match read_crl(raw, &anchors) {
-                    Ok(crl) => {
-                        if crl
-                            .next_update
-                            .is_some_and(|t| t < OffsetDateTime::now_utc().unix_timestamp())
-                        {
-                            self.warnings.push(Warning::StaleCrl { at, path: full });
-                        }
-                        serials.extend(crl.serials);
+            let raw = match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    self.err(at, Problem::File(e));
+                    continue;
+                }
+            };
+            let crl = match Crl::parse(&raw) {
+                Ok(crl) => crl,
+                Err(e) => {
+                    let error = CrlError::from(e);
+                    self.err(at, Problem::Crl { path: full, error });
+                    continue;
+                }
+            };
+            // Several trust domains may hold CAs of the same name (SPIRE's
+            // default subject is `C=US, O=SPIFFE`): one of them signing the
+            // CRL is enough; none of them doing so means it is forged.
+            let checks: Vec<bool> = self
+                .bundles
+                .values()
+                .filter_map(|bundle| crl.verify_with(bundle))
+                .collect();
+            if !checks.is_empty() && !checks.contains(&true) {
+                let error = CrlError::BadSignature;
+                self.err(at, Problem::Crl { path: full, error });
+                continue;
+            }
+            if crl.next_update().is_some_and(|t| t < self.now) {
+                self.warnings.push(Warning::StaleCrl { at, path: full });
+            }
+            revocations.add_crl(&crl);
+        }
+        revocations
+    }
+
+    /// Warnings about SPIFFE principals (`check-config` shows them): a
+    /// service whose principals span trust domains, and, with
+    /// `trust_domains`, principals no certificate can ever authenticate.
+    fn principal_domains(&mut self, services: &[Service], domains: &BTreeMap<String, Arc<Bundle>>) {
+        for (i, service) in services.iter().enumerate() {
+            let spanned = service.trust_domains();
+            if spanned.len() > 1 {
+                self.warnings.push(Warning::PrincipalsSpanDomains {
+                    at: format!("services[{i}].principals"),
+                    service: service.id.clone(),
+                    domains: spanned.iter().map(|d| (*d).to_owned()).collect(),
+                });
+            }
+            if domains.is_empty() {
+                continue;
+            }
+            for (j, principal) in service.principals.iter().enumerate() {
+                let at = format!("services[{i}].principals[{j}]");
+                let spiffe_scheme = principal
+                    .get(..7)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("spiffe:"));
+                match trust::trust_domain(principal) {
+                    Some(domain) if !domains.contains_key(domain) => {
+                        self.warnings.push(Warning::UnlistedTrustDomain {
+                            at,
+                            principal: principal.clone(),
+                            domain: domain.to_owned(),
+                        });
                     }
-                    Err(error) => self.err(at, Problem::Crl { path: full, error }),
-                },
+                    None if spiffe_scheme => self.warnings.push(Warning::NotSpiffeId {
+                        at,
+                        principal: principal.clone(),
+                    }),
+                    _ => {}
+                }
             }
         }
-        serials
     }
 
     fn service(&mut self, entry: &ServiceEntry, at: &str) -> Option<Service> {
@@ -479,19 +643,10 @@ impl Builder<'_> {
                 ),
             }
         }
-        let ca = entry.ca_file.as_ref().and_then(|ca| {
-            let full = self.source(ca);
-            let ca_at = format!("{at}.ca_file");
-            match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
-                Err(e) => {
-                    self.err(ca_at, Problem::File(e));
-                    None
-                }
-                Ok(pem) => TrustAnchor::from_pem(&pem)
-                    .map_err(|error| self.err(ca_at, Problem::Anchor { path: full, error }))
-                    .ok(),
-            }
-        });
+        let ca = entry
+            .ca_file
+            .as_ref()
+            .and_then(|ca| self.bundle(format!("{at}.ca_file"), ca));
         let mut pins = Vec::with_capacity(entry.certificate_sha256.len());
         for (j, pin) in entry.certificate_sha256.iter().enumerate() {
             match parse_sha256(pin) {
@@ -586,52 +741,6 @@ fn parse_sha256(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Accepts `4f1a`, `4F:1A`, `0x4f1a`; returns the normalized big-endian bytes.
-fn parse_serial(s: &str) -> Option<Vec<u8>> {
-    let s = s.strip_prefix("0x").unwrap_or(s);
-    let mut digits: String = s.chars().filter(|&c| c != ':').collect();
-    if digits.is_empty() {
-        return None;
-    }
-    if digits.len() % 2 == 1 {
-        digits.insert(0, '0');
-    }
-    let bytes = hex::decode(digits).ok()?;
-    Some(identity::normalize_serial(&bytes).to_vec())
-}
-
-struct Crl {
-    serials: Vec<Vec<u8>>,
-    next_update: Option<i64>,
-}
-
-/// Parses a PEM or DER CRL, checking its signature when one of `anchors`
-/// issued it.
-fn read_crl(raw: Vec<u8>, anchors: &[&TrustAnchor]) -> Result<Crl, CrlError> {
-    let der = if raw.starts_with(b"-----BEGIN") {
-        let (_, pem) = parse_x509_pem(&raw).map_err(|_| CrlError::NotCrl)?;
-        if pem.label != "X509 CRL" {
-            return Err(CrlError::WrongPemLabel(pem.label));
-        }
-        pem.contents
-    } else {
-        raw
-    };
-    let (_, crl) = parse_x509_crl(&der).map_err(|_| CrlError::NotCrl)?;
-    for anchor in anchors {
-        if anchor.verifies_crl(&crl) == Some(false) {
-            return Err(CrlError::BadSignature);
-        }
-    }
-    Ok(Crl {
-        serials: crl
-            .iter_revoked_certificates()
-            .map(|r| identity::normalize_serial(r.raw_serial()).to_vec())
-            .collect(),
-        next_update: crl.next_update().map(|t| t.timestamp()),
-    })
-}
-
 fn trim_trailing_newline(mut bytes: Vec<u8>) -> Vec<u8> {
     while matches!(bytes.last(), Some(b'\n' | b'\r')) {
         bytes.pop();
@@ -642,16 +751,6 @@ fn trim_trailing_newline(mut bytes: Vec<u8>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn serials_parse_in_common_spellings() {
-        assert_eq!(parse_serial("4f1a"), Some(vec![0x4f, 0x1a]));
-        assert_eq!(parse_serial("00:4F:1A"), Some(vec![0x4f, 0x1a]));
-        assert_eq!(parse_serial("0x4f1a"), Some(vec![0x4f, 0x1a]));
-        assert_eq!(parse_serial("f1a"), Some(vec![0x0f, 0x1a]));
-        assert_eq!(parse_serial("zz"), None);
-        assert_eq!(parse_serial(""), None);
-    }
 
     #[test]
     fn principals_are_validated() {

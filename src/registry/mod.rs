@@ -3,7 +3,7 @@
 //! Checks find the current one.
 //!
 //! A [`Registry`] is immutable. It is built from the registry file (plus the
-//! secret, CA and CRL files it names) in one go by [`Registry::load`], and
+//! secret, CA bundle and CRL files it names) in one go by [`Registry::load`], and
 //! either the whole thing is valid or nothing replaces the snapshot that is
 //! serving. Each error carries the file and the YAML path it concerns as
 //! data ([`LoadError`], [`Problem`]). A [`Snapshot`] is the one shared
@@ -11,7 +11,7 @@
 
 mod build;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwapOption;
 use sha2::{Digest, Sha256};
 
-use crate::identity::{SanKind, TrustAnchor};
+use crate::identity::{PeerCertificate, SanKind};
 use crate::token::TokenSettings;
+use crate::trust::{self, Bundle, Revocations};
 
 pub use build::{CrlError, LoadError, Loaded, Problem, Warning};
 
@@ -54,7 +55,9 @@ pub struct Service {
     pub id: String,
     /// Normalised (see `identity::San::new`): what SANs are compared with.
     pub principals: Vec<String>,
-    pub ca: Option<TrustAnchor>,
+    /// `ca_file`: the bundle its certificates must chain to, on top of any
+    /// trust-domain rule. Shared with every service naming the same file.
+    pub ca: Option<Arc<Bundle>>,
     pub pins: Vec<[u8; 32]>,
     pub scopes: Vec<String>,
     /// The service's scopes joined with spaces: the token scope when the
@@ -71,6 +74,22 @@ impl Service {
 
     pub fn allows_scope(&self, scope: &str) -> bool {
         self.scope(scope).is_some()
+    }
+
+    /// The SPIFFE trust domains of this service's principals, each once, in
+    /// principal order (DNS names and other URIs have none).
+    pub fn trust_domains(&self) -> Vec<&str> {
+        let mut domains = Vec::new();
+        for td in self
+            .principals
+            .iter()
+            .filter_map(|p| trust::trust_domain(p))
+        {
+            if !domains.contains(&td) {
+                domains.push(td);
+            }
+        }
+        domains
     }
 }
 
@@ -107,7 +126,9 @@ pub struct Registry {
     by_uri: HashMap<String, usize>,
     by_dns: HashMap<String, usize>,
     by_key_hash: HashMap<KeyHash, usize>,
-    revoked_serials: HashSet<Vec<u8>>,
+    /// `trust_domains`: SPIFFE trust domain -> its CA bundle.
+    trust_domains: BTreeMap<String, Arc<Bundle>>,
+    revocations: Revocations,
     /// True when any key (signing or verify-only) is the bundled development
     /// secret: anyone with this repository can forge tokens it accepts.
     pub uses_dev_secret: bool,
@@ -122,7 +143,7 @@ fn next_generation() -> u64 {
 
 impl Registry {
     /// Every file this snapshot was built from: the registry file first,
-    /// then secret, CA and CRL files.
+    /// then secret, CA bundle and CRL files.
     pub fn sources(&self) -> &[PathBuf] {
         &self.sources
     }
@@ -157,8 +178,29 @@ impl Registry {
         self.by_key_hash.get(hash).map(|&i| &self.services[i])
     }
 
-    pub fn is_revoked(&self, normalized_serial: &[u8]) -> bool {
-        self.revoked_serials.contains(normalized_serial)
+    /// Whether `trust_domains` is configured: SPIFFE IDs must then chain to
+    /// their own domain's bundle.
+    pub fn has_trust_domains(&self) -> bool {
+        !self.trust_domains.is_empty()
+    }
+
+    /// The CA bundle of a listed SPIFFE trust domain.
+    pub fn trust_domain(&self, name: &str) -> Option<&Bundle> {
+        self.trust_domains.get(name).map(Arc::as_ref)
+    }
+
+    /// Every listed trust domain and its bundle, by name.
+    pub fn trust_domains(&self) -> impl Iterator<Item = (&str, &Bundle)> {
+        self.trust_domains
+            .iter()
+            .map(|(name, bundle)| (name.as_str(), bundle.as_ref()))
+    }
+
+    /// Whether `certificate` is revoked: by a configured serial (any
+    /// issuer), or by a CRL of the CA named as its issuer.
+    pub fn is_revoked(&self, certificate: &PeerCertificate) -> bool {
+        self.revocations
+            .is_revoked(&certificate.issuer, &certificate.serial)
     }
 }
 

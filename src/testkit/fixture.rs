@@ -1,6 +1,7 @@
 //! Registry and static-config files for tests, built from the typed config
 //! structs and written into a temporary directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -85,6 +86,7 @@ pub fn registry_file(services: &[Svc]) -> RegistryFile {
             }],
         },
         identity: Default::default(),
+        trust_domains: BTreeMap::new(),
         request: RequestSection::default(),
         revocation: RevocationSection::default(),
         services: services.iter().map(Svc::entry).collect(),
@@ -113,6 +115,8 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
     /// Applied to every registry this fixture writes from services.
     pub revocation: RevocationSection,
+    /// Likewise: SPIFFE trust domain -> bundle file (relative to the fixture).
+    pub trust_domains: BTreeMap<String, PathBuf>,
 }
 
 impl Fixture {
@@ -122,6 +126,7 @@ impl Fixture {
         let fixture = Fixture {
             dir,
             revocation: RevocationSection::default(),
+            trust_domains: BTreeMap::new(),
         };
         fixture.write_registry(services);
         fixture
@@ -139,6 +144,7 @@ impl Fixture {
     pub fn registry_file(&self, services: &[Svc]) -> RegistryFile {
         let mut file = registry_file(services);
         file.revocation = self.revocation.clone();
+        file.trust_domains = self.trust_domains.clone();
         file
     }
 

@@ -124,7 +124,7 @@ impl Req {
 pub fn decide<'r>(req: &CheckRequest, registry: &'r Registry, now: i64) -> Decision<'r> {
     let attributes = Attributes::from_request(req);
     let evidence = (!attributes.certificate.is_empty())
-        .then(|| Evidence::from_forwarded(attributes.certificate, registry));
+        .then(|| Evidence::from_forwarded(attributes.certificate, registry, now));
     let input = Input {
         attributes,
         certificate: evidence.as_ref().map(|e| e.as_ref().map_err(|e| *e)),
