@@ -5,8 +5,10 @@
 //!
 //! Wall-clock figures move ±10 % on a shared machine; instruction counts do
 //! not. `DECIDE_CALLGRIND=<case>:<n>` skips criterion and runs one case `n`
-//! times (cases: `uncached`, `cached`), with the caller's certificate issued
-//! by an intermediate CA (a 3-certificate chain). Under
+//! times, with the caller's certificate issued by an intermediate CA (a
+//! 3-certificate chain): `uncached` and `cached` judge it against the
+//! service's `ca_file` (root + intermediate), `uncached-domain` and
+//! `cached-domain` against its SPIFFE trust domain's bundle. Under
 //! `valgrind --tool=callgrind`, (Ir at n2 - Ir at n1) / (n2 - n1) is the
 //! per-Check cost; `benches/callgrind.sh` does that arithmetic.
 
@@ -60,15 +62,16 @@ fn bench(c: &mut Criterion) {
             )
         })
         .collect();
-    let ca = Ca::new("bench CA");
+    let root = Ca::new("bench root");
+    let inter = root.intermediate("bench intermediate");
     let mut caller = Svc::new("caller", URI, KEY);
     let fixture = Fixture::new(&[]);
-    fixture.write_file("ca.crt", ca.cert_pem());
+    fixture.write_file("ca.crt", Ca::bundle_pem(&[&root, &inter]));
     caller.ca_file = Some("ca.crt".into());
     services.push(caller);
     fixture.write_registry(&services);
     let registry = fixture.load();
-    let cert = ca.client(&ClientSpec::uri(URI));
+    let cert = inter.client(&ClientSpec::uri(URI));
     let forwarded = cert.forwarded();
     let request = Req::typical(forwarded.clone(), KEY).build();
     let now = unix_now();
@@ -98,7 +101,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| token::issue(&registry.token, black_box(&subject), now).unwrap())
     });
     c.bench_function(
-        "check, allow, uncached (parse + CA signature every time)",
+        "check, allow, uncached (parse + 3-certificate chain every time)",
         |b| b.iter(|| assert!(check_once(black_box(&request), &registry, None, now))),
     );
     let cache = EvidenceCache::new(1024);
@@ -126,22 +129,27 @@ fn bench(c: &mut Criterion) {
 }
 
 /// The caller's registry and request for the callgrind cases: the caller's
-/// certificate comes from an intermediate, and its service's `ca_file`
-/// holds the intermediate (the old single-CA check verifies one signature).
-fn chain_world() -> (
+/// certificate comes from an intermediate; the bundle (intermediate, then
+/// root) is its service's `ca_file`, or with `domain` its trust domain's.
+fn chain_world(
+    domain: bool,
+) -> (
     Fixture,
     Registry,
     envoy_types::pb::envoy::service::auth::v3::CheckRequest,
 ) {
     let root = Ca::new("bench root");
     let inter = root.intermediate("bench intermediate");
-    let fixture = Fixture::new(&[]);
-    fixture.write_file(
-        "bundle.pem",
-        format!("{}{}", inter.cert_pem(), root.cert_pem()),
-    );
+    let mut fixture = Fixture::new(&[]);
+    fixture.write_file("bundle.pem", Ca::bundle_pem(&[&inter, &root]));
     let mut caller = Svc::new("caller", URI, KEY);
-    caller.ca_file = Some("bundle.pem".into());
+    if domain {
+        fixture
+            .trust_domains
+            .insert("mesh.bench".into(), "bundle.pem".into());
+    } else {
+        caller.ca_file = Some("bundle.pem".into());
+    }
     fixture.write_registry(&[caller]);
     let registry = fixture.load();
     let cert = inter.client(&ClientSpec::uri(URI));
@@ -152,14 +160,17 @@ fn chain_world() -> (
 fn callgrind(spec: &str) {
     let (case, n) = spec.split_once(':').unwrap_or((spec, "1"));
     let n: u64 = n.parse().expect("DECIDE_CALLGRIND=<case>:<n>");
-    let (_fixture, registry, request) = chain_world();
-    let now = unix_now();
-    let cache = EvidenceCache::new(1024);
-    let cache = match case {
-        "uncached" => None,
-        "cached" => Some(&cache),
+    let (cached, domain) = match case {
+        "uncached" => (false, false),
+        "cached" => (true, false),
+        "uncached-domain" => (false, true),
+        "cached-domain" => (true, true),
         other => panic!("unknown case {other:?}"),
     };
+    let (_fixture, registry, request) = chain_world(domain);
+    let now = unix_now();
+    let cache = EvidenceCache::new(1024);
+    let cache = cached.then_some(&cache);
     for _ in 0..n {
         assert!(check_once(black_box(&request), &registry, cache, now));
     }

@@ -22,6 +22,7 @@
 //! is checked by the decision on every Check.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 use crate::identity::{CertError, PeerCertificate};
@@ -137,14 +138,48 @@ fn consulted_bundles<'r>(
 /// emptied: crude, but O(1), bounded, and only an attacker cycling through
 /// many valid certificates would notice. Failures are not cached.
 pub struct EvidenceCache {
-    entries: Mutex<HashMap<Box<str>, Arc<Evidence>>>,
+    entries: Mutex<HashMap<Box<str>, Arc<Evidence>, TailHash>>,
     capacity: usize,
+}
+
+/// How many trailing bytes of a forwarded certificate its memo key hashes.
+const KEY_TAIL: usize = 128;
+
+/// Hashes a key by its length and last [`KEY_TAIL`] bytes (keyed SipHash,
+/// as std's default). The tail of a PEM certificate is its signature, which
+/// tells certificates apart; hashing all ~1.5 KiB on every Check was the
+/// memo's largest cost. Equality still compares whole strings.
+#[derive(Clone, Default)]
+struct TailHash(RandomState);
+
+struct TailHasher<H>(H);
+
+impl BuildHasher for TailHash {
+    type Hasher = TailHasher<<RandomState as BuildHasher>::Hasher>;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        TailHasher(self.0.build_hasher())
+    }
+}
+
+impl<H: Hasher> Hasher for TailHasher<H> {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write_usize(bytes.len());
+        self.0.write(&bytes[bytes.len().saturating_sub(KEY_TAIL)..]);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
 }
 
 impl EvidenceCache {
     pub fn new(capacity: usize) -> Self {
         EvidenceCache {
-            entries: Mutex::new(HashMap::with_capacity(capacity.min(1024))),
+            entries: Mutex::new(HashMap::with_capacity_and_hasher(
+                capacity.min(1024),
+                TailHash::default(),
+            )),
             capacity,
         }
     }
@@ -176,5 +211,27 @@ impl EvidenceCache {
             entries.insert(forwarded.into(), evidence.clone());
         }
         Ok(evidence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_with_the_same_tail_stay_distinct() {
+        let tail = "x".repeat(KEY_TAIL);
+        let (a, b) = (format!("a{tail}"), format!("b{tail}"));
+        let hash = TailHash::default();
+        assert_eq!(hash.hash_one(a.as_str()), hash.hash_one(b.as_str()));
+        assert_ne!(hash.hash_one(a.as_str()), hash.hash_one(&tail[1..]));
+        let mut map: HashMap<Box<str>, u8, TailHash> = HashMap::with_hasher(hash);
+        map.insert(a.as_str().into(), 1);
+        map.insert(b.as_str().into(), 2);
+        assert_eq!(
+            (map.get(a.as_str()), map.get(b.as_str())),
+            (Some(&1), Some(&2))
+        );
+        assert_eq!(map.get(tail.as_str()), None);
     }
 }
