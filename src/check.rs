@@ -428,18 +428,12 @@ fn peer_identity<'q>(input: &Input<'q>, registry: &Registry, now: i64) -> Result
     if !principal.is_empty() && !registry.require_certificate {
         // Without a certificate no chain can be checked: a SPIFFE ID cannot
         // be vouched for by its trust domain.
-        if registry.has_trust_domains() && is_spiffe_scheme(principal) {
+        if registry.has_trust_domains() && trust::has_spiffe_scheme(principal) {
             return Err(Reason::CertificateUntrusted);
         }
         return Ok(Peer::Principal(San::from_principal(principal)));
     }
     Err(Reason::MissingIdentity)
-}
-
-/// `spiffe:` in any case: a mis-cased scheme must not dodge the SPIFFE rules.
-fn is_spiffe_scheme(uri: &str) -> bool {
-    uri.get(..7)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"))
 }
 
 /// The checks on a certificate that depend on time and the registry, not

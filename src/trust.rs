@@ -47,7 +47,9 @@ mod test_pki;
 
 pub use bundle::{Bundle, BundleError, BundleWarning, CaCertificate, ChainError, Verdict};
 pub use revocation::{Crl, CrlError, Revocations, parse_serial};
-pub use spiffe::{SvidError, is_valid_trust_domain, svid_trust_domain, trust_domain};
+pub use spiffe::{
+    SvidError, has_spiffe_scheme, is_valid_trust_domain, svid_trust_domain, trust_domain,
+};
 
 use x509_parser::x509::X509Name;
 

@@ -282,7 +282,9 @@ fn a_trust_domain_that_is_not_listed_is_untrusted() {
         .insert("a.test".into(), "a.pem".into());
     let mut svc = Svc::new("c", C_URI, "key-of-service-c-0123456789");
     svc.ca_file = Some("c.pem".into());
-    fixture.write_registry(&[Svc::new("a", A_URI, A_KEY), svc]);
+    // A mis-cased scheme is no SPIFFE ID: no certificate can match it.
+    let upper = Svc::new("upper", "SPIFFE://a.test/x", "key-of-upper-0123456789");
+    fixture.write_registry(&[Svc::new("a", A_URI, A_KEY), svc, upper]);
     let registry = fixture.load();
     assert_eq!(
         decided(
@@ -295,11 +297,17 @@ fn a_trust_domain_that_is_not_listed_is_untrusted() {
     );
     assert_eq!(
         registry.warnings(),
-        [Warning::UnlistedTrustDomain {
-            at: "services[1].principals[0]".into(),
-            principal: C_URI.into(),
-            domain: "c.test".into(),
-        }]
+        [
+            Warning::UnlistedTrustDomain {
+                at: "services[1].principals[0]".into(),
+                principal: C_URI.into(),
+                domain: "c.test".into(),
+            },
+            Warning::NotSpiffeId {
+                at: "services[2].principals[0]".into(),
+                principal: "SPIFFE://a.test/x".into(),
+            }
+        ]
     );
 }
 

@@ -604,9 +604,6 @@ impl Builder<'_> {
             }
             for (j, principal) in service.principals.iter().enumerate() {
                 let at = format!("services[{i}].principals[{j}]");
-                let spiffe_scheme = principal
-                    .get(..7)
-                    .is_some_and(|s| s.eq_ignore_ascii_case("spiffe:"));
                 match trust::trust_domain(principal) {
                     Some(domain) if !domains.contains_key(domain) => {
                         self.warnings.push(Warning::UnlistedTrustDomain {
@@ -615,10 +612,12 @@ impl Builder<'_> {
                             domain: domain.to_owned(),
                         });
                     }
-                    None if spiffe_scheme => self.warnings.push(Warning::NotSpiffeId {
-                        at,
-                        principal: principal.clone(),
-                    }),
+                    None if trust::has_spiffe_scheme(principal) => {
+                        self.warnings.push(Warning::NotSpiffeId {
+                            at,
+                            principal: principal.clone(),
+                        });
+                    }
                     _ => {}
                 }
             }

@@ -36,6 +36,13 @@ pub fn is_valid_trust_domain(name: &str) -> bool {
         })
 }
 
+/// Whether `uri` uses the `spiffe` scheme, in any case: a mis-cased scheme
+/// must be refused as a malformed SPIFFE ID, not read as another URI.
+pub fn has_spiffe_scheme(uri: &str) -> bool {
+    uri.get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"))
+}
+
 /// Why a certificate's URI SANs do not make a valid X509-SVID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SvidError {
@@ -53,14 +60,10 @@ pub enum SvidError {
 pub fn svid_trust_domain<'a>(
     uri_sans: impl IntoIterator<Item = &'a str>,
 ) -> Result<Option<&'a str>, SvidError> {
-    let is_spiffe = |u: &str| {
-        u.get(..7)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"))
-    };
     let (mut count, mut spiffe) = (0usize, None);
     for uri in uri_sans {
         count += 1;
-        if spiffe.is_none() && is_spiffe(uri) {
+        if spiffe.is_none() && has_spiffe_scheme(uri) {
             spiffe = Some(uri);
         }
     }
