@@ -459,7 +459,7 @@ fn check_trust_domain(evidence: &Evidence, registry: &Registry, now: i64) -> Res
     if !registry.has_trust_domains() {
         return Ok(());
     }
-    match trust::svid_trust_domain(evidence.certificate.uri_sans()) {
+    match evidence.svid_trust_domain() {
         Ok(None) => Ok(()),
         Ok(Some(domain)) => match registry.trust_domain(domain) {
             Some(bundle) if evidence.trusted_by(bundle, now) => Ok(()),

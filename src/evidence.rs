@@ -5,8 +5,9 @@
 //! hundreds of them (a signature per certificate of the path), while Envoy
 //! forwards the same few client certificates over and over (callers reuse
 //! their connections). So the decision does neither: it reads an
-//! [`Evidence`] — the parsed certificate plus a chain [`Verdict`] for every
-//! CA bundle the decision may consult — as plain data. Those bundles are
+//! [`Evidence`] — the parsed certificate, its reading as an X509-SVID, and a
+//! chain [`Verdict`] for every CA bundle the decision may consult — as plain
+//! data. Those bundles are
 //! the one of the certificate's SPIFFE trust domain (when `trust_domains`
 //! lists it) and the `ca_file` bundle of each service its SANs name.
 //!
@@ -27,13 +28,16 @@ use std::sync::{Arc, Mutex};
 
 use crate::identity::{CertError, PeerCertificate};
 use crate::registry::Registry;
-use crate::trust::{self, Bundle, Verdict};
+use crate::trust::{self, Bundle, SvidError, Verdict};
 
 /// A parsed peer certificate and its chain verdicts under one registry
 /// snapshot.
 #[derive(Debug)]
 pub struct Evidence {
     pub certificate: Arc<PeerCertificate>,
+    /// The certificate read as an X509-SVID: its SPIFFE trust domain, none,
+    /// or why its URI SANs are not a valid SVID.
+    svid: Result<Option<Box<str>>, SvidError>,
     /// Registry snapshot the set of verdicts was chosen under.
     generation: u64,
     /// (bundle id, verdict) for every bundle the decision may consult. Few
@@ -70,8 +74,10 @@ impl Evidence {
         now: i64,
         known: &[([u8; 32], Verdict)],
     ) -> Evidence {
+        let svid = trust::svid_trust_domain(certificate.uri_sans()).map(|d| d.map(Box::from));
         let mut verdicts: Vec<([u8; 32], Verdict)> = Vec::new();
-        for bundle in consulted_bundles(&certificate, registry) {
+        let domain = svid.as_ref().ok().and_then(Option::as_deref);
+        for bundle in consulted_bundles(&certificate, domain, registry) {
             let id = bundle.id();
             if verdicts.iter().any(|(seen, _)| *seen == id) {
                 continue;
@@ -85,9 +91,16 @@ impl Evidence {
         }
         Evidence {
             certificate,
+            svid,
             generation: registry.generation,
             verdicts,
         }
+    }
+
+    /// The certificate's SPIFFE trust domain (`None` without a `spiffe:`
+    /// URI SAN), or why its URI SANs are not a valid X509-SVID.
+    pub fn svid_trust_domain(&self) -> Result<Option<&str>, SvidError> {
+        self.svid.as_ref().map(Option::as_deref).map_err(|e| *e)
     }
 
     /// The verdict gathered for `bundle`, if it was.
@@ -114,18 +127,14 @@ impl Evidence {
 }
 
 /// The bundles the decision may consult for `certificate`: its SPIFFE trust
-/// domain's, when `trust_domains` is set and lists it, and the `ca_file`
+/// domain's (`domain`), when `trust_domains` lists it, and the `ca_file`
 /// bundle of every service one of its SANs names.
 fn consulted_bundles<'r>(
     certificate: &'r PeerCertificate,
+    domain: Option<&str>,
     registry: &'r Registry,
 ) -> impl Iterator<Item = &'r Bundle> {
-    let domain = registry
-        .has_trust_domains()
-        .then(|| trust::svid_trust_domain(certificate.uri_sans()).ok())
-        .flatten()
-        .flatten()
-        .and_then(|td| registry.trust_domain(td));
+    let domain = domain.and_then(|td| registry.trust_domain(td));
     let services = certificate.sans.iter().filter_map(|san| {
         registry
             .service_for_principal(san.kind, &san.value)
