@@ -177,11 +177,14 @@ impl Ca {
 
     /// Writes what `envoy/envoy.yaml` reads from Envoy's working directory:
     /// `certs/ca.crt` (this CA) and `certs/envoy.{crt,key}` (for `localhost`).
+    /// Also `certs/hop-ca.crt` (this CA again), which `envoy-mtls-hop.yaml`
+    /// trusts for the sidecar: tests of the hop issue both ends from one CA.
     pub fn write_envoy_certs(&self, workdir: &std::path::Path) {
         let certs = workdir.join("certs");
         std::fs::create_dir_all(&certs).unwrap();
         let server = self.server("localhost");
         std::fs::write(certs.join("ca.crt"), self.cert_pem()).unwrap();
+        std::fs::write(certs.join("hop-ca.crt"), self.cert_pem()).unwrap();
         std::fs::write(certs.join("envoy.crt"), &server.cert_pem).unwrap();
         std::fs::write(certs.join("envoy.key"), &server.key_pem).unwrap();
     }
