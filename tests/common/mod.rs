@@ -1,6 +1,7 @@
 //! Helpers shared by the integration and end-to-end tests.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod dev_pki;
 pub mod otlp;
 pub mod pki;
 pub mod procs;

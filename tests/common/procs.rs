@@ -341,7 +341,8 @@ impl Drop for Envoy {
 }
 
 /// An HTTP/1 upstream that answers every request with the request's headers
-/// as JSON (`{"name": ["value", ...]}`) and counts the requests it saw.
+/// as JSON (`{"name": ["value", ...]}`, plus the request target it received
+/// as `":path"`) and counts the requests it saw.
 pub struct Echo {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
@@ -367,6 +368,7 @@ impl Echo {
                     let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
                         counter.fetch_add(1, Ordering::SeqCst);
                         let mut headers = serde_json::Map::new();
+                        headers.insert(":path".into(), serde_json::json!([req.uri().to_string()]));
                         for (name, value) in req.headers() {
                             let entry = headers
                                 .entry(name.as_str().to_owned())
