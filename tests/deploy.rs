@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::dev_pki::{DEMO_PKI, DevPki};
 use common::procs::{Echo, Envoy, Sidecar, envoy_binary, free_port};
 use common::{Fixture, Svc, unix_now};
 use serde::Deserialize;
@@ -18,9 +19,6 @@ use serde_yaml::Value;
 use service_auth::config::{RegistryFile, StaticConfig, parse_yaml};
 use service_auth::registry::Registry;
 use service_auth::token;
-
-/// Where the Compose file and the README expect `dev-pki` output.
-const DEMO_PKI: &str = "demo-pki";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -34,47 +32,6 @@ fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().expect("run service-auth")
 }
 
-/// `dev-pki` output in a temp dir, with the API keys it printed.
-struct DevPki {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    stdout: String,
-}
-
-impl DevPki {
-    fn generate() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join(DEMO_PKI);
-        let out = run(bin().arg("dev-pki").arg(&dir));
-        assert!(
-            out.status.success(),
-            "dev-pki failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        DevPki {
-            _tmp: tmp,
-            dir,
-            stdout: String::from_utf8(out.stdout).unwrap(),
-        }
-    }
-
-    /// The key printed as `export <SERVICE>_API_KEY=<key>  # ...`.
-    fn api_key(&self, service: &str) -> String {
-        let prefix = format!("export {}_API_KEY=", service.to_uppercase());
-        let line = self
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in dev-pki output:\n{}", self.stdout));
-        line.split_whitespace().next().unwrap().to_owned()
-    }
-
-    fn read(&self, relative: &str) -> String {
-        std::fs::read_to_string(self.dir.join(relative))
-            .unwrap_or_else(|e| panic!("dev-pki did not write {relative}: {e}"))
-    }
-}
-
 // ---------------------------------------------------------------------------
 // dev-pki
 // ---------------------------------------------------------------------------
@@ -84,7 +41,10 @@ fn dev_pki_keeps_secrets_private_and_refuses_to_overwrite() {
     let pki = DevPki::generate();
     for secret in [
         "ca/ca.key",
+        "ca/hop-ca.key",
         "certs/envoy.key",
+        "certs/envoy-client.key",
+        "sidecar/sidecar.key",
         "clients/api_service.key",
         "clients/billing.key",
         "secrets/jwt-signing.key",
@@ -148,8 +108,8 @@ async fn dev_pki_output_gives_an_allowed_call_through_real_envoy() {
     // Envoy's working directory is the dev-pki output: certs/ as generated.
     let envoy = Envoy::shipped(&pki.dir, sidecar_addr, echo.addr).await;
     let base = envoy.base_url();
-    let api = client(&pki, "api_service");
-    let billing = client(&pki, "billing");
+    let api = pki.client("api_service");
+    let billing = pki.client("billing");
 
     let resp = api
         .get(format!("{base}/orders"))
@@ -206,23 +166,6 @@ async fn dev_pki_output_gives_an_allowed_call_through_real_envoy() {
     );
     assert_eq!(status(api.get(format!("{base}/orders"))).await, 401);
     assert_eq!(echo.hits(), 2, "a denied call reached the upstream");
-}
-
-/// An mTLS client with a generated client certificate, trusting the dev CA.
-fn client(pki: &DevPki, service: &str) -> reqwest::Client {
-    let identity = format!(
-        "{}{}",
-        pki.read(&format!("clients/{service}.crt")),
-        pki.read(&format!("clients/{service}.key"))
-    );
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(pki.read("certs/ca.crt").as_bytes()).unwrap(),
-        )
-        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
-        .build()
-        .unwrap()
 }
 
 // ---------------------------------------------------------------------------
@@ -309,7 +252,7 @@ fn every_envoy_config_passes_envoy_validate() {
 }
 
 // ---------------------------------------------------------------------------
-// docker-compose.yml and the Dockerfile
+// docker-compose.yml
 // ---------------------------------------------------------------------------
 
 fn yaml_file(relative: &str) -> Value {
@@ -317,14 +260,16 @@ fn yaml_file(relative: &str) -> Value {
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{relative}: {e}"))
 }
 
-/// A bind mount: the file or directory on the host, where the container sees it.
+/// A mount: where the container sees it, and the file or directory on the
+/// host behind it (`None` for an empty tmpfs, which hides what is below).
 struct Mount {
-    host: PathBuf,
+    host: Option<PathBuf>,
     container: String,
 }
 
-/// The bind mounts of a Compose service, each checked to exist. Sources under
-/// `./demo-pki/` are looked up in `pki` (they are generated, never committed).
+/// The mounts of a Compose service; every bind mount is checked to exist.
+/// Sources under `./demo-pki/` are looked up in `pki` (they are generated,
+/// never committed).
 fn compose_mounts(name: &str, service: &Value, pki: &Path) -> Vec<Mount> {
     let volumes = service["volumes"]
         .as_sequence()
@@ -340,6 +285,12 @@ fn compose_mounts(name: &str, service: &Value, pki: &Path) -> Vec<Mount> {
                         parts.next().unwrap().to_owned(),
                         parts.next().expect("volume without target").to_owned(),
                     )
+                }
+                other if other["type"].as_str() == Some("tmpfs") => {
+                    return Mount {
+                        host: None,
+                        container: other["target"].as_str().expect("tmpfs target").to_owned(),
+                    };
                 }
                 other => (
                     other["source"].as_str().expect("volume source").to_owned(),
@@ -361,24 +312,60 @@ fn compose_mounts(name: &str, service: &Value, pki: &Path) -> Vec<Mount> {
                 host.display()
             );
             Mount {
-                host,
+                host: Some(host),
                 container: target,
             }
         })
         .collect()
 }
 
-/// The host file behind `container_path`, through the longest matching mount.
+/// The host file behind `container_path`: the deepest mount above it wins
+/// (Docker mounts parents first), and a tmpfs there hides everything.
 fn host_path(mounts: &[Mount], container_path: &str) -> Option<PathBuf> {
-    mounts
+    let (_, mount, rest) = mounts
         .iter()
         .filter_map(|m| {
             let rest = container_path.strip_prefix(&m.container)?;
-            (rest.is_empty() || rest.starts_with('/'))
-                .then(|| (m.container.len(), m.host.join(rest.trim_start_matches('/'))))
+            (rest.is_empty() || rest.starts_with('/')).then_some((m.container.len(), m, rest))
         })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, path)| path)
+        .max_by_key(|(len, _, _)| *len)?;
+    Some(mount.host.as_ref()?.join(rest.trim_start_matches('/')))
+}
+
+/// Every host file under `dir` that the container can read, through any mount.
+fn visible_files(mounts: &[Mount], dir: &Path) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|file| {
+            mounts.iter().any(|m| {
+                let Some(host) = &m.host else { return false };
+                let Ok(rest) = file.strip_prefix(host) else {
+                    return false;
+                };
+                let container = if rest.as_os_str().is_empty() {
+                    m.container.clone()
+                } else {
+                    format!("{}/{}", m.container, rest.display())
+                };
+                host_path(mounts, &container).as_deref() == Some(file.as_path())
+            })
+        })
+        .collect()
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -412,6 +399,19 @@ fn envoy_filenames(v: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// An image reference pinned to a release: a tag, and not a moving one.
+fn assert_pinned(image: &str) {
+    let tag = image
+        .rsplit_once(':')
+        .map(|(_, t)| t)
+        .filter(|t| !t.contains('/'))
+        .unwrap_or_else(|| panic!("image {image} has no tag"));
+    assert!(
+        tag != "latest" && !tag.ends_with("-latest"),
+        "image {image} is not pinned to a release"
+    );
+}
+
 #[test]
 fn compose_file_names_only_existing_files_and_runs_the_tested_envoy_config() {
     let pki = DevPki::generate();
@@ -425,6 +425,7 @@ fn compose_file_names_only_existing_files_and_runs_the_tested_envoy_config() {
     for (name, service) in services {
         let name = name.as_str().unwrap();
         compose_mounts(name, service, &pki.dir);
+        assert_pinned(service["image"].as_str().expect("image"));
         if let Some(build) = service.get("build") {
             let (context, dockerfile) = match build {
                 Value::String(c) => (c.clone(), "Dockerfile".to_owned()),
@@ -433,9 +434,12 @@ fn compose_file_names_only_existing_files_and_runs_the_tested_envoy_config() {
                     b["dockerfile"].as_str().unwrap_or("Dockerfile").to_owned(),
                 ),
             };
-            let context = repo().join(context);
-            assert!(context.is_dir(), "{name}: no build context");
-            check_dockerfile(&context, &context.join(dockerfile));
+            assert_eq!(
+                repo().join(&context).canonicalize().unwrap(),
+                repo().canonicalize().unwrap(),
+                "{name}: the build context is not the repository"
+            );
+            assert_eq!(dockerfile, "Dockerfile");
         }
         if let Some(mode) = service["network_mode"].as_str() {
             let target = mode.strip_prefix("service:").expect("network_mode");
@@ -493,37 +497,384 @@ fn compose_file_names_only_existing_files_and_runs_the_tested_envoy_config() {
     assert_eq!(endpoint, "http://otel-collector:4317");
 }
 
-/// The Dockerfile's build-context COPY sources exist and are not excluded.
-fn check_dockerfile(context: &Path, dockerfile: &Path) {
-    let text = std::fs::read_to_string(dockerfile).expect("Dockerfile");
-    let ignore = std::fs::read_to_string(context.join(".dockerignore")).unwrap_or_default();
-    let allowed: Vec<&str> = ignore
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix('!'))
-        .map(|l| l.trim_end_matches('/'))
-        .collect();
-    let mut copies = 0;
-    for line in text.lines().map(str::trim) {
-        let Some(args) = line.strip_prefix("COPY ") else {
-            continue;
-        };
-        if args.contains("--from=") {
+#[test]
+fn compose_mounts_only_what_each_container_needs() {
+    let pki = DevPki::generate();
+    let compose = yaml_file("docker-compose.yml");
+    let relative = |files: Vec<PathBuf>| -> Vec<String> {
+        files
+            .iter()
+            .map(|f| f.strip_prefix(&pki.dir).unwrap().display().to_string())
+            .collect()
+    };
+
+    // The sidecar: its config, the registry and everything the registry and
+    // an uncommented listen.tls name, its signing key and its own TLS key --
+    // and no other private key.
+    let sidecar = &compose["services"]["service-auth"];
+    let mounts = compose_mounts("service-auth", sidecar, &pki.dir);
+    let seen = relative(visible_files(&mounts, &pki.dir));
+    for needed in [
+        "service-auth.yaml",
+        "registry.yaml",
+        "secrets/jwt-signing.key",
+        "certs/ca.crt",
+        "certs/hop-ca.crt",
+        "sidecar/sidecar.crt",
+        "sidecar/sidecar.key",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == needed),
+            "the sidecar cannot read {needed}: {seen:?}"
+        );
+    }
+    let own_keys = ["secrets/jwt-signing.key", "sidecar/sidecar.key"];
+    for file in &seen {
+        assert!(
+            !file.ends_with(".key") || own_keys.contains(&file.as_str()),
+            "the sidecar container can read {file}"
+        );
+    }
+    // The registry's directory is mounted as a directory (hot reload
+    // survives editors that save by renaming), not the file alone.
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.host.as_deref() == Some(pki.dir.as_path())),
+        "the sidecar should mount the dev-pki directory, not single files"
+    );
+
+    // Envoy: certs/ only; never the CA keys or the clients' keys.
+    let envoy = &compose["services"]["envoy"];
+    let mounts = compose_mounts("envoy", envoy, &pki.dir);
+    for file in relative(visible_files(&mounts, &pki.dir)) {
+        assert!(file.starts_with("certs/"), "Envoy can read {file}");
+    }
+
+    // Nothing else sees dev-pki at all.
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        if name == "envoy" || name == "service-auth" {
             continue;
         }
-        let args: Vec<&str> = args.split_whitespace().collect();
-        for source in &args[..args.len() - 1] {
-            copies += 1;
+        let mounts = compose_mounts(name, service, &pki.dir);
+        assert!(
+            visible_files(&mounts, &pki.dir).is_empty(),
+            "{name} sees dev-pki"
+        );
+    }
+}
+
+#[test]
+fn compose_publishes_dashboards_on_loopback_only() {
+    let compose = yaml_file("docker-compose.yml");
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        for port in strings(&service["ports"]) {
+            // Envoy's mTLS listener is the demo's entrance; anything else
+            // (Grafana, Prometheus) answers without credentials.
+            if name == "envoy" {
+                continue;
+            }
             assert!(
-                context.join(source).exists(),
-                "Dockerfile copies missing {source}"
-            );
-            assert!(
-                allowed.contains(&source.trim_end_matches('/')),
-                ".dockerignore excludes {source}, which the Dockerfile copies"
+                port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} on every interface"
             );
         }
     }
-    assert!(copies > 0, "Dockerfile copies nothing from the context");
+    for name in ["grafana", "prometheus"] {
+        assert!(
+            !strings(&compose["services"][name]["ports"]).is_empty(),
+            "{name} is not published at all"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The Dockerfile and .dockerignore
+// ---------------------------------------------------------------------------
+
+/// One `COPY` from the build context: sources and destination, as written.
+struct Copy {
+    sources: Vec<String>,
+    dest: String,
+}
+
+/// The build stage of the Dockerfile: its WORKDIR and its COPY lines.
+/// Only what this parser understands is allowed: single-line, shell-form
+/// `COPY src... dest` without flags.
+fn build_stage(dockerfile: &str) -> (String, Vec<Copy>) {
+    let mut workdir = "/".to_owned();
+    let mut copies = Vec::new();
+    let mut stages = 0;
+    for line in dockerfile.lines().map(str::trim) {
+        if line.starts_with("FROM ") {
+            stages += 1;
+        }
+        if stages != 1 {
+            continue;
+        }
+        if let Some(dir) = line.strip_prefix("WORKDIR ") {
+            workdir = dir.trim().to_owned();
+        }
+        let Some(args) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        assert!(!args.ends_with('\\'), "a COPY line continues: {line}");
+        assert!(
+            !args.starts_with('['),
+            "a COPY line is not in shell form: {line}"
+        );
+        assert!(!args.starts_with("--"), "a COPY line has flags: {line}");
+        let mut args: Vec<String> = args.split_whitespace().map(str::to_owned).collect();
+        assert!(args.len() >= 2, "{line}");
+        let dest = args.pop().unwrap();
+        for source in &args {
+            assert!(
+                !source.contains(['*', '?', '[']) && !source.contains(".."),
+                "a COPY source this test cannot reproduce: {line}"
+            );
+        }
+        copies.push(Copy {
+            sources: args,
+            dest,
+        });
+    }
+    assert!(!copies.is_empty(), "the build stage copies nothing");
+    (workdir, copies)
+}
+
+/// `.dockerignore`: ordered patterns, `!` re-including; the last match wins,
+/// and a pattern that matches a directory matches everything in it.
+struct DockerIgnore {
+    rules: Vec<(bool, Vec<String>)>,
+}
+
+impl DockerIgnore {
+    fn parse(text: &str) -> Self {
+        let rules = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let (include, pattern) = match l.strip_prefix('!') {
+                    Some(p) => (true, p),
+                    None => (false, l),
+                };
+                assert!(!pattern.contains("**"), "unsupported pattern {l}");
+                let parts = pattern
+                    .trim_matches('/')
+                    .split('/')
+                    .filter(|p| !p.is_empty() && *p != ".")
+                    .map(str::to_owned)
+                    .collect();
+                (include, parts)
+            })
+            .collect();
+        DockerIgnore { rules }
+    }
+
+    /// Whether `relative` (a path in the context) reaches the build.
+    fn admits(&self, relative: &Path) -> bool {
+        let parts: Vec<String> = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let mut admitted = true;
+        for (include, pattern) in &self.rules {
+            let matches =
+                pattern.len() <= parts.len() && pattern.iter().zip(&parts).all(|(p, s)| glob(p, s));
+            if matches {
+                admitted = *include;
+            }
+        }
+        admitted
+    }
+
+    /// Whether a directory some pattern excludes may still hold admitted files.
+    fn may_admit_below(&self, relative: &Path) -> bool {
+        let parts: Vec<String> = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        self.rules.iter().any(|(include, pattern)| {
+            *include
+                && pattern.len() > parts.len()
+                && pattern.iter().zip(&parts).all(|(p, s)| glob(p, s))
+        })
+    }
+}
+
+/// One path component against a pattern with `*` and `?`.
+fn glob(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len()).any(|i| go(&p[1..], &n[i..])),
+            Some('?') => !n.is_empty() && go(&p[1..], &n[1..]),
+            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
+}
+
+/// Every context file `.dockerignore` lets through (relative paths).
+fn admitted_files(context: &Path, ignore: &DockerIgnore, relative: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(context.join(relative)).unwrap() {
+        let entry = entry.unwrap();
+        let rel = relative.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            if ignore.admits(&rel) || ignore.may_admit_below(&rel) {
+                out.extend(admitted_files(context, ignore, &rel));
+            }
+        } else if ignore.admits(&rel) {
+            out.push(rel);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn dockerfile() -> (String, Vec<Copy>, DockerIgnore) {
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).expect(".dockerignore");
+    let (workdir, copies) = build_stage(&text);
+    (workdir, copies, DockerIgnore::parse(&ignore))
+}
+
+/// Where each admitted context file lands in the build stage, relative to
+/// its WORKDIR (Docker: a directory source copies its contents into dest).
+fn build_stage_files(
+    workdir: &str,
+    copies: &[Copy],
+    ignore: &DockerIgnore,
+) -> Vec<(PathBuf, PathBuf)> {
+    let admitted = admitted_files(&repo(), ignore, Path::new(""));
+    let mut out = Vec::new();
+    for copy in copies {
+        let dest = copy.dest.strip_prefix(workdir).unwrap_or(&copy.dest);
+        let dest = Path::new(dest.trim_start_matches("./").trim_start_matches('/'));
+        let into_dir = copy.dest.ends_with('/') || copy.sources.len() > 1;
+        for source in &copy.sources {
+            let source = Path::new(source.trim_start_matches("./").trim_end_matches('/'));
+            assert!(
+                repo().join(source).exists(),
+                "the Dockerfile copies missing {}",
+                source.display()
+            );
+            let files: Vec<&PathBuf> = admitted.iter().filter(|f| f.starts_with(source)).collect();
+            assert!(
+                !files.is_empty(),
+                ".dockerignore excludes {}, which the Dockerfile copies",
+                source.display()
+            );
+            for file in files {
+                let target = if repo().join(source).is_dir() {
+                    dest.join(file.strip_prefix(source).unwrap())
+                } else if into_dir {
+                    dest.join(source.file_name().unwrap())
+                } else {
+                    dest.to_path_buf()
+                };
+                out.push((file.clone(), target));
+            }
+        }
+    }
+    out
+}
+
+/// The arguments of the build stage's `cargo build` (one line).
+fn dockerfile_cargo_build_args(dockerfile: &str) -> Vec<String> {
+    let line = dockerfile
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cargo build "))
+        .expect("no `cargo build` in the Dockerfile");
+    let line = line.split("&&").next().unwrap().trim_end_matches('\\');
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+#[test]
+fn dockerfile_build_stage_has_everything_cargo_reads() {
+    let (workdir, copies, ignore) = dockerfile();
+    let build = tempfile::tempdir().unwrap();
+    for (source, target) in build_stage_files(&workdir, &copies, &ignore) {
+        let target = build.path().join(target);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(repo().join(&source), &target).unwrap();
+    }
+    // The Dockerfile's own `cargo build`, offline, asked for a binary that
+    // does not exist: cargo parses the manifest (every declared bench, test
+    // and example must be there), resolves against Cargo.lock (`--locked`),
+    // and only then stops, at target selection, before compiling anything.
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let mut args = dockerfile_cargo_build_args(&text);
+    let bin = args
+        .iter()
+        .position(|a| a == "--bin")
+        .expect("cargo build --bin");
+    let binary = std::mem::replace(&mut args[bin + 1], "docker-build-stage-probe".into());
+    assert!(
+        args.contains(&"--locked".to_owned()),
+        "the image must build --locked"
+    );
+    let out = Command::new(env!("CARGO"))
+        .current_dir(build.path())
+        .arg("build")
+        .args(&args)
+        .arg("--offline")
+        .arg("--target-dir")
+        .arg(build.path().join("target"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cargo build");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no bin target named `docker-build-stage-probe`"),
+        "cargo cannot read the manifest in the Docker build stage:\n{stderr}"
+    );
+    assert!(
+        stderr.lines().any(|l| l.trim() == binary),
+        "the build stage has no `{binary}` binary to build:\n{stderr}"
+    );
+    assert!(
+        !build.path().join("target").exists(),
+        "cargo started building"
+    );
+}
+
+#[test]
+fn dockerignore_admits_exactly_what_the_dockerfile_copies() {
+    let (workdir, copies, ignore) = dockerfile();
+    let copied: Vec<PathBuf> = build_stage_files(&workdir, &copies, &ignore)
+        .into_iter()
+        .map(|(source, _)| source)
+        .collect();
+    let admitted = admitted_files(&repo(), &ignore, Path::new(""));
+    let extra: Vec<&PathBuf> = admitted.iter().filter(|f| !copied.contains(f)).collect();
+    assert!(
+        extra.is_empty(),
+        "in the build context but never copied: {extra:?}"
+    );
+    // Generated keys and build output never reach the context.
+    for never in [
+        "demo-pki/ca/ca.key",
+        "target/debug",
+        "config/secrets",
+        ".git/HEAD",
+    ] {
+        assert!(
+            !ignore.admits(Path::new(never)),
+            ".dockerignore admits {never}"
+        );
+    }
+}
+
+#[test]
+fn dockerfile_health_checks_with_the_binary() {
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     assert!(text.contains("HEALTHCHECK"));
     assert!(
         text.contains("\"health\""),
