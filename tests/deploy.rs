@@ -16,7 +16,7 @@ use common::procs::{Echo, Envoy, Sidecar, envoy_binary, free_port};
 use common::{Fixture, Svc, unix_now};
 use serde::Deserialize;
 use serde_yaml::Value;
-use service_auth::config::{RegistryFile, StaticConfig, parse_yaml};
+use service_auth::config::{ListenAddr, RegistryFile, StaticConfig, parse_yaml};
 use service_auth::registry::Registry;
 use service_auth::token;
 
@@ -939,13 +939,12 @@ fn observability_configs_agree_with_compose_and_the_spec_metrics() {
 // Kubernetes example
 // ---------------------------------------------------------------------------
 
-fn kubernetes_docs() -> (String, Vec<Value>) {
+fn kubernetes_docs() -> Vec<Value> {
     let text = std::fs::read_to_string(repo().join("config/kubernetes/service-auth.yaml")).unwrap();
-    let docs = serde_yaml::Deserializer::from_str(&text)
+    serde_yaml::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).expect("Kubernetes YAML parses"))
         .filter(|d| !d.is_null())
-        .collect();
-    (text, docs)
+        .collect()
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -954,119 +953,148 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
+/// The Deployment's pod spec.
+fn pod_spec(docs: &[Value]) -> &Value {
+    &docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .expect("a Deployment")["spec"]["template"]["spec"]
+}
+
+/// A container of the pod, regular or init.
+fn pod_container<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    ["containers", "initContainers"]
+        .iter()
+        .filter_map(|list| pod[*list].as_sequence())
+        .flatten()
+        .find(|c| c["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn pod_volume<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+/// The volume a container mounts at `dir` exactly (never with subPath:
+/// such mounts receive no ConfigMap or Secret updates).
+fn volume_at<'a>(pod: &'a Value, container: &Value, dir: &str) -> &'a Value {
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(dir))
+        .unwrap_or_else(|| panic!("{:?} mounts nothing at {dir}", container["name"].as_str()));
+    assert!(
+        mount.get("subPath").is_none(),
+        "subPath mounts never update"
+    );
+    pod_volume(pod, mount["name"].as_str().unwrap())
+}
+
+/// (kind, name, key) of the ConfigMap or Secret entry behind `path`.
+fn mounted_source(pod: &Value, container: &Value, path: &str) -> (String, String, String) {
+    let (dir, file) = path.rsplit_once('/').unwrap();
+    let volume = volume_at(pod, container, dir);
+    if let Some(name) = volume["configMap"]["name"].as_str() {
+        ("ConfigMap".into(), name.into(), file.into())
+    } else {
+        let name = volume["secret"]["secretName"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{path} is neither in a ConfigMap nor a Secret"));
+        ("Secret".into(), name.into(), file.into())
+    }
+}
+
+/// The sidecar's static config, from its ConfigMap.
+fn kubernetes_static_config(docs: &[Value]) -> StaticConfig {
+    let pod = pod_spec(docs);
+    let sidecar = pod_container(pod, "service-auth");
+    let config_path = sidecar["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some("SERVICE_AUTH_CONFIG"))
+        .and_then(|e| e["value"].as_str())
+        .expect("SERVICE_AUTH_CONFIG");
+    let (kind, name, key) = mounted_source(pod, sidecar, config_path);
+    assert_eq!(kind, "ConfigMap");
+    let text = find(docs, &kind, &name)["data"][key.as_str()]
+        .as_str()
+        .unwrap();
+    parse_yaml(Path::new(&key), text).unwrap()
+}
+
+/// The socket the sidecar listens on, which Envoy's config must name.
+fn kubernetes_socket(docs: &[Value]) -> PathBuf {
+    match kubernetes_static_config(docs).listen.grpc {
+        ListenAddr::Unix(path) => path,
+        other => panic!("the sidecar listens on {other}: the app shares the pod's loopback"),
+    }
+}
+
 #[test]
 fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
-    let (text, docs) = kubernetes_docs();
+    let docs = kubernetes_docs();
     for kind in ["ConfigMap", "Deployment", "Service", "NetworkPolicy"] {
         assert!(
             docs.iter().any(|d| d["kind"].as_str() == Some(kind)),
             "no {kind}"
         );
     }
-    let deployment = docs
-        .iter()
-        .find(|d| d["kind"].as_str() == Some("Deployment"))
-        .unwrap();
-    let pod = &deployment["spec"]["template"]["spec"];
-    let containers = pod["containers"].as_sequence().unwrap();
-    let container = |name: &str| {
-        containers
-            .iter()
-            .find(|c| c["name"].as_str() == Some(name))
-            .unwrap_or_else(|| panic!("no container {name}"))
-    };
-    let volume = |name: &str| {
-        pod["volumes"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"].as_str() == Some(name))
-            .unwrap_or_else(|| panic!("no volume {name}"))
-    };
-    container("app");
+    let pod = pod_spec(&docs);
+    for name in ["app", "envoy", "service-auth"] {
+        assert_pinned(pod_container(pod, name)["image"].as_str().expect("image"));
+    }
 
-    // Envoy runs envoy/envoy.yaml from a ConfigMap made from that very file.
-    let envoy = container("envoy");
+    // Envoy's config and its SDS files are in the orders-envoy ConfigMap.
+    let envoy = pod_container(pod, "envoy");
     let config = flag_value(&strings(&envoy["command"]), "-c");
-    let (dir, file) = config.rsplit_once('/').unwrap();
-    let mount = envoy["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|m| m["mountPath"].as_str() == Some(dir))
-        .expect("Envoy config mount");
-    let configmap = volume(mount["name"].as_str().unwrap())["configMap"]["name"]
-        .as_str()
-        .unwrap();
+    let (kind, name, key) = mounted_source(pod, envoy, &config);
+    assert_eq!((kind.as_str(), key.as_str()), ("ConfigMap", "envoy.yaml"));
+    assert!(find(&docs, "ConfigMap", &name)["data"]["envoy.yaml"].is_string());
+
+    // The hop is a Unix socket in an emptyDir that only Envoy and the
+    // sidecar mount: the app shares the pod's loopback, not that volume.
+    let socket = kubernetes_socket(&docs);
+    let socket_dir = socket.parent().unwrap().to_str().unwrap();
+    let sidecar = pod_container(pod, "service-auth");
+    let volume = volume_at(pod, sidecar, socket_dir);
     assert!(
-        text.contains(&format!(
-            "kubectl create configmap {configmap} --from-file={file}=envoy/envoy.yaml"
-        )),
-        "the Envoy ConfigMap is not documented as made from envoy/envoy.yaml"
+        volume["emptyDir"].is_mapping(),
+        "the socket is not in an emptyDir"
     );
-
-    // service-auth: config and registry from ConfigMaps, probes via `health`.
-    let sidecar = container("service-auth");
-    let env = sidecar["env"].as_sequence().unwrap();
-    let config_path = env
+    assert!(std::ptr::eq(volume, volume_at(pod, envoy, socket_dir)));
+    let volume_name = volume["name"].as_str().unwrap();
+    let mounted_by: Vec<&str> = ["containers", "initContainers"]
         .iter()
-        .find(|e| e["name"].as_str() == Some("SERVICE_AUTH_CONFIG"))
-        .and_then(|e| e["value"].as_str())
-        .expect("SERVICE_AUTH_CONFIG");
-    let mounts: Vec<(String, &Value)> = sidecar["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            assert!(m.get("subPath").is_none(), "subPath mounts never update");
-            (
-                m["mountPath"].as_str().unwrap().to_owned(),
-                volume(m["name"].as_str().unwrap()),
-            )
+        .filter_map(|list| pod[*list].as_sequence())
+        .flatten()
+        .filter(|c| {
+            c["volumeMounts"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|m| m["name"].as_str() == Some(volume_name))
         })
+        .map(|c| c["name"].as_str().unwrap())
         .collect();
-    // The ConfigMap or Secret key behind a path inside the container.
-    let source = |path: &str| -> (String, String, String) {
-        let (dir, file) = path.rsplit_once('/').unwrap();
-        let (_, volume) = mounts
-            .iter()
-            .find(|(m, _)| m == dir)
-            .unwrap_or_else(|| panic!("{path} is not in a mounted volume"));
-        if let Some(name) = volume["configMap"]["name"].as_str() {
-            ("ConfigMap".into(), name.into(), file.into())
-        } else {
-            let name = volume["secret"]["secretName"]
-                .as_str()
-                .expect("volume kind");
-            ("Secret".into(), name.into(), file.into())
-        }
-    };
-    let (kind, name, key) = source(config_path);
-    assert_eq!(kind, "ConfigMap");
-    let static_config: StaticConfig = parse_yaml(
-        Path::new(&key),
-        find(&docs, &kind, &name)["data"][key.as_str()]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        static_config.listen.grpc.to_string(),
-        "127.0.0.1:9191",
-        "Check must not be reachable from outside the pod"
-    );
+    assert_eq!(mounted_by, vec!["envoy", "service-auth"]);
 
-    let registry_path = static_config.registry.to_str().unwrap();
-    let (kind, name, key) = source(registry_path);
+    // The registry is a ConfigMap; every file it names is in a Secret mount,
+    // and with dev-pki files in their place, it is valid as a whole.
+    let static_config = kubernetes_static_config(&docs);
+    let (kind, name, key) = mounted_source(pod, sidecar, static_config.registry.to_str().unwrap());
     assert_eq!(kind, "ConfigMap", "the registry is a ConfigMap");
     let registry_text = find(&docs, &kind, &name)["data"][key.as_str()]
         .as_str()
         .unwrap()
         .to_owned();
     let registry: RegistryFile = parse_yaml(Path::new(&key), &registry_text).unwrap();
-
-    // Every file the registry names is in a Secret mount; with dev-pki files
-    // in their place, the registry is valid as a whole.
     let pki = DevPki::generate();
     let mut relocated = registry_text.clone();
     let mut named: Vec<String> = registry
@@ -1085,7 +1113,7 @@ fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
     );
     assert!(!named.is_empty());
     for path in named {
-        let (kind, _, key) = source(&path);
+        let (kind, _, key) = mounted_source(pod, sidecar, &path);
         assert_eq!(kind, "Secret", "{path} should come from a Secret");
         let stand_in = match key.as_str() {
             "jwt-signing.key" => pki.dir.join("secrets/jwt-signing.key"),
@@ -1102,16 +1130,15 @@ fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
             errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()
         );
     }
+    // Envoy's private key never reaches the sidecar: its CA volume holds
+    // only ca.crt.
+    let ca_volume = volume_at(pod, sidecar, "/etc/service-auth/ca");
+    assert_eq!(
+        ca_volume["secret"]["items"][0]["key"].as_str(),
+        Some("ca.crt")
+    );
+    assert_eq!(ca_volume["secret"]["items"].as_sequence().unwrap().len(), 1);
 
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        let command = strings(&sidecar[probe]["exec"]["command"]);
-        assert_eq!(
-            command.get(1).map(String::as_str),
-            Some("health"),
-            "{probe}"
-        );
-        assert_eq!(flag_value(&command, "--addr"), "127.0.0.1:9191", "{probe}");
-    }
     for (what, value) in [
         ("requests", "cpu"),
         ("requests", "memory"),
@@ -1123,4 +1150,423 @@ fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
             "no {what}.{value}"
         );
     }
+}
+
+#[test]
+fn kubernetes_sidecar_is_native_and_its_probes_outlast_their_command() {
+    let docs = kubernetes_docs();
+    let pod = pod_spec(&docs);
+    // A native sidecar: an init container that keeps running, so it serves
+    // before Envoy starts (its startupProbe gates the pod) and outlives it.
+    let sidecar = pod["initContainers"]
+        .as_sequence()
+        .expect("initContainers")
+        .iter()
+        .find(|c| c["name"].as_str() == Some("service-auth"))
+        .expect("service-auth is not an init container");
+    assert_eq!(sidecar["restartPolicy"].as_str(), Some("Always"));
+    assert!(
+        pod["containers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .all(|c| c["name"].as_str() != Some("service-auth"))
+    );
+
+    let socket = format!("unix:{}", kubernetes_socket(&docs).display());
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let command = strings(&sidecar[probe]["exec"]["command"]);
+        assert_eq!(
+            command.get(1).map(String::as_str),
+            Some("health"),
+            "{probe}"
+        );
+        assert_eq!(flag_value(&command, "--addr"), socket, "{probe}");
+        let own = humantime::parse_duration(&flag_value(&command, "--timeout")).unwrap();
+        // Kubernetes' default timeoutSeconds is 1.
+        let limit = sidecar[probe]["timeoutSeconds"].as_u64().unwrap_or(1);
+        assert!(
+            Duration::from_secs(limit) > own,
+            "{probe}: timeoutSeconds {limit} would kill `health --timeout {own:?}` mid-way"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_replicas_report_metrics_as_themselves() {
+    let docs = kubernetes_docs();
+    let sidecar = pod_container(pod_spec(&docs), "service-auth");
+    let env = sidecar["env"].as_sequence().unwrap();
+    let at = |name: &str| {
+        env.iter()
+            .position(|e| e["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    let pod_name = &env[at("POD_NAME")];
+    assert_eq!(
+        pod_name["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("metadata.name")
+    );
+    let attributes = env[at("OTEL_RESOURCE_ATTRIBUTES")]["value"]
+        .as_str()
+        .unwrap();
+    assert!(
+        attributes
+            .split(',')
+            .any(|kv| kv == "service.instance.id=$(POD_NAME)"),
+        "{attributes}"
+    );
+    // $(VAR) expands only variables defined earlier in the list.
+    assert!(at("POD_NAME") < at("OTEL_RESOURCE_ATTRIBUTES"));
+}
+
+#[test]
+fn kubernetes_envoy_drains_before_it_is_stopped() {
+    let docs = kubernetes_docs();
+    let pod = pod_spec(&docs);
+    let envoy = pod_container(pod, "envoy");
+    let script = strings(&envoy["lifecycle"]["preStop"]["exec"]["command"]).join(" ");
+    let config: Value = serde_yaml::from_str(
+        find(&docs, "ConfigMap", "orders-envoy")["data"]["envoy.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let admin = &config["admin"]["address"]["socket_address"];
+    let target = format!(
+        "/dev/tcp/{}/{}",
+        admin["address"].as_str().unwrap(),
+        admin["port_value"].as_u64().unwrap()
+    );
+    assert!(
+        script.contains(&target),
+        "preStop does not talk to Envoy's admin: {script}"
+    );
+    assert!(script.contains("POST /drain_listeners"), "{script}");
+    let sleep: u64 = script
+        .split("sleep ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("preStop waits while the drain runs");
+    let command = strings(&envoy["command"]);
+    assert_eq!(flag_value(&command, "--drain-strategy"), "immediate");
+    let drain: u64 = flag_value(&command, "--drain-time-s").parse().unwrap();
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        drain <= sleep && sleep < grace,
+        "drain {drain}s, sleep {sleep}s, grace {grace}s"
+    );
+}
+
+/// Moves every absolute path the Envoy container mounts (and the socket
+/// directory) under `root`: each mount path, whole, wherever it is a path
+/// or a path's prefix.
+fn rebase(text: &str, mount_paths: &[String], root: &Path) -> String {
+    let mut out = text.to_owned();
+    for m in mount_paths {
+        let mut rebased = String::new();
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(m.as_str()) {
+            let after = &rest[at + m.len()..];
+            let whole = after.is_empty() || after.starts_with(['/', ' ', '}', '\n', '"', '\'']);
+            rebased.push_str(&rest[..at]);
+            if whole {
+                rebased.push_str(&root.display().to_string());
+            }
+            rebased.push_str(m);
+            rest = after;
+        }
+        rebased.push_str(rest);
+        out = rebased;
+    }
+    out
+}
+
+/// Publishes `files` into `dir` the way the kubelet updates a Secret
+/// volume: a new `..<version>` directory, an atomic rename of the `..data`
+/// symlink onto it, and one `name -> ..data/name` symlink per file.
+fn kubelet_publish(dir: &Path, version: &str, files: &[(&str, String)]) {
+    let data = dir.join(format!("..{version}"));
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, contents) in files {
+        std::fs::write(data.join(name), contents).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for (name, _) in files {
+        let link = dir.join(name);
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), link).unwrap();
+        }
+    }
+}
+
+/// The example's Envoy, laid out under `root` as the pod's envoy container
+/// sees it (ConfigMap files, the TLS Secret from `pki`), with every path
+/// moved under `root`. Returns the config text.
+fn lay_out_kubernetes_envoy(docs: &[Value], root: &Path, pki: &DevPki) -> String {
+    let pod = pod_spec(docs);
+    let envoy = pod_container(pod, "envoy");
+    let mounts: Vec<String> = envoy["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap().to_owned())
+        .collect();
+    let config_path = flag_value(&strings(&envoy["command"]), "-c");
+    let (config_dir, config_file) = config_path.rsplit_once('/').unwrap();
+    let configmap = volume_at(pod, envoy, config_dir)["configMap"]["name"]
+        .as_str()
+        .unwrap();
+    for (dir, volume) in mounts.iter().map(|m| (m, volume_at(pod, envoy, m))) {
+        let local = root.join(dir.trim_start_matches('/'));
+        std::fs::create_dir_all(&local).unwrap();
+        if volume["configMap"]["name"].as_str() == Some(configmap) {
+            for (key, text) in find(docs, "ConfigMap", configmap)["data"]
+                .as_mapping()
+                .unwrap()
+            {
+                let text = rebase(text.as_str().unwrap(), &mounts, root);
+                std::fs::write(local.join(key.as_str().unwrap()), text).unwrap();
+            }
+        } else if volume["secret"].is_mapping() {
+            kubelet_publish(&local, "v1", &envoy_tls_secret(pki));
+        }
+    }
+    std::fs::read_to_string(
+        root.join(config_dir.trim_start_matches('/'))
+            .join(config_file),
+    )
+    .unwrap()
+}
+
+/// The orders-envoy-tls Secret's keys, filled from a dev-pki output.
+fn envoy_tls_secret(pki: &DevPki) -> Vec<(&'static str, String)> {
+    vec![
+        ("ca.crt", pki.read("certs/ca.crt")),
+        ("tls.crt", pki.read("certs/envoy.crt")),
+        ("tls.key", pki.read("certs/envoy.key")),
+    ]
+}
+
+#[test]
+fn kubernetes_envoy_config_is_the_uds_hop_file_with_certificates_from_sds() {
+    let docs = kubernetes_docs();
+    let pod = pod_spec(&docs);
+    let envoy = pod_container(pod, "envoy");
+    let data = &find(&docs, "ConfigMap", "orders-envoy")["data"];
+    let mut config: Value = serde_yaml::from_str(data["envoy.yaml"].as_str().unwrap()).unwrap();
+    let mut shipped: Value = yaml_file("envoy/envoy-uds-hop.yaml");
+
+    // Certificates, key and CA come from file-based SDS, each watching the
+    // directory the kubelet swaps, so rotation needs no restart.
+    let tls_path = ["static_resources", "listeners"];
+    let context = |doc: &mut Value| -> Value {
+        let mut v = &mut *doc;
+        for k in tls_path {
+            v = &mut v[k];
+        }
+        std::mem::take(
+            &mut v[0]["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"],
+        )
+    };
+    let sds = context(&mut config);
+    let files = context(&mut shipped);
+    assert!(files["tls_certificates"].is_sequence());
+    let sources = [
+        &sds["tls_certificate_sds_secret_configs"][0],
+        &sds["validation_context_sds_secret_config"],
+    ];
+    for source in sources {
+        let name = source["name"].as_str().expect("SDS secret name");
+        let path_source = &source["sds_config"]["path_config_source"];
+        let path = path_source["path"].as_str().expect("file-based SDS");
+        let (dir, key) = path.rsplit_once('/').unwrap();
+        assert_eq!(path_source["watched_directory"]["path"].as_str(), Some(dir));
+        let (kind, _, _) = mounted_source(pod, envoy, path);
+        assert_eq!(kind, "ConfigMap");
+        let secret: Value = serde_yaml::from_str(data[key].as_str().unwrap()).unwrap();
+        let resource = &secret["resources"][0];
+        assert_eq!(resource["name"].as_str(), Some(name), "{key}");
+        let body = resource
+            .get("tls_certificate")
+            .or_else(|| resource.get("validation_context"))
+            .expect("a certificate or a validation context");
+        let mut filenames = Vec::new();
+        envoy_filenames(body, &mut filenames);
+        assert!(!filenames.is_empty());
+        for file in filenames {
+            let (dir, _) = file.rsplit_once('/').unwrap();
+            assert_eq!(
+                body["watched_directory"]["path"].as_str(),
+                Some(dir),
+                "{file}"
+            );
+            let (kind, secret_name, _) = mounted_source(pod, envoy, &file);
+            assert_eq!(
+                (kind.as_str(), secret_name.as_str()),
+                ("Secret", "orders-envoy-tls")
+            );
+        }
+    }
+
+    // SDS needs a node; everything else is envoy-uds-hop.yaml, the file the
+    // tests run, socket path included.
+    config
+        .as_mapping_mut()
+        .unwrap()
+        .remove("node")
+        .expect("an SDS node");
+    assert_eq!(
+        config, shipped,
+        "the Kubernetes Envoy config drifted from envoy/envoy-uds-hop.yaml"
+    );
+
+    // And Envoy accepts it, laid out as in the pod.
+    let pki = DevPki::generate();
+    let root = tempfile::tempdir().unwrap();
+    let text = lay_out_kubernetes_envoy(&docs, root.path(), &pki);
+    let config_file = root.path().join("k8s-envoy.yaml");
+    std::fs::write(&config_file, text).unwrap();
+    let out = Command::new(envoy_binary())
+        .args(["--mode", "validate", "--log-level", "warn", "-c"])
+        .arg(&config_file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run envoy");
+    assert!(
+        out.status.success(),
+        "envoy rejects the Kubernetes config:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The leaf certificate Envoy presents to a new handshake made with `tls`.
+async fn presented_leaf(port: u16, tls: std::sync::Arc<rustls::ClientConfig>) -> Option<Vec<u8>> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, stream)
+        .await
+        .ok()?;
+    Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn kubernetes_envoy_serves_rotated_certificates_without_a_restart() {
+    let docs = kubernetes_docs();
+    let pki = DevPki::generate();
+    let root = tempfile::tempdir().unwrap();
+    let text = lay_out_kubernetes_envoy(&docs, root.path(), &pki);
+
+    // The sidecar on the example's socket, moved under root like Envoy's.
+    let socket = root
+        .path()
+        .join(kubernetes_socket(&docs).strip_prefix("/").unwrap());
+    let mut config: Value = serde_yaml::from_str(&pki.read("service-auth.yaml")).unwrap();
+    config["listen"]["grpc"] = format!("unix:{}", socket.display()).into();
+    let config_path = pki.dir.join("service-auth.test.yaml");
+    std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let mut sidecar = Sidecar::spawn(&config_path, "127.0.0.1:1".parse().unwrap(), &[]);
+    let addr = ListenAddr::Unix(socket.clone());
+    common::procs::poll(
+        "the sidecar's socket to serve",
+        Duration::from_secs(30),
+        || {
+            sidecar.assert_running();
+            let addr = addr.clone();
+            async move {
+                service_auth::health::probe(&addr, Duration::from_secs(1))
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
+
+    let echo = Echo::start().await;
+    let ports = common::procs::EnvoyPorts {
+        listener: free_port(),
+        admin: free_port(),
+        sidecar: "127.0.0.1:1".parse().unwrap(),
+        app: echo.addr,
+    };
+    let mut envoy_config: Value = serde_yaml::from_str(&text).unwrap();
+    envoy_config["admin"]["address"]["socket_address"]["port_value"] =
+        u64::from(ports.admin).into();
+    let listener =
+        &mut envoy_config["static_resources"]["listeners"][0]["address"]["socket_address"];
+    listener["address"] = "127.0.0.1".into();
+    listener["port_value"] = u64::from(ports.listener).into();
+    for cluster in envoy_config["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .unwrap()
+    {
+        if cluster["name"].as_str() == Some("app") {
+            let address = &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+                ["address"]["socket_address"];
+            address["port_value"] = u64::from(echo.addr.port()).into();
+        }
+    }
+    let workdir = root.path().join("etc/envoy");
+    let _envoy = Envoy::start(
+        &workdir,
+        &serde_yaml::to_string(&envoy_config).unwrap(),
+        &ports,
+    )
+    .await;
+    let url = format!("https://localhost:{}/orders", ports.listener);
+    let key = pki.api_key("billing");
+    let status = pki
+        .client("billing")
+        .get(&url)
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+
+    // cert-manager renews: a new CA, certificate and key, published as the
+    // kubelet does. New handshakes get the new certificate...
+    let renewed = DevPki::generate();
+    let tls_dir = root.path().join("etc/envoy/tls");
+    kubelet_publish(&tls_dir, "v2", &envoy_tls_secret(&renewed));
+    let new_leaf = der(&renewed.read("certs/envoy.crt"));
+    let client =
+        renewed.rustls_client("certs/ca.crt", "clients/billing.crt", "clients/billing.key");
+    common::procs::poll(
+        "Envoy to serve the renewed certificate",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            let new_leaf = new_leaf.clone();
+            async move { (presented_leaf(ports.listener, client).await? == new_leaf).then_some(()) }
+        },
+    )
+    .await;
+    // ...and callers are checked against the new CA: one from the old CA is
+    // refused at the handshake.
+    let old = pki
+        .client("billing")
+        .get(&url)
+        .header("x-api-key", &key)
+        .send()
+        .await;
+    assert!(
+        old.is_err(),
+        "a certificate from the replaced CA got in: {old:?}"
+    );
 }
