@@ -988,3 +988,76 @@ fn hop_files_named_by_the_configs_are_what_dev_pki_writes() {
     assert_ne!(pki.read("certs/hop-ca.crt"), pki.read("certs/ca.crt"));
     assert!(pki.dir.join("ca/hop-ca.key").is_file());
 }
+
+// ---------------------------------------------------------------------------
+// Settings no request can show
+// ---------------------------------------------------------------------------
+
+/// Limits that only bite under load or over time: present in every variant
+/// with the values docs/envoy-hardening.md explains.
+#[test]
+fn load_and_time_limits_are_set_in_every_variant() {
+    for variant in [Variant::Loopback, Variant::MtlsHop, Variant::UdsHop] {
+        let config = shipped(variant.file());
+        let file = variant.file();
+        let monitors = config["overload_manager"]["resource_monitors"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{file}: no overload manager"));
+        let connections = monitors
+            .iter()
+            .find(|m| {
+                m["name"].as_str()
+                    == Some("envoy.resource_monitors.global_downstream_max_connections")
+            })
+            .unwrap_or_else(|| panic!("{file}: no global downstream connection limit"));
+        assert!(
+            connections["typed_config"]["max_active_downstream_connections"]
+                .as_u64()
+                .is_some_and(|n| n > 0)
+        );
+
+        let listener = &config["static_resources"]["listeners"][0];
+        assert!(
+            listener["per_connection_buffer_limit_bytes"]
+                .as_u64()
+                .is_some(),
+            "{file}"
+        );
+        let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+        for timeout in ["request_headers_timeout", "stream_idle_timeout"] {
+            assert!(hcm[timeout].as_str().is_some(), "{file}: no {timeout}");
+        }
+        let common = &hcm["common_http_protocol_options"];
+        assert!(common["max_headers_count"].as_u64().is_some(), "{file}");
+        assert!(common["idle_timeout"].as_str().is_some(), "{file}");
+        let h2 = &hcm["http2_protocol_options"];
+        assert_eq!(h2["max_concurrent_streams"].as_u64(), Some(100), "{file}");
+
+        let sidecar = config["static_resources"]["clusters"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"].as_str() == Some("service_auth"))
+            .unwrap();
+        let thresholds = &sidecar["circuit_breakers"]["thresholds"][0];
+        for limit in ["max_connections", "max_pending_requests", "max_requests"] {
+            assert!(thresholds[limit].as_u64().is_some(), "{file}: no {limit}");
+        }
+        assert_eq!(
+            thresholds["track_remaining"].as_bool(),
+            Some(true),
+            "{file}"
+        );
+
+        let ext_authz = hcm["http_filters"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"].as_str() == Some("envoy.filters.http.ext_authz"))
+            .unwrap();
+        assert_eq!(
+            ext_authz["typed_config"]["failure_mode_allow"].as_bool(),
+            Some(false)
+        );
+    }
+}
