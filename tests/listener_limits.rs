@@ -252,50 +252,59 @@ async fn tls_connections_that_stall_before_or_after_the_tls_handshake_are_closed
 
 #[tokio::test]
 async fn a_flood_of_silent_sockets_does_not_starve_an_mtls_client() {
+    // The default pending cap (64), and fewer slots than silent sockets: a
+    // listener that gave slots before the handshake would be full at once.
     let s = TlsSidecar::start(
         "",
-        "limits:\n  max_pending_handshakes: 32\n  max_connections: 64\n  handshake_timeout: 60s\n",
+        "limits:\n  max_connections: 8\n  handshake_timeout: 60s\n",
     )
     .await;
     let addr = s.sidecar.addr;
-    // Silent sockets, a new one every 5 ms for as long as the test runs. The
-    // newest 64 are kept open (twice the cap): older ones have been dropped
-    // by the sidecar already.
+    // Silent sockets, a new one every 5 ms for as long as the test runs, all
+    // kept open by this side (closing them would free their place).
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-    let flood = tokio::spawn(async move {
-        let mut first_tx = Some(first_tx);
-        let mut open = std::collections::VecDeque::new();
-        let mut pace = tokio::time::interval(Duration::from_millis(5));
-        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            pace.tick().await;
-            let Ok(socket) = TcpStream::connect(addr).await else {
-                continue;
-            };
-            match first_tx.take() {
-                Some(tx) => {
-                    let _ = tx.send(socket);
+    let flood = tokio::spawn({
+        let opened = opened.clone();
+        async move {
+            let mut first_tx = Some(first_tx);
+            let mut open = Vec::new();
+            let mut pace = tokio::time::interval(Duration::from_millis(5));
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                pace.tick().await;
+                let Ok(socket) = TcpStream::connect(addr).await else {
+                    continue;
+                };
+                opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match first_tx.take() {
+                    Some(tx) => {
+                        let _ = tx.send(socket);
+                    }
+                    None => open.push(socket),
                 }
-                None => open.push_back(socket),
-            }
-            if open.len() > 64 {
-                open.pop_front();
             }
         }
     });
-    // The cap is full and drops the oldest: the first silent socket is
-    // closed long before its 60 s deadline.
     let first = first_rx.await.unwrap();
-    assert!(
-        closed_by_peer(first).await,
-        "the oldest pending socket is dropped for newer ones"
-    );
-    // Meanwhile, fresh mTLS connections get through under a 1 s deadline.
+    poll("twice the pending cap of silent sockets", WAIT, || {
+        let n = opened.load(std::sync::atomic::Ordering::Relaxed);
+        async move { (n >= 128).then_some(()) }
+    })
+    .await;
+    // With the flood going on, fresh mTLS connections get through under a
+    // 1 s deadline.
     let envoy = s.ca.client(&ClientSpec::uri(ENVOY_SAN));
     for _ in 0..3 {
         let answer = allowed_within(s.channel(&envoy), &s.ca, Duration::from_secs(1)).await;
         assert_eq!(answer, Ok(true), "a Check during the flood");
     }
+    // The cap was full and dropped its oldest: the first silent socket was
+    // closed long before its 60 s deadline.
+    assert!(
+        closed_by_peer(first).await,
+        "the oldest pending socket is dropped for newer ones"
+    );
     flood.abort();
 }
 
