@@ -60,8 +60,6 @@ enum HandshakeError {
     Tls(io::Error),
     #[error(transparent)]
     Preface(#[from] PrefaceError),
-    #[error("the listener is shutting down")]
-    Closed,
 }
 
 /// What the accept loop and every pending connection share.
@@ -160,28 +158,29 @@ async fn accept_loop(socket: Socket, admission: Arc<Admission>) {
 /// One pending connection: handshake, then a slot, within the deadline;
 /// then it is handed to the gRPC server.
 async fn admit(stream: Accepted, ticket: Ticket, admission: Arc<Admission>) {
-    let ready = tokio::time::timeout(admission.deadline, async {
-        let (io, replay) = handshake(stream, admission.tls.as_deref()).await?;
-        let slot = admission
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| HandshakeError::Closed)?;
-        Ok::<_, HandshakeError>(Conn {
-            io: Rewind::new(replay, io),
-            _slot: slot,
-        })
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + admission.deadline;
+    let handshake = handshake(stream, admission.tls.as_deref());
+    let (io, replay) = match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(done)) => done,
+        // The client's doing, and as frequent as a client wants: debug only.
+        Ok(Err(e)) => return tracing::debug!(event = "handshake_failed", error = %e),
+        Err(_) => return tracing::debug!(event = "handshake_timeout"),
+    };
+    let slot = admission.slots.clone().acquire_owned();
+    let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, slot).await else {
+        // Running out of slots is the operator's business: warn.
+        return tracing::warn!(
+            event = "connection_refused",
+            reason = "max_connections",
+            "every connection slot stayed taken until handshake_timeout"
+        );
+    };
     drop(ticket);
-    match ready {
-        Ok(Ok(conn)) => {
-            let _ = admission.tx.send(Ok(conn)).await;
-        }
-        Ok(Err(e)) => tracing::debug!(event = "handshake_failed", error = %e),
-        Err(_) => tracing::debug!(event = "handshake_timeout"),
-    }
+    let conn = Conn {
+        io: Rewind::new(replay, io),
+        _slot: slot,
+    };
+    let _ = admission.tx.send(Ok(conn)).await;
 }
 
 /// TLS (when on), then the HTTP/2 preface and first SETTINGS. Returns the

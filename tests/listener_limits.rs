@@ -199,6 +199,51 @@ async fn sockets_that_sent_one_byte_are_closed_and_free_their_slots() {
 }
 
 #[tokio::test]
+async fn beyond_max_connections_a_client_waits_until_the_deadline_then_is_closed() {
+    let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = fixture.write_config(
+        &addr.to_string(),
+        "limits:\n  max_connections: 1\n  handshake_timeout: 1s\n",
+    );
+    let sidecar = Sidecar::start(&config, addr).await;
+    let ca = Ca::new("mesh");
+    let plain = || Channel::from_shared(format!("http://{addr}")).unwrap();
+    // The one slot, held by a connection that has been served.
+    let holder = poll("a connection to take the only slot", WAIT, || {
+        let channel = plain().connect_lazy();
+        let ca = &ca;
+        async move {
+            let served = allowed_within(channel.clone(), ca, WAIT).await;
+            (served == Ok(true)).then_some(channel)
+        }
+    })
+    .await;
+    // A second client finishes its handshake, waits for a slot, and is
+    // closed at the deadline: an error, not a hang until its own deadline.
+    let waited = allowed_within(plain().connect_lazy(), &ca, WAIT).await;
+    assert!(waited.is_err(), "{waited:?}");
+    assert!(!waited.unwrap_err().contains("no answer"));
+    poll("the refusal to be logged", WAIT, || {
+        let log = sidecar.log_text();
+        async move {
+            log.lines()
+                .any(|l| l.contains("connection_refused") && l.contains("max_connections"))
+                .then_some(())
+        }
+    })
+    .await;
+    // Once the slot is free, a new client is served.
+    drop(holder);
+    poll("a client to be served once the slot is free", WAIT, || {
+        let channel = plain().connect_lazy();
+        let ca = &ca;
+        async move { (allowed_within(channel, ca, WAIT).await == Ok(true)).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn tls_connections_that_stall_before_or_after_the_tls_handshake_are_closed() {
     let s = TlsSidecar::start(
         "",
