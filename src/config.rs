@@ -227,8 +227,9 @@ impl StaticConfig {
             ));
         }
         if let Some(tls) = &self.listen.tls {
-            tls.validate()
-                .map_err(|problem| ConfigError::invalid(path, "listen.tls.allowed_sans", problem))?;
+            tls.validate().map_err(|problem| {
+                ConfigError::invalid(path, "listen.tls.allowed_sans", problem)
+            })?;
         }
         if let Some(name) = self.limits.first_zero() {
             return Err(ConfigError::invalid(

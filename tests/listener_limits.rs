@@ -11,13 +11,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::pki::{Ca, ClientSpec, Issued};
-use common::procs::{Sidecar, free_port, poll};
-use common::{Fixture, Req, Svc};
+use common::procs::{Sidecar, poll};
+use common::{Ca, ClientSpec, Fixture, Issued, ListenAddr, Req, Svc, tcp0};
 use envoy_types::ext_authz::v3::pb::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use service_auth::config::{Limits, ListenTls, StaticConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -81,30 +81,31 @@ struct TlsSidecar {
     _fixture: Fixture,
     ca: Ca,
     sidecar: Sidecar,
+    addr: SocketAddr,
 }
 
 impl TlsSidecar {
-    /// `tls_extra` is appended to `listen.tls` (indented by the caller),
-    /// `extra` to the config's top level.
-    async fn start(tls_extra: &str, extra: &str) -> TlsSidecar {
+    async fn start(allowed_sans: Option<&[&str]>, limits: Limits) -> TlsSidecar {
         let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
         let ca = Ca::new("hop CA");
         let tls_dir = fixture.path().join("tls");
         std::fs::create_dir(&tls_dir).unwrap();
-        let served = ca.server("service-auth");
+        let served = ca.server(&["service-auth"]);
         std::fs::write(tls_dir.join("sidecar.crt"), &served.cert_pem).unwrap();
         std::fs::write(tls_dir.join("sidecar.key"), &served.key_pem).unwrap();
         std::fs::write(tls_dir.join("ca.crt"), ca.cert_pem()).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = fixture.write_config(&addr.to_string(), extra);
-        let text = std::fs::read_to_string(&config).unwrap().replace(
-            &format!("  grpc: {addr}\n"),
-            &format!(
-                "  grpc: {addr}\n  tls:\n    cert: tls/sidecar.crt\n    key: tls/sidecar.key\n    client_ca: tls/ca.crt\n{tls_extra}"
-            ),
-        );
-        std::fs::write(&config, text).unwrap();
-        let mut sidecar = Sidecar::spawn(&config, addr, &[]);
+        let mut config = fixture.static_config(tcp0());
+        config.listen.tls = Some(ListenTls {
+            cert: "tls/sidecar.crt".into(),
+            key: "tls/sidecar.key".into(),
+            client_ca: "tls/ca.crt".into(),
+            allowed_sans: allowed_sans.map(|sans| sans.iter().map(|s| s.to_string()).collect()),
+        });
+        config.limits = limits;
+        let mut sidecar = Sidecar::spawn(&fixture.write_config(&config), &[]);
+        let ListenAddr::Tcp(addr) = sidecar.listening().await else {
+            panic!("a TLS listener is TCP");
+        };
         let envoy = ca.client(&ClientSpec::uri(ENVOY_SAN));
         poll("the TLS listener to serve Checks", WAIT, || {
             sidecar.assert_running();
@@ -117,12 +118,31 @@ impl TlsSidecar {
             _fixture: fixture,
             ca,
             sidecar,
+            addr,
         }
     }
 
     fn channel(&self, identity: &Issued) -> Channel {
-        tls_channel(self.sidecar.addr, &self.ca, identity)
+        tls_channel(self.addr, &self.ca, identity)
     }
+}
+
+/// Default limits but these two.
+fn limits(max_connections: usize, handshake_timeout: Duration) -> Limits {
+    Limits {
+        max_connections,
+        handshake_timeout,
+        ..Limits::default()
+    }
+}
+
+/// A plaintext sidecar on loopback, running the binary.
+async fn plain_sidecar(fixture: &Fixture, limits: Limits) -> Sidecar {
+    let config = StaticConfig {
+        limits,
+        ..fixture.static_config(tcp0())
+    };
+    Sidecar::start(&fixture.write_config(&config)).await
 }
 
 /// An mTLS channel presenting `identity`, connected on first use (so a
@@ -167,12 +187,8 @@ fn server_name() -> ServerName<'static> {
 #[tokio::test]
 async fn sockets_that_sent_one_byte_are_closed_and_free_their_slots() {
     let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = fixture.write_config(
-        &addr.to_string(),
-        "limits:\n  max_connections: 8\n  handshake_timeout: 1s\n",
-    );
-    let sidecar = Sidecar::start(&config, addr).await;
+    let sidecar = plain_sidecar(&fixture, limits(8, Duration::from_secs(1))).await;
+    let addr = sidecar.addr();
     // As many as there are slots, each stuck one byte into the preface.
     let mut stuck = Vec::new();
     for _ in 0..8 {
@@ -201,12 +217,8 @@ async fn sockets_that_sent_one_byte_are_closed_and_free_their_slots() {
 #[tokio::test]
 async fn beyond_max_connections_a_client_waits_until_the_deadline_then_is_closed() {
     let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = fixture.write_config(
-        &addr.to_string(),
-        "limits:\n  max_connections: 1\n  handshake_timeout: 1s\n",
-    );
-    let sidecar = Sidecar::start(&config, addr).await;
+    let sidecar = plain_sidecar(&fixture, limits(1, Duration::from_secs(1))).await;
+    let addr = sidecar.addr();
     let ca = Ca::new("mesh");
     let plain = || Channel::from_shared(format!("http://{addr}")).unwrap();
     // The one slot, held by a connection that has been served.
@@ -245,24 +257,20 @@ async fn beyond_max_connections_a_client_waits_until_the_deadline_then_is_closed
 
 #[tokio::test]
 async fn tls_connections_that_stall_before_or_after_the_tls_handshake_are_closed() {
-    let s = TlsSidecar::start(
-        "",
-        "limits:\n  max_connections: 8\n  handshake_timeout: 1s\n",
-    )
-    .await;
+    let s = TlsSidecar::start(None, limits(8, Duration::from_secs(1))).await;
     let envoy = s.ca.client(&ClientSpec::uri(ENVOY_SAN));
     // Eight finish TLS with a good certificate, then send nothing.
     let connector = tls_connector(&s.ca, &envoy);
     let mut after_tls = Vec::new();
     for _ in 0..8 {
-        let tcp = TcpStream::connect(s.sidecar.addr).await.unwrap();
+        let tcp = TcpStream::connect(s.addr).await.unwrap();
         let tls = connector.connect(server_name(), tcp).await.unwrap();
         after_tls.push(tls);
     }
     // Eight more send the first bytes of a ClientHello.
     let mut in_tls = Vec::new();
     for _ in 0..8 {
-        let mut tcp = TcpStream::connect(s.sidecar.addr).await.unwrap();
+        let mut tcp = TcpStream::connect(s.addr).await.unwrap();
         tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
             .await
             .unwrap();
@@ -299,12 +307,8 @@ async fn tls_connections_that_stall_before_or_after_the_tls_handshake_are_closed
 async fn a_flood_of_silent_sockets_does_not_starve_an_mtls_client() {
     // The default pending cap (64), and fewer slots than silent sockets: a
     // listener that gave slots before the handshake would be full at once.
-    let s = TlsSidecar::start(
-        "",
-        "limits:\n  max_connections: 8\n  handshake_timeout: 60s\n",
-    )
-    .await;
-    let addr = s.sidecar.addr;
+    let s = TlsSidecar::start(None, limits(8, Duration::from_secs(60))).await;
+    let addr = s.addr;
     // Silent sockets, a new one every 5 ms for as long as the test runs, all
     // kept open by this side (closing them would free their place).
     let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -355,7 +359,7 @@ async fn a_flood_of_silent_sockets_does_not_starve_an_mtls_client() {
 
 #[tokio::test]
 async fn allowed_sans_admit_only_the_listed_hop_clients() {
-    let s = TlsSidecar::start(&format!("    allowed_sans:\n      - {ENVOY_SAN}\n"), "").await;
+    let s = TlsSidecar::start(Some(&[ENVOY_SAN]), Limits::default()).await;
     let envoy = s.ca.client(&ClientSpec::uri(ENVOY_SAN));
     // Right CA, other SANs: a workload's certificate, one with only a CN.
     let billing_san = "spiffe://mesh.test/billing";
@@ -364,7 +368,7 @@ async fn allowed_sans_admit_only_the_listed_hop_clients() {
         s.ca.client(&ClientSpec::empty().with_cn("envoy")),
         s.ca.client(&ClientSpec::dns("envoy.mesh.test")),
     ] {
-        let tcp = TcpStream::connect(s.sidecar.addr).await.unwrap();
+        let tcp = TcpStream::connect(s.addr).await.unwrap();
         let alert = match tls_connector(&s.ca, &workload)
             .connect(server_name(), tcp)
             .await
@@ -410,11 +414,11 @@ async fn allowed_sans_admit_only_the_listed_hop_clients() {
 async fn unix_socket_connections_have_the_same_deadline() {
     let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
     let socket = fixture.path().join("authz.sock");
-    let config = fixture.write_config(
-        &format!("unix:{}", socket.display()),
-        "limits:\n  max_connections: 2\n  handshake_timeout: 1s\n",
-    );
-    let mut sidecar = Sidecar::spawn(&config, "127.0.0.1:1".parse().unwrap(), &[]);
+    let config = StaticConfig {
+        limits: limits(2, Duration::from_secs(1)),
+        ..fixture.static_config(ListenAddr::Unix(socket.clone()))
+    };
+    let mut sidecar = Sidecar::spawn(&fixture.write_config(&config), &[]);
     poll("the socket to be served", WAIT, || {
         sidecar.assert_running();
         let socket = socket.clone();
