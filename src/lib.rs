@@ -19,3 +19,4 @@ pub mod reload;
 pub mod server;
 pub mod telemetry;
 pub mod token;
+pub mod wire;
