@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use http::uri::PathAndQuery;
 use prost::Message;
@@ -58,7 +58,10 @@ impl CheckHandler for Recorder {
             Ok(view) => (
                 Seen::View {
                     certificate: view.certificate().to_owned(),
-                    api_key: view.header_values("x-api-key").map(<[u8]>::to_vec).collect(),
+                    api_key: view
+                        .header_values("x-api-key")
+                        .map(<[u8]>::to_vec)
+                        .collect(),
                     scope: view.context_extension("scope").map(str::to_owned),
                     request_id: view.request_id().to_owned(),
                 },
@@ -233,7 +236,10 @@ async fn a_valid_request_reaches_the_handler_as_a_view() {
     let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
         panic!("expected ok_response: {resp:?}")
     };
-    assert_eq!(ok.headers[0].header.as_ref().unwrap().value, "token-for-test");
+    assert_eq!(
+        ok.headers[0].header.as_ref().unwrap().value,
+        "token-for-test"
+    );
 }
 
 #[tokio::test]
@@ -293,17 +299,28 @@ async fn a_message_at_the_limit_is_read_across_frames_within_the_bound() {
     // length prefixes grow with it, hence the second pass).
     let mut filler = LIMIT - req.encoded_len();
     for _ in 0..2 {
-        req.attributes.as_mut().unwrap().source.as_mut().unwrap().certificate = "x".repeat(filler);
+        req.attributes
+            .as_mut()
+            .unwrap()
+            .source
+            .as_mut()
+            .unwrap()
+            .certificate = "x".repeat(filler);
         filler -= req.encoded_len() - LIMIT;
     }
     let bytes = req.encode_to_vec();
     assert_eq!(bytes.len(), LIMIT);
     let resp = h.raw_check(bytes).await.expect("gRPC OK");
     assert_eq!(resp.status.unwrap().code, 0);
-    assert!(matches!(&h.seen()[..], [Seen::View { certificate, .. }] if certificate.len() == filler));
+    assert!(
+        matches!(&h.seen()[..], [Seen::View { certificate, .. }] if certificate.len() == filler)
+    );
     let peak = h.service.peak_buffered_bytes();
     assert!(peak <= LIMIT + MAX_FRAME, "held {peak} bytes");
-    assert!(peak >= LIMIT, "the probe measures the assembled message ({peak})");
+    assert!(
+        peak >= LIMIT,
+        "the probe measures the assembled message ({peak})"
+    );
 }
 
 #[tokio::test]
@@ -398,7 +415,11 @@ async fn read_answer(response: h2::client::ResponseFuture) -> (u16, CheckRespons
         body.flow_control().release_capacity(chunk.len()).unwrap();
         data.extend_from_slice(&chunk);
     }
-    let trailers = body.trailers().await.expect("trailers").expect("some trailers");
+    let trailers = body
+        .trailers()
+        .await
+        .expect("trailers")
+        .expect("some trailers");
     let mut data = &data[..];
     assert_eq!(data.get_u8(), 0, "uncompressed");
     let len = data.get_u32() as usize;
@@ -413,7 +434,9 @@ async fn send_raw(addr: SocketAddr, frames: &[&[u8]]) -> (u16, CheckResponse, St
     let mut client = h2_client(addr).await;
     let (response, mut stream) = client.send_request(check_headers(addr), false).unwrap();
     for frame in frames {
-        stream.send_data(Bytes::copy_from_slice(frame), false).unwrap();
+        stream
+            .send_data(Bytes::copy_from_slice(frame), false)
+            .unwrap();
     }
     stream.send_data(Bytes::new(), true).unwrap();
     read_answer(response).await
@@ -436,7 +459,11 @@ async fn malformed_framing_from_a_raw_h2_client_is_a_denial() {
         let (status, resp, grpc_status) = send_raw(h.addr, &frames).await;
         assert_eq!((status, grpc_status.as_str()), (200, "0"));
         assert_malformed_denial(&resp);
-        assert_eq!(h.seen().last(), Some(&Seen::Malformed(expected)), "{frames:02x?}");
+        assert_eq!(
+            h.seen().last(),
+            Some(&Seen::Malformed(expected)),
+            "{frames:02x?}"
+        );
     }
     // The same message split byte by byte across DATA frames is fine.
     let bytes: Vec<&[u8]> = framed.chunks(1).collect();

@@ -355,7 +355,10 @@ fn every_truncation_and_bit_flip_gets_the_same_verdict() {
 
 /// Sets one string field of the full request to `marker`; one entry per
 /// string field reachable from `CheckRequest` (map keys and values too).
-fn string_fields() -> Vec<(&'static str, fn(&mut CheckRequest, &str))> {
+/// Sets one field of a request to a value.
+type Setter = fn(&mut CheckRequest, &str);
+
+fn string_fields() -> Vec<(&'static str, Setter)> {
     fn attrs(r: &mut CheckRequest) -> &mut AttributeContext {
         r.attributes.as_mut().unwrap()
     }
