@@ -32,8 +32,11 @@ where
             Some(Ok(frame)) => {
                 // Request trailers carry nothing for a unary call.
                 if let Ok(data) = frame.into_data() {
-                    record_peak(peak, framer.held() + data.len());
-                    framer.push(data)?;
+                    let frame_len = data.len();
+                    let pushed = framer.push(data);
+                    // The frame stays alive while it is copied from.
+                    record_peak(peak, framer.held() + frame_len);
+                    pushed?;
                 }
             }
         }
@@ -81,11 +84,12 @@ impl Framer {
         }
     }
 
-    /// Bytes this framer owns (its partial copy of the message).
+    /// Bytes of the message this framer holds (reserved or complete).
     pub(super) fn held(&self) -> usize {
         match &self.state {
+            State::Prefix { .. } => 0,
             State::Message { partial, .. } => partial.capacity(),
-            State::Prefix { .. } | State::Done(_) => 0,
+            State::Done(message) => message.len(),
         }
     }
 
