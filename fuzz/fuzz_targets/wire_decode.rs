@@ -67,6 +67,9 @@ fuzz_target!(|data: &[u8]| {
     let map = http.header_map.unwrap_or_default().headers;
     assert_eq!(view.header_map().len(), map.len());
     for (v, p) in view.header_map().iter().zip(&map) {
-        assert_eq!((v.key, v.value, v.raw_value), (&*p.key, &*p.value, &p.raw_value[..]));
+        assert_eq!(
+            (v.key, v.value, v.raw_value),
+            (&*p.key, &*p.value, &p.raw_value[..])
+        );
     }
 });

@@ -7,11 +7,13 @@
 //! one `CheckResponse`, `grpc-status: 0`.
 //!
 //! A request known to be malformed before its stream ends (too large,
-//! compressed, a second message) is answered at once. The request body is
-//! kept, unread, until the answer's trailers are queued; dropping it then
-//! makes h2 reset the stream with NO_ERROR (RFC 9113 §8.1), which tells the
-//! client to stop sending without failing the response it already has, so
-//! no client sits blocked on flow control for a body nobody reads.
+//! compressed, a second message) is answered at once, and the rest of its
+//! body is not read: dropping the body makes h2 discard whatever else
+//! arrives (returning connection-level flow-control credit), and once the
+//! answer is complete h2 resets the stream with NO_ERROR (RFC 9113 §8.1),
+//! which tells the client to stop sending without failing the response it
+//! already has. No client sits blocked on flow control for a body nobody
+//! reads, and nothing of it is buffered.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -114,11 +116,13 @@ impl<H: CheckHandler> tower::Service<http::Request<TonicBody>> for CheckService<
             let mut body = request.into_body();
             let read =
                 read_message(&mut body, shared.max_message_bytes, &shared.peak_buffered).await;
+            // Whatever else the client sends is discarded from here on.
+            drop(body);
             let answer = match &read {
                 Ok(message) => shared.handler.check(CheckView::decode(message)),
                 Err(malformed) => shared.handler.check(Err(*malformed)),
             };
-            Ok(answer_response(answer, body))
+            Ok(answer_response(answer))
         })
     }
 }
@@ -135,11 +139,10 @@ fn unimplemented() -> http::Response<TonicBody> {
     response
 }
 
-fn answer_response(answer: EncodedResponse, request: TonicBody) -> http::Response<TonicBody> {
+fn answer_response(answer: EncodedResponse) -> http::Response<TonicBody> {
     let body = AnswerBody {
         message: Some(answer.into_frame()),
         trailers_sent: false,
-        _request: request,
     };
     let mut response = http::Response::new(TonicBody::new(body));
     response
@@ -152,8 +155,6 @@ fn answer_response(answer: EncodedResponse, request: TonicBody) -> http::Respons
 struct AnswerBody {
     message: Option<Bytes>,
     trailers_sent: bool,
-    /// Held, unread, until the answer is complete: see the module docs.
-    _request: TonicBody,
 }
 
 impl Body for AnswerBody {
