@@ -4,7 +4,9 @@
 //! an immutable snapshot (which `reload` keeps current), `identity` reads the
 //! peer certificate, `check` decides (a pure function), `token` signs and
 //! verifies, `server` translates to and from gRPC on the connections
-//! `listener` accepts, and `telemetry` observes the result.
+//! `listener` accepts, and `telemetry` observes the result. `wire` owns the
+//! Check method's gRPC wire format (framing, partial request decode,
+//! pre-encoded responses) independently of the decision.
 //! Beside that flow: `health` probes a running sidecar, and `devpki`
 //! generates the development-only demo PKI.
 

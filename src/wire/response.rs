@@ -26,6 +26,12 @@ const METADATA_NAMESPACE: &str = "service_auth";
 
 /// One `CheckResponse`, with its 5-byte gRPC prefix: what the Check method
 /// sends. Cloning shares the bytes.
+///
+/// Handlers return this rather than a prost message so that a denial is a
+/// shared constant (a reference-count bump per Check, ~30 ns, instead of
+/// building and encoding ~1 µs of maps and strings), the OK response is
+/// written once into a buffer of the exact size, and the service sends the
+/// bytes as they are, prefix included, with no further copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedResponse(Bytes);
 
