@@ -3,12 +3,14 @@
 //! Data flows one way through these modules (each imports only modules
 //! listed before it):
 //!
-//! * `config` parses the two YAML files into typed structs;
+//! * `config` parses the two YAML files into typed structs; `wire` owns the
+//!   Check method's gRPC wire format (framing with bounded reads, a
+//!   borrowing partial decode of the request, pre-encoded responses);
 //! * `identity` parses the forwarded peer certificate; `token` issues and
 //!   verifies mesh tokens;
 //! * `registry` validates a registry file into an immutable, indexed
 //!   snapshot and holds the shared `Snapshot` handle;
-//! * `request` parses a `CheckRequest`'s attributes once; `evidence`
+//! * `request` reads a decoded request's attributes once; `evidence`
 //!   gathers (and memoizes) the costly certificate facts;
 //! * `check` decides, as a pure function; `response` turns the outcome into
 //!   Envoy's `CheckResponse`;
@@ -41,5 +43,6 @@ pub mod telemetry;
 pub mod testkit;
 pub mod token;
 pub mod watch;
+pub mod wire;
 
 pub use app::{RunError, Sidecar, run};
