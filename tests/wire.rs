@@ -11,20 +11,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, Bytes};
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use http::uri::PathAndQuery;
 use prost::Message;
+use service_auth::testkit::grpc::{RawCodec, with_invalid_utf8};
 use service_auth::wire::{
     CHECK_PATH, CheckHandler, CheckService, CheckView, Denial, EncodedResponse, Malformed,
     OkFields, OkTemplate,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Server};
 
 /// The message limit the tests run with.
@@ -117,55 +117,11 @@ impl Harness {
 
     /// Sends `message` as it is (no validation) with a tonic client.
     async fn raw_check(&self, message: Vec<u8>) -> Result<CheckResponse, tonic::Status> {
-        let mut grpc = tonic::client::Grpc::new(self.channel().await);
-        grpc.ready().await.unwrap();
-        grpc.unary(
-            tonic::Request::new(message),
-            PathAndQuery::from_static(CHECK_PATH),
-            RawCodec,
-        )
-        .await
-        .map(tonic::Response::into_inner)
+        service_auth::testkit::grpc::raw_check(self.addr, message).await
     }
 
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
-    }
-}
-
-/// Encodes request bytes verbatim; decodes the response with prost.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = CheckResponse;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = CheckResponse;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<CheckResponse>, tonic::Status> {
-        CheckResponse::decode(src)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 }
 
@@ -200,18 +156,6 @@ fn request(certificate: &str, api_key: &str, path: &str, body: &str) -> CheckReq
             ..Default::default()
         }),
     }
-}
-
-/// The request's encoding with the bytes of `marker` (in a field of the
-/// same length) replaced by invalid UTF-8.
-fn with_invalid_utf8(req: &CheckRequest, marker: &str) -> Vec<u8> {
-    let mut bytes = req.encode_to_vec();
-    let at = bytes
-        .windows(marker.len())
-        .position(|w| w == marker.as_bytes())
-        .unwrap();
-    bytes[at] = 0xff;
-    bytes
 }
 
 #[tokio::test]
