@@ -14,13 +14,13 @@ use std::str::FromStr;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use const_oid::db::{rfc5912, rfc8410};
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
 use hmac::{Hmac, Mac};
 use jsonwebtoken::DecodingKey;
 use pkcs8::PrivateKeyInfo;
 use pkcs8::spki::{AlgorithmIdentifierRef, SubjectPublicKeyInfoRef};
 use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -162,6 +162,8 @@ pub enum KeyError {
     GenerateSecret,
     #[error("the system random number generator failed")]
     Random,
+    #[error("cannot encode the new key as PKCS#8 PEM")]
+    Encode,
 }
 
 /// A hint for the PEM blocks people commonly have instead of PKCS#8/SPKI.
@@ -470,17 +472,30 @@ pub fn jwks<'a>(keys: impl IntoIterator<Item = &'a Key>) -> serde_json::Value {
 /// A new private key for `algorithm` from the OS CSPRNG, as PKCS#8 PEM (for
 /// `private_key_file`). HS256 secrets are not made here.
 pub fn generate(algorithm: Algorithm) -> Result<Zeroizing<String>, KeyError> {
+    use ring::rand::SecureRandom;
     let rng = SystemRandom::new();
     let der = match algorithm {
         Algorithm::Hs256 => return Err(KeyError::GenerateSecret),
-        Algorithm::EdDsa => Ed25519KeyPair::generate_pkcs8(&rng),
-        Algorithm::Es256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng),
-    }
-    .map_err(|_| KeyError::Random)?;
-    let der = Zeroizing::new(der.as_ref().to_vec());
+        // PKCS#8 v1 (the seed alone), as OpenSSL writes it: OpenSSL 3.0 and
+        // Python's cryptography cannot read the v2 form ring would generate.
+        Algorithm::EdDsa => {
+            let mut seed = Zeroizing::new([0u8; 32]);
+            rng.fill(&mut seed[..]).map_err(|_| KeyError::Random)?;
+            let pair = ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: *seed,
+                public_key: None,
+            };
+            return pair
+                .to_pkcs8_pem(pkcs8::LineEnding::LF)
+                .map_err(|_| KeyError::Encode);
+        }
+        Algorithm::Es256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map(|doc| Zeroizing::new(doc.as_ref().to_vec()))
+            .map_err(|_| KeyError::Random)?,
+    };
     pem_rfc7468::encode_string("PRIVATE KEY", pem_rfc7468::LineEnding::LF, &der)
         .map(Zeroizing::new)
-        .map_err(|_| KeyError::Malformed("generated key"))
+        .map_err(|_| KeyError::Encode)
 }
 
 /// A parsed key file, or what it holds when that is not a key we sign with.
@@ -1157,7 +1172,7 @@ mod tests {
         let pem = generate(Algorithm::EdDsa).unwrap();
         let key = load(Algorithm::EdDsa, KeySource::PrivateKeyPem(pem.as_bytes())).unwrap();
         let der = pem_rfc7468::decode_vec(pem.as_bytes()).unwrap().1;
-        let ring_pair = Ed25519KeyPair::from_pkcs8(&der).unwrap();
+        let ring_pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).unwrap();
         let jwk = key.jwk().unwrap();
         assert_eq!(
             jwk,
@@ -1299,6 +1314,11 @@ mod tests {
             let b = generate(algorithm).unwrap();
             assert!(a.starts_with("-----BEGIN PRIVATE KEY-----\n"));
             assert_ne!(a, b);
+            // PKCS#8 v1, without the optional public key, as OpenSSL writes
+            // it: OpenSSL 3.0 and Python's cryptography refuse v2 Ed25519 keys.
+            let der = pem_rfc7468::decode_vec(a.as_bytes()).unwrap().1;
+            let info = PrivateKeyInfo::try_from(der.as_slice()).unwrap();
+            assert_eq!(info.version(), pkcs8::Version::V1);
             let key = load(algorithm, KeySource::PrivateKeyPem(a.as_bytes())).unwrap();
             assert!(key.can_sign());
         }
