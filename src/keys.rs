@@ -100,7 +100,7 @@ pub enum Found {
         private: bool,
     },
     /// An EC key on a curve other than P-256 (named when known).
-    OtherCurve(&'static str),
+    OtherCurve(Option<&'static str>),
     Rsa,
     Ed448,
     /// An X25519 or X448 key: key agreement, not signing.
@@ -115,7 +115,8 @@ impl fmt::Display for Found {
             Found::Secret => f.write_str("a shared secret"),
             Found::Ed25519 { private } => write!(f, "an Ed25519 {} key", part(*private)),
             Found::P256 { private } => write!(f, "a P-256 {} key", part(*private)),
-            Found::OtherCurve(curve) => write!(f, "an EC key on curve {curve}"),
+            Found::OtherCurve(Some(curve)) => write!(f, "an EC key on curve {curve}"),
+            Found::OtherCurve(None) => f.write_str("an EC key on an unrecognised curve"),
             Found::Rsa => f.write_str("an RSA key"),
             Found::Ed448 => f.write_str("an Ed448 key"),
             Found::Xdh => f.write_str("an X25519/X448 key-agreement key"),
@@ -591,9 +592,9 @@ fn classify(algorithm: &AlgorithmIdentifierRef<'_>, private: bool) -> Found {
     } else if oid == rfc5912::ID_EC_PUBLIC_KEY {
         match algorithm.parameters_oid() {
             Ok(curve) if curve == rfc5912::SECP_256_R_1 => Found::P256 { private },
-            Ok(curve) if curve == rfc5912::SECP_384_R_1 => Found::OtherCurve("P-384"),
-            Ok(curve) if curve == rfc5912::SECP_521_R_1 => Found::OtherCurve("P-521"),
-            _ => Found::OtherCurve("(unrecognised)"),
+            Ok(curve) if curve == rfc5912::SECP_384_R_1 => Found::OtherCurve(Some("P-384")),
+            Ok(curve) if curve == rfc5912::SECP_521_R_1 => Found::OtherCurve(Some("P-521")),
+            _ => Found::OtherCurve(None),
         }
     } else if oid == rfc5912::RSA_ENCRYPTION || oid == rfc5912::ID_RSASSA_PSS {
         Found::Rsa
@@ -926,13 +927,13 @@ mod tests {
     #[test]
     fn keys_of_other_types_are_named_and_refused() {
         let private = [
-            (fixture!("p384.pem"), Found::OtherCurve("P-384")),
+            (fixture!("p384.pem"), Found::OtherCurve(Some("P-384"))),
             (fixture!("rsa.pem"), Found::Rsa),
             (fixture!("x25519.pem"), Found::Xdh),
             (fixture!("ed448.pem"), Found::Ed448),
         ];
         let public = [
-            (fixture!("p384.pub"), Found::OtherCurve("P-384")),
+            (fixture!("p384.pub"), Found::OtherCurve(Some("P-384"))),
             (fixture!("rsa.pub"), Found::Rsa),
         ];
         for algorithm in Algorithm::ALL {
