@@ -249,8 +249,8 @@ enum Signer {
     /// HMAC state already keyed: each token clones it instead of
     /// re-deriving the inner and outer pads.
     Hs256(Hmac<Sha256>),
-    /// ed25519-dalek (deterministic, RFC 8032); faster than ring here
-    /// thanks to its AVX2 backend. Zeroized on drop.
+    /// ed25519-dalek (deterministic, RFC 8032): measured 10-30 % faster than
+    /// ring here. Zeroized on drop.
     EdDsa(ed25519_dalek::SigningKey),
     /// ring: several times faster than the p256 crate (assembly field
     /// arithmetic). It hedges the nonce: fresh CSPRNG output mixed with the
@@ -281,7 +281,8 @@ pub struct Key {
 
 impl Key {
     /// Loads a key for `algorithm` from `source`, refusing material that is
-    /// not of that algorithm.
+    /// not of that algorithm (naming what it is), HS256 secrets that are
+    /// short or are really a key, and a private key given as a public one.
     pub fn load(
         kid: impl Into<String>,
         algorithm: Algorithm,
