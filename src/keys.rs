@@ -139,7 +139,7 @@ pub enum KeyError {
     SecretIsKey(Found),
     #[error("found {found}, but algorithm is {algorithm}")]
     Mismatch { found: Found, algorithm: Algorithm },
-    #[error("not a PEM file")]
+    #[error("not a single PEM block (RFC 7468)")]
     NotPem,
     #[error(
         "expected a `{expected}` PEM block, found `{found}`{}",
@@ -1030,6 +1030,23 @@ mod tests {
                 expected: "PRIVATE KEY",
                 found: "PUBLIC KEY".into()
             }
+        );
+        // One block: text before it is allowed (RFC 7468 §5.2; OpenSSL's
+        // pkcs12 export writes "Bag Attributes"), a second block is not.
+        let p256 = std::str::from_utf8(fixture!("p256.pem")).unwrap();
+        let p256_pub = std::str::from_utf8(fixture!("p256.pub")).unwrap();
+        let preamble = format!("Bag Attributes\n    localKeyID: 01\n{p256}");
+        assert!(
+            load(
+                Algorithm::Es256,
+                KeySource::PrivateKeyPem(preamble.as_bytes())
+            )
+            .is_ok()
+        );
+        let two = format!("{p256}{p256_pub}");
+        assert_eq!(
+            load(Algorithm::Es256, KeySource::PrivateKeyPem(two.as_bytes())).unwrap_err(),
+            KeyError::NotPem
         );
         let cert = b"-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
         assert_eq!(
