@@ -4,8 +4,9 @@
 //! listed before it):
 //!
 //! * `config` parses the two YAML files into typed structs;
-//! * `identity` parses the forwarded peer certificate; `token` issues and
-//!   verifies mesh tokens;
+//! * `identity` parses the forwarded peer certificate; `keys` holds the
+//!   token key material (HS256 secrets, EdDSA and ES256 keys, the JWKS);
+//!   `token` issues and verifies mesh tokens;
 //! * `registry` validates a registry file into an immutable, indexed
 //!   snapshot and holds the shared `Snapshot` handle;
 //! * `request` parses a `CheckRequest`'s attributes once; `evidence`
@@ -31,6 +32,7 @@ pub mod devpki;
 pub mod evidence;
 pub mod health;
 pub mod identity;
+pub mod keys;
 pub mod listener;
 pub mod registry;
 pub mod reload;
