@@ -454,6 +454,26 @@ impl Key {
     }
 }
 
+impl Key {
+    /// The public key as SPKI PEM (for a verify-only pod's
+    /// `public_key_file`); `None` for HS256.
+    pub fn public_key_pem(&self) -> Option<String> {
+        use pkcs8::EncodePublicKey;
+        let pem = match self.public.as_ref()? {
+            PublicKey::Ed25519(x) => ed25519_dalek::VerifyingKey::from_bytes(x)
+                .ok()?
+                .to_public_key_pem(pkcs8::LineEnding::LF),
+            PublicKey::P256 { x, y } => {
+                let point = p256::EncodedPoint::from_affine_coordinates(x.into(), y.into(), false);
+                p256::PublicKey::from_sec1_bytes(point.as_bytes())
+                    .ok()?
+                    .to_public_key_pem(pkcs8::LineEnding::LF)
+            }
+        };
+        pem.ok()
+    }
+}
+
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Key")

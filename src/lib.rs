@@ -24,6 +24,7 @@
 //! `testkit` (feature `test-util`, plus its PKI builder) is shared by tests,
 //! benchmarks, fuzz targets and `dev-pki`.
 
+pub mod admin;
 pub mod alloc;
 pub mod app;
 pub mod check;
