@@ -3,10 +3,11 @@
 //! Data flows one way through these modules (each imports only modules
 //! listed before it):
 //!
+//! * `keys` holds the token key material (HS256 secrets, EdDSA and ES256
+//!   keys, JWKs) and imports nothing else from the crate;
 //! * `config` parses the two YAML files into typed structs;
-//! * `identity` parses the forwarded peer certificate; `keys` holds the
-//!   token key material (HS256 secrets, EdDSA and ES256 keys, the JWKS);
-//!   `token` issues and verifies mesh tokens;
+//! * `identity` parses the forwarded peer certificate; `token` issues and
+//!   verifies mesh tokens;
 //! * `registry` validates a registry file into an immutable, indexed
 //!   snapshot and holds the shared `Snapshot` handle;
 //! * `request` parses a `CheckRequest`'s attributes once; `evidence`
@@ -16,7 +17,7 @@
 //! * `telemetry` observes decisions and reloads (logs, OTLP metrics);
 //! * `watch` tells when files change; `reload` rebuilds and swaps
 //!   snapshots; `listener` accepts connections; `server` runs the gRPC
-//!   services;
+//!   services; `admin` serves the JWKS and probes over plain HTTP;
 //! * `app` wires it all together (`run`, `Sidecar`).
 //!
 //! Beside that flow: `health` probes a running sidecar, `devpki` generates
