@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::keys::Algorithm;
+
 /// Default location of the static config, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "config/service-auth.yaml";
 
@@ -187,6 +189,9 @@ pub struct StaticConfig {
     pub log: Log,
     #[serde(default)]
     pub limits: Limits,
+    /// The optional plain-HTTP admin listener (JWKS, liveness, readiness).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<Admin>,
 }
 
 impl StaticConfig {
@@ -207,6 +212,9 @@ impl StaticConfig {
             tls.client_ca = resolve(path, &tls.client_ca);
         }
         if let ListenAddr::Unix(socket) = &mut self.listen.grpc {
+            *socket = resolve(path, socket);
+        }
+        if let Some(ListenAddr::Unix(socket)) = self.admin.as_mut().map(|a| &mut a.listen) {
             *socket = resolve(path, socket);
         }
     }
@@ -245,6 +253,22 @@ impl StaticConfig {
                 "limits.max_connections",
                 Invalid::AboveMaximum(tokio::sync::Semaphore::MAX_PERMITS),
             ));
+        }
+        if let Some(admin) = &self.admin {
+            if admin.max_connections == 0 {
+                return Err(ConfigError::invalid(
+                    path,
+                    "admin.max_connections",
+                    Invalid::NotPositive,
+                ));
+            }
+            if admin.header_timeout.is_zero() {
+                return Err(ConfigError::invalid(
+                    path,
+                    "admin.header_timeout",
+                    Invalid::NotPositive,
+                ));
+            }
         }
         let otlp = self.telemetry.otlp.as_ref();
         if otlp.and_then(|o| o.interval).is_some_and(|i| i.is_zero()) {
@@ -436,6 +460,32 @@ impl Limits {
     }
 }
 
+/// `admin:`: plain HTTP for the JWKS and probes. Loopback by default: it
+/// serves nothing secret, but nothing outside the pod needs it either
+/// unless upstreams fetch the JWKS from it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    pub listen: ListenAddr,
+    /// Open connections; further clients wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection must send its first byte, and then a request's whole
+    /// header, within this time each, or it is closed.
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
+}
+
+impl Default for Admin {
+    /// `127.0.0.1:9192`, 64 connections, 5 s.
+    fn default() -> Self {
+        Admin {
+            listen: ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9192))),
+            max_connections: 64,
+            header_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Reload {
@@ -584,16 +634,35 @@ fn default_token_header() -> String {
     "x-service-jwt".into()
 }
 
+/// One `token.keys` entry. HS256 keys name a secret (`secret_file` or
+/// `secret_env`); EdDSA and ES256 keys a PEM file (`private_key_file`, or
+/// `public_key_file` for a verify-only key).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyEntry {
     pub kid: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub algorithm: Algorithm,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub verify_only: bool,
+    /// RFC 3339: the key may sign only from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    /// RFC 3339: the key stops verifying (and is no longer published) then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

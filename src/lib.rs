@@ -3,6 +3,8 @@
 //! Data flows one way through these modules (each imports only modules
 //! listed before it):
 //!
+//! * `keys` holds the token key material (HS256 secrets, EdDSA and ES256
+//!   keys, JWKs) and imports nothing else from the crate;
 //! * `config` parses the two YAML files into typed structs; `wire` owns the
 //!   Check method's gRPC wire format (framing with bounded reads, a
 //!   borrowing partial decode of the request, pre-encoded responses);
@@ -17,7 +19,7 @@
 //! * `telemetry` observes decisions and reloads (logs, OTLP metrics);
 //! * `watch` tells when files change; `reload` rebuilds and swaps
 //!   snapshots; `listener` accepts connections; `server` runs the gRPC
-//!   services;
+//!   services; `admin` serves the JWKS and probes over plain HTTP;
 //! * `app` wires it all together (`run`, `Sidecar`).
 //!
 //! Beside that flow: `health` probes a running sidecar, `devpki` generates
@@ -25,6 +27,7 @@
 //! `testkit` (feature `test-util`, plus its PKI builder) is shared by tests,
 //! benchmarks, fuzz targets and `dev-pki`.
 
+pub mod admin;
 pub mod alloc;
 pub mod app;
 pub mod check;
@@ -33,6 +36,7 @@ pub mod devpki;
 pub mod evidence;
 pub mod health;
 pub mod identity;
+pub mod keys;
 pub mod listener;
 pub mod registry;
 pub mod reload;
