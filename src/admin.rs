@@ -3,10 +3,10 @@
 //! (`GET /.well-known/jwks.json`), liveness (`GET /healthz`) and readiness
 //! (`GET /readyz`: a registry is installed).
 //!
-//! It goes through the gRPC listener's door (`listener::bind`: a connection
-//! cap and a first-byte deadline), adds hyper's deadline for reading a
-//! request's header, and answers one request per connection: nothing
-//! idles on a slot, and every connection ends within a bounded time.
+//! It goes through the gRPC listener's door (`listener::bind_for`: a
+//! connection cap, pending connections bounded), adds hyper's deadline for
+//! reading a request's header, and answers one request per connection:
+//! nothing idles on a slot, and every connection ends within a bounded time.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -32,14 +32,17 @@ pub const JWKS_CACHE_CONTROL: &str = "max-age=60";
 /// buffer is 8 KiB); a probe or a JWKS fetch needs far less.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// Binds `admin.listen` with its connection cap and first-byte deadline.
+/// Binds `admin.listen` with its connection cap.
 pub fn bind(admin: &Admin) -> Result<(Incoming, ListenAddr), ListenError> {
     let limits = Limits {
         max_connections: admin.max_connections,
-        handshake_timeout: admin.header_timeout,
+        // How long an accepted connection may wait for a slot: longer than
+        // a slot holder can last (`serve` drops each connection at twice
+        // the header timeout), so a waiting client outlives a slow one.
+        handshake_timeout: admin.header_timeout.saturating_mul(3),
         ..Limits::default()
     };
-    listener::bind(&admin.listen, None, &limits)
+    listener::bind_for(&admin.listen, None, &limits, listener::Protocol::Http1)
 }
 
 /// Serves `incoming` until its task is aborted. Each connection reads one

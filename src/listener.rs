@@ -68,6 +68,7 @@ struct Admission {
     slots: Arc<Semaphore>,
     pending: Arc<Pending>,
     deadline: Duration,
+    protocol: Protocol,
     tx: mpsc::Sender<io::Result<Conn>>,
 }
 
@@ -79,6 +80,26 @@ pub fn bind(
     addr: &ListenAddr,
     tls: Option<Arc<TlsState>>,
     limits: &Limits,
+) -> Result<(Incoming, ListenAddr), ListenError> {
+    bind_for(addr, tls, limits, Protocol::Http2)
+}
+
+/// What a connection must send before it is handed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The HTTP/2 preface and first SETTINGS, within the deadline (gRPC).
+    Http2,
+    /// Nothing: an HTTP/1 server reads the request itself and bounds that
+    /// with its own header timeout (the admin listener).
+    Http1,
+}
+
+/// [`bind`] for a listener speaking `protocol`.
+pub fn bind_for(
+    addr: &ListenAddr,
+    tls: Option<Arc<TlsState>>,
+    limits: &Limits,
+    protocol: Protocol,
 ) -> Result<(Incoming, ListenAddr), ListenError> {
     let bind_error = |e| ListenError::Bind(addr.to_string(), e);
     let (socket, bound) = match addr {
@@ -100,6 +121,7 @@ pub fn bind(
         slots: Arc::new(Semaphore::new(limits.max_connections)),
         pending: Pending::new(limits.max_pending_handshakes),
         deadline: limits.handshake_timeout,
+        protocol,
         tx,
     });
     tokio::spawn(accept_loop(socket, admission));
@@ -159,7 +181,7 @@ async fn accept_loop(socket: Socket, admission: Arc<Admission>) {
 /// then it is handed to the gRPC server.
 async fn admit(stream: Accepted, ticket: Ticket, admission: Arc<Admission>) {
     let deadline = tokio::time::Instant::now() + admission.deadline;
-    let handshake = handshake(stream, admission.tls.as_deref());
+    let handshake = handshake(stream, admission.tls.as_deref(), admission.protocol);
     let (io, replay) = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(done)) => done,
         // The client's doing, and as frequent as a client wants: debug only.
@@ -188,6 +210,7 @@ async fn admit(stream: Accepted, ticket: Ticket, admission: Arc<Admission>) {
 async fn handshake(
     stream: Accepted,
     tls: Option<&TlsState>,
+    protocol: Protocol,
 ) -> Result<(Io, Vec<u8>), HandshakeError> {
     let mut io = match (stream, tls) {
         (Accepted::Tcp(stream), Some(state)) => {
@@ -198,7 +221,10 @@ async fn handshake(
         (Accepted::Tcp(stream), None) => Io::Tcp(stream),
         (Accepted::Unix(stream), _) => Io::Unix(stream),
     };
-    let replay = preface::read_preface(&mut io).await?;
+    let replay = match protocol {
+        Protocol::Http2 => preface::read_preface(&mut io).await?,
+        Protocol::Http1 => Vec::new(),
+    };
     Ok((io, replay))
 }
 
