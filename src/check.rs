@@ -64,6 +64,8 @@ pub enum Reason {
     ScopeNotAllowed,
     InvalidToken,
     ExpiredToken,
+    /// The request itself could not be read (undecodable or too large).
+    MalformedRequest,
     InternalError,
 }
 
@@ -72,11 +74,12 @@ pub enum Reason {
 pub enum Outcome {
     Unauthenticated,
     Forbidden,
+    BadRequest,
     Unavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::MissingIdentity,
         Reason::UnknownPrincipal,
         Reason::AmbiguousPrincipal,
@@ -93,6 +96,7 @@ impl Reason {
         Reason::ScopeNotAllowed,
         Reason::InvalidToken,
         Reason::ExpiredToken,
+        Reason::MalformedRequest,
         Reason::InternalError,
     ];
 
@@ -114,6 +118,7 @@ impl Reason {
             Reason::ScopeNotAllowed => "scope_not_allowed",
             Reason::InvalidToken => "invalid_token",
             Reason::ExpiredToken => "expired_token",
+            Reason::MalformedRequest => "malformed_request",
             Reason::InternalError => "internal_error",
         }
     }
@@ -121,6 +126,7 @@ impl Reason {
     pub fn outcome(self) -> Outcome {
         match self {
             Reason::ScopeNotAllowed => Outcome::Forbidden,
+            Reason::MalformedRequest => Outcome::BadRequest,
             Reason::InternalError => Outcome::Unavailable,
             _ => Outcome::Unauthenticated,
         }
@@ -256,9 +262,19 @@ pub struct Denial<'r> {
 impl Denial<'_> {
     /// The denial for an internal failure (fail closed).
     pub fn internal(mode: Mode) -> Denial<'static> {
+        Denial::of(mode, Reason::InternalError)
+    }
+
+    /// The denial for a request that could not be read. Its route mode is
+    /// unknown; it counts as `issue`, the default.
+    pub fn malformed() -> Denial<'static> {
+        Denial::of(Mode::Issue, Reason::MalformedRequest)
+    }
+
+    fn of(mode: Mode, reason: Reason) -> Denial<'static> {
         Denial {
             mode,
-            reason: Reason::InternalError,
+            reason,
             service: None,
             token: None,
         }

@@ -1,23 +1,23 @@
-//! The steps after the decision: signing the token a grant calls for, and
-//! Envoy's `CheckResponse` for each outcome.
+//! The steps after the decision: signing the token a grant calls for
+//! ([`Answer`]), and Envoy's `CheckResponse` for each outcome
+//! ([`Responses`]).
 //!
 //! The response shape is the contract with Envoy: an OK response replaces
 //! the token header on every Envoy version and strips the API key; a denial
 //! carries the HTTP status, a generic JSON body and the gRPC code, while the
 //! precise reason goes only to Envoy's dynamic metadata (for its access log).
+//! The bytes come from `wire`: denials are encoded once per reason, and OK
+//! responses from a template per registry snapshot.
 
-use envoy_types::ext_authz::v3::pb::{
-    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
-    HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
-};
-use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value::Kind};
-use envoy_types::pb::google::rpc;
+use std::sync::{Arc, OnceLock};
 
-use crate::check::{
-    Decision, Denial, Grant, Mode, Outcome, Reason, SERVICE_ID_HEADER, VerifyGrant,
-};
+use arc_swap::ArcSwapOption;
+use envoy_types::ext_authz::v3::pb::HttpStatusCode;
+
+use crate::check::{Decision, Denial, Grant, Mode, Outcome, Reason, SERVICE_ID_HEADER};
 use crate::registry::Registry;
 use crate::token::{self, Issued};
+use crate::wire::{self, EncodedResponse, OkFields, OkTemplate};
 
 /// A decision with the token its grant calls for, ready to answer.
 #[derive(Debug)]
@@ -60,81 +60,11 @@ impl<'r> Answer<'r> {
     pub fn kid(&self) -> Option<&'r str> {
         self.issued.as_ref().map(|t| t.kid)
     }
-
-    /// Envoy's response.
-    pub fn into_response(self, registry: &Registry) -> CheckResponse {
-        match (self.decision, self.issued) {
-            (Decision::Allow(Grant::Issue(grant)), Some(token)) => {
-                issued(registry, &grant.service.id, token)
-            }
-            (Decision::Allow(Grant::Verify(grant)), _) => verified(registry, grant),
-            (Decision::Deny(denial), _) => denied(denial.reason),
-            // Not built by `sign`; fail closed all the same.
-            (Decision::Allow(Grant::Issue(_)), None) => denied(Reason::InternalError),
-        }
-    }
 }
 
-/// OK for an issue-mode Check: the token header set, the API key header
-/// removed (unless the registry forwards it).
-pub fn issued(registry: &Registry, service: &str, token: Issued<'_>) -> CheckResponse {
-    ok(
-        overwrite_header(&registry.token.header, token.token),
-        api_key_removal(registry),
-        vec![
-            ("service", service.to_owned()),
-            ("kid", token.kid.to_owned()),
-            ("jti", token.jti),
-        ],
-    )
-}
-
-/// OK for a verify-mode Check: `x-service-id` set to the token's subject,
-/// the API key header removed (unless the registry forwards it).
-pub fn verified(registry: &Registry, grant: VerifyGrant<'_>) -> CheckResponse {
-    ok(
-        overwrite_header(SERVICE_ID_HEADER, grant.subject),
-        api_key_removal(registry),
-        vec![
-            ("service", grant.service.id.clone()),
-            ("kid", grant.kid.to_owned()),
-            ("jti", grant.jti),
-        ],
-    )
-}
-
-/// The API key header must not reach the upstream unless configured to.
-/// Never the token header: Envoy applies removals after additions.
-fn api_key_removal(registry: &Registry) -> Vec<String> {
-    if registry.request.forward_api_key {
-        Vec::new()
-    } else {
-        vec![registry.request.api_key_header.clone()]
-    }
-}
-
-fn ok(
-    header: HeaderValueOption,
-    remove: Vec<String>,
-    metadata: Vec<(&str, String)>,
-) -> CheckResponse {
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: tonic::Code::Ok as i32,
-            ..Default::default()
-        }),
-        dynamic_metadata: Some(service_auth_metadata(metadata)),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: vec![header],
-            headers_to_remove: remove,
-            ..Default::default()
-        })),
-    }
-}
-
-/// The denial for `reason`: status class, generic body, reason in metadata.
-pub fn denied(reason: Reason) -> CheckResponse {
-    let (code, http, body) = match reason.outcome() {
+/// How a denial for `reason` looks to the caller.
+pub fn denial(reason: Reason) -> wire::Denial {
+    let (grpc, http, body) = match reason.outcome() {
         Outcome::Unauthenticated => (
             tonic::Code::Unauthenticated,
             HttpStatusCode::Unauthorized,
@@ -145,68 +75,123 @@ pub fn denied(reason: Reason) -> CheckResponse {
             HttpStatusCode::Forbidden,
             r#"{"error":"forbidden"}"#,
         ),
+        Outcome::BadRequest => (
+            tonic::Code::InvalidArgument,
+            HttpStatusCode::BadRequest,
+            r#"{"error":"bad_request"}"#,
+        ),
         Outcome::Unavailable => (
             tonic::Code::Unavailable,
             HttpStatusCode::ServiceUnavailable,
             r#"{"error":"unavailable"}"#,
         ),
     };
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: code as i32,
-            ..Default::default()
-        }),
-        dynamic_metadata: Some(service_auth_metadata(vec![(
-            "reason",
-            reason.as_str().to_owned(),
-        )])),
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus { code: http as i32 }),
-            headers: vec![overwrite_header("content-type", "application/json".into())],
-            body: body.into(),
-        })),
+    wire::Denial {
+        grpc,
+        http,
+        body,
+        reason: reason.as_str(),
     }
 }
 
-/// A header that replaces any client-sent copy on every Envoy version:
-/// `append_action` for 1.37+, and the deprecated `append: false` because
-/// 1.37.0 briefly honoured only one of them and merged a forged value in.
-#[allow(deprecated)] // `append` is deprecated, and still needed: see above.
-fn overwrite_header(key: &str, value: String) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key: key.to_owned(),
-            value,
-            ..Default::default()
-        }),
-        append: Some(BoolValue { value: false }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        ..Default::default()
+/// The encoded denial for `reason`: built once, shared afterwards.
+pub fn denied(reason: Reason) -> EncodedResponse {
+    static DENIALS: OnceLock<Vec<EncodedResponse>> = OnceLock::new();
+    let all = DENIALS.get_or_init(|| Reason::ALL.iter().map(|r| denial(*r).encode()).collect());
+    match Reason::ALL.iter().position(|r| *r == reason) {
+        Some(i) => all[i].clone(),
+        None => denial(reason).encode(),
     }
 }
 
-/// `{"service_auth": {...}}` for Envoy's access log.
-fn service_auth_metadata(fields: Vec<(&str, String)>) -> Struct {
-    let inner = Struct {
-        fields: fields
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k.to_owned(),
-                    Value {
-                        kind: Some(Kind::StringValue(v)),
-                    },
-                )
-            })
-            .collect(),
-    };
-    Struct {
-        fields: [(
-            "service_auth".to_owned(),
-            Value {
-                kind: Some(Kind::StructValue(inner)),
-            },
-        )]
-        .into(),
+/// The OK templates of one registry snapshot.
+struct Templates {
+    generation: u64,
+    issued: OkTemplate,
+    verified: OkTemplate,
+}
+
+impl Templates {
+    fn new(registry: &Registry) -> Self {
+        // The API key header must not reach the upstream unless configured
+        // to. Never the token header: Envoy applies removals after additions.
+        let remove =
+            (!registry.request.forward_api_key).then_some(registry.request.api_key_header.as_str());
+        Templates {
+            generation: registry.generation,
+            issued: OkTemplate::new(&registry.token.header, remove),
+            verified: OkTemplate::new(SERVICE_ID_HEADER, remove),
+        }
+    }
+}
+
+/// Encodes answers, keeping the OK templates of the serving snapshot.
+#[derive(Default)]
+pub struct Responses {
+    templates: ArcSwapOption<Templates>,
+}
+
+impl Responses {
+    /// Envoy's response to `answer`, decided under `registry`.
+    pub fn encode(&self, answer: Answer<'_>, registry: &Registry) -> EncodedResponse {
+        let templates = self.templates(registry);
+        match (answer.decision, answer.issued) {
+            (Decision::Allow(Grant::Issue(grant)), Some(token)) => {
+                templates.issued.encode(&OkFields {
+                    token: &token.token,
+                    kid: token.kid,
+                    jti: &token.jti,
+                    service: Some(&grant.service.id),
+                })
+            }
+            (Decision::Allow(Grant::Verify(grant)), _) => templates.verified.encode(&OkFields {
+                token: &grant.subject,
+                kid: grant.kid,
+                jti: &grant.jti,
+                service: Some(&grant.service.id),
+            }),
+            (Decision::Deny(denial), _) => denied(denial.reason),
+            // Not built by `Answer::sign`; fail closed all the same.
+            (Decision::Allow(Grant::Issue(_)), None) => denied(Reason::InternalError),
+        }
+    }
+
+    fn templates(&self, registry: &Registry) -> Arc<Templates> {
+        match self.templates.load_full() {
+            Some(t) if t.generation == registry.generation => t,
+            _ => {
+                let fresh = Arc::new(Templates::new(registry));
+                self.templates.store(Some(fresh.clone()));
+                fresh
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_status_body_and_metadata() {
+        use envoy_types::ext_authz::v3::pb::HttpResponse;
+        for reason in Reason::ALL {
+            let resp = denied(reason).decode().unwrap();
+            let Some(HttpResponse::DeniedResponse(d)) = resp.http_response else {
+                panic!("{reason}: not a denial");
+            };
+            let (grpc, http, body) = match reason {
+                Reason::ScopeNotAllowed => (7, 403, "forbidden"),
+                Reason::MalformedRequest => (3, 400, "bad_request"),
+                Reason::InternalError => (14, 503, "unavailable"),
+                _ => (16, 401, "unauthenticated"),
+            };
+            assert_eq!(resp.status.unwrap().code, grpc, "{reason}");
+            assert_eq!(d.status.unwrap().code, http, "{reason}");
+            assert_eq!(d.body, format!(r#"{{"error":"{body}"}}"#), "{reason}");
+            assert!(!d.body.contains(reason.as_str()));
+            let meta = format!("{:?}", resp.dynamic_metadata.unwrap());
+            assert!(meta.contains(reason.as_str()), "{reason}");
+        }
     }
 }

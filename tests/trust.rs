@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::procs::{Echo, Envoy, poll};
 use common::{Ca, ClientSpec, Fixture, InProcess, Issued, Req, Svc, tcp0, unix_now};
 use envoy_types::ext_authz::v3::pb::HttpResponse;
+use prost::Message;
 use rcgen::ExtendedKeyUsagePurpose;
 use service_auth::check::{self, Decision, Input, TokenCheck};
 use service_auth::evidence::EvidenceCache;
@@ -23,6 +24,7 @@ use service_auth::response::Answer;
 use service_auth::telemetry::credentials::{Expiry, expiries};
 use service_auth::testkit::decide;
 use service_auth::trust::{BundleError, BundleWarning};
+use service_auth::wire::CheckView;
 use time::OffsetDateTime;
 
 const A_URI: &str = "spiffe://a.test/ns/default/sa/a";
@@ -79,8 +81,9 @@ fn memo_decided(
     key: &str,
     now: i64,
 ) -> String {
-    let req = Req::cert(cert.forwarded()).key(key).build();
-    let attributes = Attributes::from_request(&req);
+    let bytes = Req::cert(cert.forwarded()).key(key).build().encode_to_vec();
+    let view = CheckView::decode(&bytes).expect("a prost-encoded request decodes");
+    let attributes = Attributes::from_view(&view);
     let evidence = cache.resolve(attributes.certificate, registry, now);
     let input = Input {
         attributes,
@@ -506,8 +509,12 @@ fn the_memo_answers_like_a_fresh_decision_across_verdict_windows() {
     );
 
     // Inside one window the memo serves the same evidence; outside it, new.
-    let req = Req::cert(leaf.forwarded()).key(A_KEY).build();
-    let cert = Attributes::from_request(&req).certificate;
+    let bytes = Req::cert(leaf.forwarded())
+        .key(A_KEY)
+        .build()
+        .encode_to_vec();
+    let view = CheckView::decode(&bytes).expect("a prost-encoded request decodes");
+    let cert = Attributes::from_view(&view).certificate;
     let first = cache.resolve(cert, &registry, now).unwrap();
     let again = cache.resolve(cert, &registry, expired - 1).unwrap();
     assert!(Arc::ptr_eq(&first, &again));

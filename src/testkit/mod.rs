@@ -15,6 +15,8 @@ mod fixture;
 #[cfg(feature = "test-util")]
 mod forge;
 #[cfg(feature = "test-util")]
+pub mod grpc;
+#[cfg(feature = "test-util")]
 mod request;
 
 #[cfg(feature = "test-util")]
