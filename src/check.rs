@@ -63,6 +63,9 @@ pub enum Reason {
     ScopeNotAllowed,
     InvalidToken,
     ExpiredToken,
+    /// Refused before any decision: the caller failed too often lately
+    /// (`throttle`). Never returned by [`decide`].
+    TooManyFailures,
     InternalError,
 }
 
@@ -71,11 +74,13 @@ pub enum Reason {
 pub enum Outcome {
     Unauthenticated,
     Forbidden,
+    /// Throttled: 429 with `retry-after`.
+    TooManyRequests,
     Unavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::MissingIdentity,
         Reason::UnknownPrincipal,
         Reason::AmbiguousPrincipal,
@@ -92,6 +97,7 @@ impl Reason {
         Reason::ScopeNotAllowed,
         Reason::InvalidToken,
         Reason::ExpiredToken,
+        Reason::TooManyFailures,
         Reason::InternalError,
     ];
 
@@ -113,6 +119,7 @@ impl Reason {
             Reason::ScopeNotAllowed => "scope_not_allowed",
             Reason::InvalidToken => "invalid_token",
             Reason::ExpiredToken => "expired_token",
+            Reason::TooManyFailures => "too_many_failures",
             Reason::InternalError => "internal_error",
         }
     }
@@ -120,6 +127,7 @@ impl Reason {
     pub fn outcome(self) -> Outcome {
         match self {
             Reason::ScopeNotAllowed => Outcome::Forbidden,
+            Reason::TooManyFailures => Outcome::TooManyRequests,
             Reason::InternalError => Outcome::Unavailable,
             _ => Outcome::Unauthenticated,
         }
@@ -258,6 +266,16 @@ impl Denial<'_> {
         Denial {
             mode,
             reason: Reason::InternalError,
+            service: None,
+            token: None,
+        }
+    }
+
+    /// The refusal of a throttled caller, made before any decision.
+    pub fn throttled(mode: Mode) -> Denial<'static> {
+        Denial {
+            mode,
+            reason: Reason::TooManyFailures,
             service: None,
             token: None,
         }

@@ -15,7 +15,8 @@ use service_auth::{alloc, devpki, health, telemetry, token};
 /// Loads the static config and its registry, joining every error into one message.
 fn load(config_path: &Path) -> anyhow::Result<(StaticConfig, Registry)> {
     let config = StaticConfig::load(config_path)?;
-    let registry = Registry::load(&config.registry).map_err(service_auth::RunError::Registry)?;
+    let registry =
+        Registry::load_paths(&config.registry).map_err(service_auth::RunError::Registry)?;
     Ok((config, registry))
 }
 
@@ -52,7 +53,7 @@ async fn shutdown_signal() {
 
 pub fn check_config(config_path: &Path) -> anyhow::Result<()> {
     let config = StaticConfig::load(config_path)?;
-    match Registry::load(&config.registry) {
+    match Registry::load_paths(&config.registry) {
         Ok(registry) => {
             for warning in registry.warnings() {
                 eprintln!("warning: {warning}");
@@ -60,7 +61,7 @@ pub fn check_config(config_path: &Path) -> anyhow::Result<()> {
             println!(
                 "ok: {} and {} ({} services)",
                 config_path.display(),
-                config.registry.display(),
+                config.registry,
                 registry.services().len()
             );
             Ok(())

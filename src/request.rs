@@ -10,6 +10,8 @@ use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 
+use crate::config::Enforcement;
+
 /// The per-route mode, from `context_extensions["mode"]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteMode {
@@ -27,6 +29,10 @@ pub struct Attributes<'q> {
     pub mode: RouteMode,
     /// `context_extensions["scope"]`: scopes the route requires ("" if none).
     pub route_scope: &'q str,
+    /// `context_extensions["enforcement"]`: the route's override of the
+    /// registry's and the service's enforcement. A value other than
+    /// `report` reads as `enforce`: a misspelt opt-out fails closed.
+    pub route_enforcement: Option<Enforcement>,
     /// `source.certificate`: the URL-encoded PEM leaf ("" if none forwarded).
     pub certificate: &'q str,
     /// `source.principal`: Envoy's idea of the peer ("" if none).
@@ -68,6 +74,10 @@ impl<'q> Attributes<'q> {
         Attributes {
             mode,
             route_scope: extension("scope").unwrap_or(""),
+            route_enforcement: extension("enforcement").map(|e| match e {
+                "report" => Enforcement::Report,
+                _ => Enforcement::Enforce,
+            }),
             certificate: source.map_or("", |s| s.certificate.as_str()),
             principal: source.map_or("", |s| s.principal.as_str()),
             headers: Headers { http },

@@ -5,6 +5,9 @@
 //! the token header on every Envoy version and strips the API key; a denial
 //! carries the HTTP status, a generic JSON body and the gRPC code, while the
 //! precise reason goes only to Envoy's dynamic metadata (for its access log).
+//! A denial only reported (report mode, see `enforcement`) is an OK that
+//! adds nothing and says `would_deny` in the metadata; a throttled caller
+//! gets 429 with `retry-after`.
 
 use envoy_types::ext_authz::v3::pb::{
     CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
@@ -16,7 +19,10 @@ use envoy_types::pb::google::rpc;
 use crate::check::{
     Decision, Denial, Grant, Mode, Outcome, Reason, SERVICE_ID_HEADER, VerifyGrant,
 };
+use crate::enforcement::{self, Disposition};
 use crate::registry::Registry;
+use crate::request::Attributes;
+use crate::throttle::Throttled;
 use crate::token::{self, Issued};
 
 /// A decision with the token its grant calls for, ready to answer.
@@ -25,6 +31,8 @@ pub struct Answer<'r> {
     pub decision: Decision<'r>,
     /// The token signed for an issue-mode grant.
     pub issued: Option<Issued<'r>>,
+    /// Whether a denial is refused or only reported.
+    pub disposition: Disposition,
 }
 
 impl<'r> Answer<'r> {
@@ -37,6 +45,7 @@ impl<'r> Answer<'r> {
                     Ok(issued) => Answer {
                         decision: Decision::Allow(Grant::Issue(grant)),
                         issued: Some(issued),
+                        disposition: Disposition::Enforced,
                     },
                     Err(_) => Answer::denied(Denial::internal(Mode::Issue)),
                 }
@@ -44,6 +53,7 @@ impl<'r> Answer<'r> {
             decision => Answer {
                 decision,
                 issued: None,
+                disposition: Disposition::Enforced,
             },
         }
     }
@@ -53,7 +63,15 @@ impl<'r> Answer<'r> {
         Answer {
             decision: Decision::Deny(denial),
             issued: None,
+            disposition: Disposition::Enforced,
         }
+    }
+
+    /// Applies report mode: a denial that `enforcement` says is only
+    /// reported for this Check is answered OK, without a token.
+    pub fn enforced(mut self, attributes: &Attributes<'_>, registry: &Registry) -> Answer<'r> {
+        self.disposition = enforcement::disposition(&self.decision, attributes, registry);
+        self
     }
 
     /// The kid that signed the issued token, if one was.
@@ -63,6 +81,10 @@ impl<'r> Answer<'r> {
 
     /// Envoy's response.
     pub fn into_response(self, registry: &Registry) -> CheckResponse {
+        if let (Decision::Deny(denial), Disposition::Reported) = (&self.decision, self.disposition)
+        {
+            return would_deny(registry, denial.reason);
+        }
         match (self.decision, self.issued) {
             (Decision::Allow(Grant::Issue(grant)), Some(token)) => {
                 issued(registry, &grant.service.id, token)
@@ -79,7 +101,7 @@ impl<'r> Answer<'r> {
 /// removed (unless the registry forwards it).
 pub fn issued(registry: &Registry, service: &str, token: Issued<'_>) -> CheckResponse {
     ok(
-        overwrite_header(&registry.token.header, token.token),
+        vec![overwrite_header(&registry.token.header, token.token)],
         api_key_removal(registry),
         vec![
             ("service", service.to_owned()),
@@ -93,13 +115,27 @@ pub fn issued(registry: &Registry, service: &str, token: Issued<'_>) -> CheckRes
 /// the API key header removed (unless the registry forwards it).
 pub fn verified(registry: &Registry, grant: VerifyGrant<'_>) -> CheckResponse {
     ok(
-        overwrite_header(SERVICE_ID_HEADER, grant.subject),
+        vec![overwrite_header(SERVICE_ID_HEADER, grant.subject)],
         api_key_removal(registry),
         vec![
             ("service", grant.service.id.clone()),
             ("kid", grant.kid.to_owned()),
             ("jti", grant.jti),
         ],
+    )
+}
+
+/// OK for a denial that report mode only reports: no token, and the
+/// headers an upstream could take for verified identity (the token header,
+/// `x-service-id`) removed along with the API key header, so nothing
+/// unverified reaches the upstream looking verified.
+pub fn would_deny(registry: &Registry, reason: Reason) -> CheckResponse {
+    let mut remove = vec![registry.token.header.clone(), SERVICE_ID_HEADER.to_owned()];
+    remove.extend(api_key_removal(registry));
+    ok(
+        Vec::new(),
+        remove,
+        vec![("would_deny", reason.as_str().to_owned())],
     )
 }
 
@@ -114,7 +150,7 @@ fn api_key_removal(registry: &Registry) -> Vec<String> {
 }
 
 fn ok(
-    header: HeaderValueOption,
+    headers: Vec<HeaderValueOption>,
     remove: Vec<String>,
     metadata: Vec<(&str, String)>,
 ) -> CheckResponse {
@@ -125,7 +161,7 @@ fn ok(
         }),
         dynamic_metadata: Some(service_auth_metadata(metadata)),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: vec![header],
+            headers,
             headers_to_remove: remove,
             ..Default::default()
         })),
@@ -134,6 +170,22 @@ fn ok(
 
 /// The denial for `reason`: status class, generic body, reason in metadata.
 pub fn denied(reason: Reason) -> CheckResponse {
+    denial(reason, Vec::new())
+}
+
+/// The refusal of a throttled caller: 429 (`too_many_failures`), and
+/// `retry-after` in seconds.
+pub fn throttled(throttled: &Throttled) -> CheckResponse {
+    denial(
+        Reason::TooManyFailures,
+        vec![overwrite_header(
+            "retry-after",
+            throttled.retry_after_secs().to_string(),
+        )],
+    )
+}
+
+fn denial(reason: Reason, mut headers: Vec<HeaderValueOption>) -> CheckResponse {
     let (code, http, body) = match reason.outcome() {
         Outcome::Unauthenticated => (
             tonic::Code::Unauthenticated,
@@ -145,12 +197,21 @@ pub fn denied(reason: Reason) -> CheckResponse {
             HttpStatusCode::Forbidden,
             r#"{"error":"forbidden"}"#,
         ),
+        Outcome::TooManyRequests => (
+            tonic::Code::ResourceExhausted,
+            HttpStatusCode::TooManyRequests,
+            r#"{"error":"too_many_requests"}"#,
+        ),
         Outcome::Unavailable => (
             tonic::Code::Unavailable,
             HttpStatusCode::ServiceUnavailable,
             r#"{"error":"unavailable"}"#,
         ),
     };
+    headers.insert(
+        0,
+        overwrite_header("content-type", "application/json".into()),
+    );
     CheckResponse {
         status: Some(rpc::Status {
             code: code as i32,
@@ -162,7 +223,7 @@ pub fn denied(reason: Reason) -> CheckResponse {
         )])),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus { code: http as i32 }),
-            headers: vec![overwrite_header("content-type", "application/json".into())],
+            headers,
             body: body.into(),
         })),
     }

@@ -705,7 +705,7 @@ fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
         "Check must not be reachable from outside the pod"
     );
 
-    let registry_path = static_config.registry.to_str().unwrap();
+    let registry_path = static_config.registry.main.to_str().unwrap();
     let (kind, name, key) = source(registry_path);
     assert_eq!(kind, "ConfigMap", "the registry is a ConfigMap");
     let registry_text = find(&docs, &kind, &name)["data"][key.as_str()]

@@ -9,10 +9,15 @@ use ::time::format_description::well_known::Rfc3339;
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{parse_x509_crl, parse_x509_pem};
 
+use super::fragments::{self, Fragment};
 use super::{
-    ApiKey, KeyHash, MIN_SECRET_BYTES, Registry, RequestSettings, Service, next_generation,
+    ApiKey, KeyHash, MIN_SECRET_BYTES, Registry, RequestSettings, Service, ThrottleSettings,
+    next_generation,
 };
-use crate::config::{self, ConfigError, MAX_AUX_FILE_BYTES, RegistryFile, ServiceEntry};
+use crate::config::{
+    self, ConfigError, MAX_AUX_FILE_BYTES, RegistryFile, RegistryPaths, RevocationSection,
+    ServiceEntry,
+};
 use crate::identity::{self, AnchorError, San, SanKind, TrustAnchor};
 use crate::token::{KeySetError, SigningKey, TokenSettings};
 
@@ -98,12 +103,36 @@ pub enum Problem {
     InvalidKeyId(String),
     #[error("{0:?} is not an RFC 3339 time")]
     InvalidTime(String),
-    #[error("duplicate service id {0:?}")]
-    DuplicateServiceId(String),
-    #[error("principal {principal:?} is already claimed by service {owner:?}")]
-    PrincipalClaimed { principal: String, owner: String },
-    #[error("api key {key:?} has the same hash as a key of service {owner:?}")]
-    DuplicateKeyHash { key: String, owner: String },
+    #[error("duplicate service id {id:?} (first at {first})")]
+    DuplicateServiceId { id: String, first: Origin },
+    #[error("principal {principal:?} is already claimed by service {owner:?} (at {first})")]
+    PrincipalClaimed {
+        principal: String,
+        owner: String,
+        first: Origin,
+    },
+    #[error("api key {key:?} has the same hash as a key of service {owner:?} (at {first})")]
+    DuplicateKeyHash {
+        key: String,
+        owner: String,
+        first: Origin,
+    },
+    #[error("a fragment must hold `services` and/or `revocation` (write `services: []` for none)")]
+    EmptyFragment,
+}
+
+/// Where the first copy of a duplicated value is: its file (the main
+/// registry or a fragment) and YAML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub at: String,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.at)
+    }
 }
 
 /// Why a CRL file cannot be used.
@@ -145,28 +174,52 @@ const RESERVED_HEADERS: [&str; 9] = [
 /// The outcome of one load attempt and the files it involved.
 pub struct Loaded {
     pub result: Result<Registry, Vec<LoadError>>,
-    /// Every file the attempt read or tried to read, so a reloader knows what
-    /// to watch even when the attempt failed because one was missing.
+    /// Every file (and fragment directory) the attempt read or tried to
+    /// read, so a reloader knows what to watch even when the attempt failed
+    /// because one was missing.
     pub sources: Vec<PathBuf>,
 }
 
 impl Registry {
     /// Reads and validates the registry file at `path`, returning every error found.
     pub fn load(path: &Path) -> Result<Registry, Vec<LoadError>> {
-        Registry::load_tracked(path).result
+        Registry::load_tracked(&RegistryPaths::file(path)).result
     }
 
-    /// Like [`Registry::load`], and also says which files the attempt read.
-    pub fn load_tracked(path: &Path) -> Loaded {
+    /// Reads and validates a registry and its fragments as one snapshot.
+    pub fn load_paths(paths: &RegistryPaths) -> Result<Registry, Vec<LoadError>> {
+        Registry::load_tracked(paths).result
+    }
+
+    /// Like [`Registry::load_paths`], and also says which files the attempt read.
+    pub fn load_tracked(paths: &RegistryPaths) -> Loaded {
         let mut builder = Builder {
-            path,
+            file: paths.main.clone(),
             errors: Vec::new(),
             warnings: Vec::new(),
-            sources: vec![path.to_path_buf()],
+            sources: vec![paths.main.clone()],
         };
-        let result = match config::read_yaml::<RegistryFile>(path) {
-            Ok(file) => builder.build(file),
-            Err(e) => Err(vec![LoadError::File(e)]),
+        let main = config::read_yaml::<RegistryFile>(&paths.main).map_err(LoadError::File);
+        let mut errors = Vec::new();
+        let mut fragments = Vec::new();
+        match fragments::files(&paths.fragments, &mut builder.sources) {
+            Ok(files) => {
+                for path in files {
+                    match fragments::read(&path) {
+                        Ok(fragment) => fragments.push(fragment),
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+            Err(e) => errors.extend(e),
+        }
+        let result = match main {
+            Ok(file) if errors.is_empty() => builder.build(paths, file, fragments),
+            Ok(_) => Err(errors),
+            Err(e) => {
+                errors.insert(0, e);
+                Err(errors)
+            }
         };
         Loaded {
             result,
@@ -175,17 +228,26 @@ impl Registry {
     }
 }
 
-struct Builder<'p> {
-    path: &'p Path,
+/// The services and revocations of one file, main or fragment.
+struct Document<'f> {
+    path: &'f Path,
+    services: &'f [ServiceEntry],
+    revocation: Option<&'f RevocationSection>,
+}
+
+struct Builder {
+    /// The file whose values are being checked: errors name it, relative
+    /// paths resolve against it.
+    file: PathBuf,
     errors: Vec<LoadError>,
     warnings: Vec<Warning>,
     sources: Vec<PathBuf>,
 }
 
-impl Builder<'_> {
+impl Builder {
     fn err(&mut self, at: impl Into<String>, problem: Problem) {
         self.errors.push(LoadError::Invalid {
-            file: self.path.to_path_buf(),
+            file: self.file.clone(),
             at: at.into(),
             problem,
         });
@@ -193,77 +255,135 @@ impl Builder<'_> {
 
     /// Resolves a path named by the registry and records it as a source.
     fn source(&mut self, relative: &Path) -> PathBuf {
-        let full = config::resolve(self.path, relative);
+        let full = config::resolve(&self.file, relative);
         self.sources.push(full.clone());
         full
     }
 
-    fn build(&mut self, file: RegistryFile) -> Result<Registry, Vec<LoadError>> {
+    fn build(
+        &mut self,
+        paths: &RegistryPaths,
+        file: RegistryFile,
+        fragments: Vec<Fragment>,
+    ) -> Result<Registry, Vec<LoadError>> {
         let token = self.token(&file);
         let request = self.request(&file);
+        let throttle = self.throttle(&file);
 
-        let mut services = Vec::with_capacity(file.services.len());
-        let mut by_id = HashMap::with_capacity(file.services.len());
-        let mut by_uri: HashMap<String, usize> = HashMap::new();
+        let documents: Vec<Document<'_>> = std::iter::once(Document {
+            path: &paths.main,
+            services: &file.services,
+            revocation: Some(&file.revocation),
+        })
+        .chain(fragments.iter().map(|f| Document {
+            path: &f.path,
+            services: f.file.services.as_deref().unwrap_or_default(),
+            revocation: f.file.revocation.as_ref(),
+        }))
+        .collect();
+        let total = documents.iter().map(|d| d.services.len()).sum();
+
+        let mut services = Vec::with_capacity(total);
+        let mut by_id = HashMap::with_capacity(total);
+        let mut by_uri: HashMap<String, usize> = HashMap::with_capacity(total);
         let mut by_dns: HashMap<String, usize> = HashMap::new();
-        let mut by_key_hash: HashMap<KeyHash, usize> = HashMap::new();
-        // Uniqueness is checked over every entry as written, valid or not, so
-        // a duplicate is reported even when one of its copies has other errors.
-        let mut owners: Vec<&str> = Vec::with_capacity(file.services.len());
-        let mut seen_ids: HashMap<&str, usize> = HashMap::new();
-        for (i, entry) in file.services.iter().enumerate() {
-            let at = format!("services[{i}]");
-            owners.push(&entry.id);
-            if seen_ids.insert(&entry.id, i).is_some() {
-                self.err(
-                    format!("{at}.id"),
-                    Problem::DuplicateServiceId(entry.id.clone()),
-                );
-            }
-            for (j, principal) in entry.principals.iter().enumerate() {
-                let Some(san) = normalize_principal(principal) else {
-                    continue;
-                };
-                let map = match san.kind {
-                    SanKind::Uri => &mut by_uri,
-                    SanKind::Dns => &mut by_dns,
-                };
-                match map.get(&san.value) {
-                    Some(&other) => self.err(
-                        format!("{at}.principals[{j}]"),
-                        Problem::PrincipalClaimed {
-                            principal: san.value,
-                            owner: owners[other].to_owned(),
+        let mut by_key_hash: HashMap<KeyHash, usize> = HashMap::with_capacity(total);
+        // Uniqueness is checked over every entry as written, valid or not and
+        // across every file, so a duplicate is reported even when one of its
+        // copies has other errors. `entries[g]` is entry `g` of the merged
+        // list: (document, index in it, the entry).
+        let mut entries: Vec<(usize, usize, &ServiceEntry)> = Vec::with_capacity(total);
+        let mut seen_ids: HashMap<&str, usize> = HashMap::with_capacity(total);
+        for (d, document) in documents.iter().enumerate() {
+            self.file = document.path.to_path_buf();
+            for (i, entry) in document.services.iter().enumerate() {
+                let g = entries.len();
+                entries.push((d, i, entry));
+                let at = format!("services[{i}]");
+                if let Some(&other) = seen_ids.get(entry.id.as_str()) {
+                    let first = origin(&documents, &entries, other, ".id");
+                    self.err(
+                        format!("{at}.id"),
+                        Problem::DuplicateServiceId {
+                            id: entry.id.clone(),
+                            first,
                         },
-                    ),
-                    None => {
-                        map.insert(san.value, i);
+                    );
+                } else {
+                    seen_ids.insert(&entry.id, g);
+                }
+                for (j, principal) in entry.principals.iter().enumerate() {
+                    let Some(san) = normalize_principal(principal) else {
+                        continue;
+                    };
+                    let map = match san.kind {
+                        SanKind::Uri => &mut by_uri,
+                        SanKind::Dns => &mut by_dns,
+                    };
+                    match map.get(&san.value) {
+                        Some(&other) => {
+                            let (_, _, owner) = entries[other];
+                            let k = owner
+                                .principals
+                                .iter()
+                                .position(|p| normalize_principal(p).as_ref() == Some(&san))
+                                .unwrap_or(0);
+                            let first =
+                                origin(&documents, &entries, other, &format!(".principals[{k}]"));
+                            self.err(
+                                format!("{at}.principals[{j}]"),
+                                Problem::PrincipalClaimed {
+                                    principal: san.value,
+                                    owner: owner.id.clone(),
+                                    first,
+                                },
+                            );
+                        }
+                        None => {
+                            map.insert(san.value, g);
+                        }
                     }
                 }
-            }
-            for (j, key) in entry.api_keys.iter().enumerate() {
-                let Some(hash) = parse_sha256(&key.sha256) else {
-                    continue;
-                };
-                match by_key_hash.get(&hash) {
-                    Some(&other) => self.err(
-                        format!("{at}.api_keys[{j}].sha256"),
-                        Problem::DuplicateKeyHash {
-                            key: key.id.clone(),
-                            owner: owners[other].to_owned(),
-                        },
-                    ),
-                    None => {
-                        by_key_hash.insert(hash, i);
+                for (j, key) in entry.api_keys.iter().enumerate() {
+                    let Some(hash) = parse_sha256(&key.sha256) else {
+                        continue;
+                    };
+                    match by_key_hash.get(&hash) {
+                        Some(&other) => {
+                            let (_, _, owner) = entries[other];
+                            let k = owner
+                                .api_keys
+                                .iter()
+                                .position(|k| parse_sha256(&k.sha256) == Some(hash))
+                                .unwrap_or(0);
+                            let first = origin(
+                                &documents,
+                                &entries,
+                                other,
+                                &format!(".api_keys[{k}].sha256"),
+                            );
+                            self.err(
+                                format!("{at}.api_keys[{j}].sha256"),
+                                Problem::DuplicateKeyHash {
+                                    key: key.id.clone(),
+                                    owner: owner.id.clone(),
+                                    first,
+                                },
+                            );
+                        }
+                        None => {
+                            by_key_hash.insert(hash, g);
+                        }
                     }
                 }
-            }
-            if let Some(service) = self.service(entry, &at) {
-                by_id.entry(service.id.clone()).or_insert(i);
-                services.push(service);
+                if let Some(service) = self.service(entry, &at) {
+                    by_id.entry(service.id.clone()).or_insert(g);
+                    services.push(service);
+                }
             }
         }
-        let revoked_serials = self.revocations(&file, &services);
+        let revoked_serials = self.revocations(&documents, &services);
+        self.file = paths.main.clone();
         self.header_roles(&file);
 
         match (token, request) {
@@ -274,6 +394,8 @@ impl Builder<'_> {
                     token,
                     request,
                     require_certificate: file.identity.require_certificate,
+                    enforcement: file.enforcement,
+                    throttle,
                     generation: next_generation(),
                     services,
                     by_id,
@@ -288,6 +410,27 @@ impl Builder<'_> {
             }
             _ => Err(std::mem::take(&mut self.errors)),
         }
+    }
+
+    /// `throttle`, when set: every number must be positive.
+    fn throttle(&mut self, file: &RegistryFile) -> Option<ThrottleSettings> {
+        let t = file.throttle.as_ref()?;
+        let failures = std::num::NonZeroU32::new(t.failures);
+        let max_tracked = std::num::NonZeroUsize::new(t.max_tracked);
+        if failures.is_none() {
+            self.err("throttle.failures", Problem::NotPositive);
+        }
+        if t.window.is_zero() {
+            self.err("throttle.window", Problem::NotPositive);
+        }
+        if max_tracked.is_none() {
+            self.err("throttle.max_tracked", Problem::NotPositive);
+        }
+        Some(ThrottleSettings {
+            failures: failures?,
+            window: t.window,
+            max_tracked: max_tracked?,
+        })
     }
 
     fn token(&mut self, file: &RegistryFile) -> Option<(TokenSettings, bool)> {
@@ -425,9 +568,30 @@ impl Builder<'_> {
     /// of the services' CAs must carry that CA's signature; a CRL past its
     /// `nextUpdate` still revokes (stale revocations are still revocations)
     /// but is reported.
-    fn revocations(&mut self, file: &RegistryFile, services: &[Service]) -> HashSet<Vec<u8>> {
+    fn revocations(
+        &mut self,
+        documents: &[Document<'_>],
+        services: &[Service],
+    ) -> HashSet<Vec<u8>> {
+        let anchors: Vec<&TrustAnchor> = services.iter().filter_map(|s| s.ca.as_ref()).collect();
         let mut serials = HashSet::new();
-        for (i, s) in file.revocation.serials.iter().enumerate() {
+        for document in documents {
+            if let Some(revocation) = document.revocation {
+                self.file = document.path.to_path_buf();
+                self.revocation(revocation, &anchors, &mut serials);
+            }
+        }
+        serials
+    }
+
+    /// One file's `revocation` section, into `serials`.
+    fn revocation(
+        &mut self,
+        revocation: &RevocationSection,
+        anchors: &[&TrustAnchor],
+        serials: &mut HashSet<Vec<u8>>,
+    ) {
+        for (i, s) in revocation.serials.iter().enumerate() {
             match parse_serial(s) {
                 Some(serial) => {
                     serials.insert(serial);
@@ -438,13 +602,12 @@ impl Builder<'_> {
                 ),
             }
         }
-        let anchors: Vec<&TrustAnchor> = services.iter().filter_map(|s| s.ca.as_ref()).collect();
-        for (i, crl) in file.revocation.crl_files.iter().enumerate() {
+        for (i, crl) in revocation.crl_files.iter().enumerate() {
             let full = self.source(crl);
             let at = format!("revocation.crl_files[{i}]");
             match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
                 Err(e) => self.err(at, Problem::File(e)),
-                Ok(raw) => match read_crl(raw, &anchors) {
+                Ok(raw) => match read_crl(raw, anchors) {
                     Ok(crl) => {
                         if crl
                             .next_update
@@ -458,7 +621,6 @@ impl Builder<'_> {
                 },
             }
         }
-        serials
     }
 
     fn service(&mut self, entry: &ServiceEntry, at: &str) -> Option<Service> {
@@ -549,6 +711,7 @@ impl Builder<'_> {
         }
         Some(Service {
             id: entry.id.clone(),
+            enforcement: entry.enforcement,
             principals,
             ca,
             pins,
@@ -556,6 +719,20 @@ impl Builder<'_> {
             scopes,
             api_keys,
         })
+    }
+}
+
+/// Where merged entry `g` is: its file and `services[i]` followed by `rest`.
+fn origin(
+    documents: &[Document<'_>],
+    entries: &[(usize, usize, &ServiceEntry)],
+    g: usize,
+    rest: &str,
+) -> Origin {
+    let (d, i, _) = entries[g];
+    Origin {
+        file: documents[d].path.to_path_buf(),
+        at: format!("services[{i}]{rest}"),
     }
 }
 
