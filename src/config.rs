@@ -869,6 +869,46 @@ mod tests {
     }
 
     #[test]
+    fn registry_is_a_file_or_a_list_of_files_and_directories() {
+        let one: StaticConfig =
+            serde_yaml::from_str("listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\n").unwrap();
+        assert_eq!(one.registry, RegistryPaths::file("r.yaml"));
+        let text = "listen:\n  grpc: 127.0.0.1:1\nregistry: [r.yaml, teams/, /abs/x.yaml]\n";
+        let mut many: StaticConfig = serde_yaml::from_str(text).unwrap();
+        many.resolve_paths(Path::new("/etc/sa/config.yaml"));
+        assert_eq!(
+            many.registry,
+            RegistryPaths {
+                main: "/etc/sa/r.yaml".into(),
+                fragments: vec!["/etc/sa/teams/".into(), "/abs/x.yaml".into()],
+            }
+        );
+        for config in [one, many] {
+            let again: StaticConfig =
+                serde_yaml::from_str(&serde_yaml::to_string(&config).unwrap()).unwrap();
+            assert_eq!(again.registry, config.registry);
+        }
+        let err = parse_yaml::<StaticConfig>(
+            Path::new("c.yaml"),
+            "listen:\n  grpc: 127.0.0.1:1\nregistry: []\n",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Yaml { line: 3, message, .. } if message.contains("the list is empty")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn fragments_hold_only_services_and_revocation() {
+        let ok: RegistryFragment = serde_yaml::from_str("services: []\n").unwrap();
+        assert!(ok.services.is_some() && ok.revocation.is_none());
+        let err =
+            serde_yaml::from_str::<RegistryFragment>("token: {}\nservices: []\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `token`"), "{err}");
+    }
+
+    #[test]
     fn zero_limits_are_named() {
         let text =
             "listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\nlimits:\n  max_connections: 0\n";
