@@ -204,12 +204,7 @@ impl Registry {
         let mut fragments = Vec::new();
         match fragments::files(&paths.fragments, &mut builder.sources) {
             Ok(files) => {
-                for path in files {
-                    match fragments::read(&path) {
-                        Ok(fragment) => fragments.push(fragment),
-                        Err(e) => errors.push(e),
-                    }
-                }
+                fragments.extend(files.iter().filter_map(|p| fragments::read(p, &mut errors)));
             }
             Err(e) => errors.extend(e),
         }

@@ -85,18 +85,26 @@ fn is_fragment_name(name: &OsStr) -> bool {
     !name.starts_with(b".") && name.ends_with(b".yaml")
 }
 
-/// Reads and parses one fragment. A fragment with neither key is an error:
-/// an emptied file must not read as "this team has no services".
-pub(super) fn read(path: &Path) -> Result<Fragment, LoadError> {
-    let file: RegistryFragment = config::read_yaml(path)?;
+/// Reads and parses one fragment, or adds why not to `errors`. A fragment
+/// with neither key is an error: an emptied file must not read as "this
+/// team has no services".
+pub(super) fn read(path: &Path, errors: &mut Vec<LoadError>) -> Option<Fragment> {
+    let file: RegistryFragment = match config::read_yaml(path) {
+        Ok(file) => file,
+        Err(e) => {
+            errors.push(LoadError::File(e));
+            return None;
+        }
+    };
     if file.services.is_none() && file.revocation.is_none() {
-        return Err(LoadError::Invalid {
+        errors.push(LoadError::Invalid {
             file: path.to_path_buf(),
             at: "services".into(),
             problem: Problem::EmptyFragment,
         });
+        return None;
     }
-    Ok(Fragment {
+    Some(Fragment {
         path: path.to_path_buf(),
         file,
     })
