@@ -576,6 +576,7 @@ fn observability_configs_agree_with_compose_and_the_spec_metrics() {
         "service_auth_registry_reloads_total",
         "service_auth_registry_services",
         "service_auth_credentials_expiry_seconds",
+        "service_auth_throttle_tracked",
     ] {
         assert!(
             exprs.iter().any(|e| e.contains(metric)),
