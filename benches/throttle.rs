@@ -176,8 +176,9 @@ async fn legit_latency(
             let mut client = channels[w as usize % channels.len()].clone();
             let (stop, sent) = (stop.clone(), sent.clone());
             flooders.push(tokio::spawn(async move {
-                let mut tick =
-                    tokio::time::interval(Duration::from_secs_f64(workers as f64 / flood_rps as f64));
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(
+                    workers as f64 / flood_rps as f64,
+                ));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut n = 0u32;
                 while !stop.load(Ordering::Relaxed) {
@@ -205,7 +206,10 @@ async fn legit_latency(
         let started = Instant::now();
         let resp = client.check(legit.clone()).await.unwrap().into_inner();
         samples.push(started.elapsed().as_micros() as u64);
-        assert!(allowed(&resp), "the legitimate caller was refused: {resp:?}");
+        assert!(
+            allowed(&resp),
+            "the legitimate caller was refused: {resp:?}"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     for f in flooders {
@@ -233,7 +237,9 @@ fn main() {
     let iterations = 200_000;
     let started = Instant::now();
     for _ in 0..iterations {
-        std::hint::black_box(PeerCertificate::forwarded_sha256(std::hint::black_box(&forwarded)));
+        std::hint::black_box(PeerCertificate::forwarded_sha256(std::hint::black_box(
+            &forwarded,
+        )));
     }
     let sha = started.elapsed().as_nanos() as f64 / f64::from(iterations);
     let started = Instant::now();

@@ -3,7 +3,8 @@
 //! passes, before any hashing of API keys or checking of signatures.
 //!
 //! The server asks [`Throttle::admit`] before deciding and records the
-//! outcome through the returned [`Admitted`] after. A caller is the SHA-256
+//! outcome through the returned [`Admitted`] after; while no caller is
+//! tracked, admitting costs one atomic load. A caller is the SHA-256
 //! of its forwarded certificate, else its source IP address (the port is
 //! ignored: a new connection is not a new caller). Only enforced
 //! "unauthenticated" denials (401) count as failures: a scope refusal comes
@@ -138,14 +139,16 @@ impl Throttle {
     /// Before deciding: refuses a caller that has used up its failures in
     /// its current window. `settings` is the serving registry's `throttle`;
     /// `None` turns throttling off (and forgets every caller).
-    pub fn admit(
+    pub fn admit<'q>(
         &self,
-        attributes: &Attributes<'_>,
+        attributes: &Attributes<'q>,
         settings: Option<&ThrottleSettings>,
-    ) -> Result<Admitted<'_>, Throttled> {
-        let pass = |caller| {
+    ) -> Result<Admitted<'_, 'q>, Throttled> {
+        let pass = |settings: Option<&ThrottleSettings>, caller| {
             Ok(Admitted {
                 throttle: self,
+                attributes: *attributes,
+                settings: settings.copied(),
                 caller,
             })
         };
@@ -155,24 +158,27 @@ impl Throttle {
                 callers.clear();
                 self.tracked.store(0, Ordering::Relaxed);
             }
-            return pass(None);
+            return pass(None, None);
         };
+        // Nobody tracked, nobody to refuse: naming the caller (a SHA-256 of
+        // its certificate) waits until it fails, if it does.
+        if self.tracked() == 0 {
+            return pass(Some(settings), None);
+        }
         let Some(caller) = Caller::of(attributes) else {
-            return pass(None);
+            return pass(Some(settings), None);
         };
-        if self.tracked() > 0 {
-            let now = self.clock.now();
-            // `get` also marks the caller as recently seen.
-            if let Some(f) = self.lock().get(&caller) {
-                let ends = f.since + settings.window;
-                if f.count >= settings.failures.get() && now < ends {
-                    return Err(Throttled {
-                        retry_after: ends - now,
-                    });
-                }
+        let now = self.clock.now();
+        // `get` also marks the caller as recently seen.
+        if let Some(f) = self.lock().get(&caller) {
+            let ends = f.since + settings.window;
+            if f.count >= settings.failures.get() && now < ends {
+                return Err(Throttled {
+                    retry_after: ends - now,
+                });
             }
         }
-        pass(Some((caller, *settings)))
+        pass(Some(settings), Some(caller))
     }
 
     fn lock(&self) -> MutexGuard<'_, LruCache<Caller, Failures>> {
@@ -212,19 +218,26 @@ impl Throttle {
 /// A Check the throttle let through. Hand it the outcome with
 /// [`Admitted::record`].
 #[must_use = "record the outcome, or failures are never counted"]
-pub struct Admitted<'t> {
+pub struct Admitted<'t, 'q> {
     throttle: &'t Throttle,
-    caller: Option<(Caller, ThrottleSettings)>,
+    attributes: Attributes<'q>,
+    /// `None`: throttling is off.
+    settings: Option<ThrottleSettings>,
+    /// The caller, when admitting it needed its name.
+    caller: Option<Caller>,
 }
 
-impl Admitted<'_> {
+impl Admitted<'_, '_> {
     /// After answering: counts the Check against its caller when it was
     /// refused as unauthenticated (and not only reported).
     pub fn record(self, decision: &Decision<'_>, disposition: Disposition) {
-        let Some((caller, settings)) = self.caller else {
+        let Some(settings) = self.settings else {
             return;
         };
-        if counts_as_failure(decision, disposition) {
+        if !counts_as_failure(decision, disposition) {
+            return;
+        }
+        if let Some(caller) = self.caller.or_else(|| Caller::of(&self.attributes)) {
             self.throttle.fail(caller, &settings);
         }
     }
