@@ -59,6 +59,8 @@ fn write_team(fixture: &Fixture, f: usize, per: usize, extra: Option<Svc>) {
     let text = serde_yaml::to_string(&fragment(&services)).unwrap();
     // Atomic replace, as `kubectl` + the kubelet or an editor would.
     let path = team_file(fixture.path(), f);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // Not `*.yaml`: never read as a fragment while half written.
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
@@ -90,6 +92,28 @@ fn measure_build(main: &Path, teams: &Path) {
         fragments: vec![teams.to_path_buf()],
     };
     let (hwm_before, _) = memory_kib("self");
+    // How much of a build is YAML parsing alone.
+    let started = Instant::now();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(teams)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let parsed: usize = files
+        .iter()
+        .map(|p| {
+            let fragment: service_auth::config::RegistryFragment =
+                service_auth::config::read_yaml(p).unwrap();
+            fragment.services.map_or(0, |s| s.len())
+        })
+        .sum();
+    println!(
+        "parse only: {parsed} services in {} files: {:.0} ms",
+        files.len(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    service_auth::alloc::release_freed_memory();
     let mut times = Vec::new();
     let mut services = 0;
     for _ in 0..3 {
@@ -97,6 +121,10 @@ fn measure_build(main: &Path, teams: &Path) {
         let registry = Registry::load_paths(&paths).unwrap_or_else(|e| panic!("{e:?}"));
         times.push(started.elapsed());
         services = registry.services().len();
+        if times.len() == 1 {
+            let (_, rss) = memory_kib("self");
+            println!("build: RSS with the registry built: {:.1} MiB", mib(rss));
+        }
         drop(registry);
         service_auth::alloc::release_freed_memory();
     }
@@ -183,7 +211,7 @@ fn main() {
         };
         assert!(!allowed(&client.check(new.build()).await.unwrap().into_inner()));
         let (hwm_before, rss_before) = memory_kib(&pid);
-        for round in 0..3 {
+        for round in 0..6 {
             // One fragment changes: the new service appears in it (and
             // leaves again in the next round).
             let f = fragments / 2;
@@ -199,10 +227,15 @@ fn main() {
                 assert!(started.elapsed() < Duration::from_secs(120), "no reload");
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
+            let elapsed = started.elapsed();
+            // The reloader trims freed memory right after the swap.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (_, rss) = memory_kib(&pid);
             println!(
-                "reload {round}: one fragment changed -> new snapshot answering after {:.0} ms (settle {} ms)",
-                started.elapsed().as_secs_f64() * 1e3,
-                settle.as_millis()
+                "reload {round}: one fragment changed -> new snapshot answering after {:.0} ms (settle {} ms); RSS then {:.1} MiB",
+                elapsed.as_secs_f64() * 1e3,
+                settle.as_millis(),
+                mib(rss)
             );
         }
         let (hwm, rss) = memory_kib(&pid);
