@@ -13,7 +13,8 @@
 //!
 //! Run: `cargo bench --bench throttle`. Knobs (environment): SOURCES
 //! (1000000), LEGIT_RPS (200), FLOOD_RPS (2000), SECONDS (10) per latency
-//! run, CONCURRENCY (64) for the memory flood. `cargo test --all-targets`
+//! run, ROUNDS (3) of interleaved latency runs, CONCURRENCY (64) for the
+//! memory flood, MEMORY (1; 0 skips the memory floods). `cargo test --all-targets`
 //! builds and starts this binary without `--bench`; it then does nothing.
 
 #[path = "../tests/common/mod.rs"]
@@ -157,8 +158,14 @@ enum Flood {
 
 /// The legitimate caller's latencies for `seconds` while `flood` runs at
 /// `flood_rps`, paced.
+/// The legitimate caller's latencies for `seconds` while `flood` runs at
+/// `flood_rps`, paced. The flood runs on its own runtime (`flood_rt`), so
+/// the legitimate caller's task never waits behind flood tasks in the
+/// benchmark's own scheduler.
+#[allow(clippy::too_many_arguments)]
 async fn legit_latency(
     sidecar: &Sidecar,
+    flood_rt: &tokio::runtime::Handle,
     legit: &CheckRequest,
     flood: Flood,
     flood_base: u32,
@@ -171,11 +178,11 @@ async fn legit_latency(
     let mut flooders = Vec::new();
     if !matches!(flood, Flood::None) {
         let workers = 32u64;
-        let channels = clients(sidecar, 4).await;
+        let addr = sidecar.addr();
         for w in 0..workers {
-            let mut client = channels[w as usize % channels.len()].clone();
             let (stop, sent) = (stop.clone(), sent.clone());
-            flooders.push(tokio::spawn(async move {
+            flooders.push(flood_rt.spawn(async move {
+                let mut client = common::procs::authz_client(addr).await;
                 let mut tick = tokio::time::interval(Duration::from_secs_f64(
                     workers as f64 / flood_rps as f64,
                 ));
@@ -218,6 +225,59 @@ async fn legit_latency(
     (samples, sent.load(Ordering::Relaxed))
 }
 
+/// p50 and p99 of `samples`, in microseconds.
+fn p50_p99(mut samples: Vec<u64>) -> (u64, u64) {
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// Rounds of `scenarios`, interleaved so that drift on a shared machine
+/// hits each alike; prints every run and the medians.
+#[allow(clippy::too_many_arguments)]
+async fn latency_rounds(
+    label: &str,
+    sidecar: &Sidecar,
+    flood_rt: &tokio::runtime::Handle,
+    legit: &CheckRequest,
+    scenarios: &[(&str, Flood)],
+    rounds: u64,
+    legit_rps: u64,
+    flood_rps: u64,
+    seconds: u64,
+) {
+    let mut results: Vec<Vec<(u64, u64)>> = vec![Vec::new(); scenarios.len()];
+    let mut base = 100_000_000u32;
+    for round in 0..rounds {
+        for (i, (name, flood)) in scenarios.iter().enumerate() {
+            base += 1_000_000;
+            let (samples, sent) = legit_latency(
+                sidecar, flood_rt, legit, *flood, base, legit_rps, flood_rps, seconds,
+            )
+            .await;
+            let (p50, p99) = p50_p99(samples.clone());
+            println!(
+                "latency: {label}, round {round}, {name} ({:.0}/s): legit {}",
+                sent as f64 / seconds as f64,
+                percentiles(samples)
+            );
+            results[i].push((p50, p99));
+        }
+    }
+    for ((name, _), runs) in scenarios.iter().zip(results) {
+        println!(
+            "latency: {label}, {name}: median of {rounds} rounds: p50 {} us, p99 {} us",
+            median(runs.iter().map(|r| r.0).collect()),
+            median(runs.iter().map(|r| r.1).collect()),
+        );
+    }
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("throttle benchmark: run with `cargo bench --bench throttle`");
@@ -228,6 +288,8 @@ fn main() {
     let flood_rps = env_u64("FLOOD_RPS", 2000);
     let seconds = env_u64("SECONDS", 10);
     let concurrency = env_u64("CONCURRENCY", 64) as u32;
+    let rounds = env_u64("ROUNDS", 3);
+    let memory = env_u64("MEMORY", 1) != 0;
 
     let ca = Ca::new("throttle bench CA");
     let forwarded = ca.client(&ClientSpec::uri(A_URI)).forwarded();
@@ -302,14 +364,17 @@ fn main() {
         per_check("100,000 failing callers tracked");
     }
 
+    // The memory flood and the legitimate caller run here; a latency run's
+    // flood runs on a runtime of its own.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
         // Memory: 1,000,000 distinct failing sources.
-        for max_tracked in [100_000usize, 1_000_000] {
+        let memory_runs: &[usize] = if memory { &[100_000, 1_000_000] } else { &[] };
+        for &max_tracked in memory_runs {
             let f = fixture(Some(max_tracked));
             let sidecar = start(&f).await;
             let mut client = sidecar.client().await;
@@ -326,6 +391,11 @@ fn main() {
         }
 
         // Latency of a legitimate caller.
+        let flood_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let f = fixture(Some(100_000));
         let sidecar = start(&f).await;
         let mut client = sidecar.client().await;
@@ -333,27 +403,30 @@ fn main() {
             for _ in 0..6 {
                 client.check(failing(i)).await.unwrap();
             }
-            assert_eq!(status_of(&client.check(failing(i)).await.unwrap().into_inner()), 429);
+            assert_eq!(
+                status_of(&client.check(failing(i)).await.unwrap().into_inner()),
+                429
+            );
         }
         for _ in 0..2000 {
             client.check(legit.clone()).await.unwrap();
         }
-        let runs = [
-            ("quiet", Flood::None),
-            ("flood of new failing sources", Flood::Distinct),
-            ("flood of throttled callers", Flood::Throttled),
-            ("quiet again", Flood::None),
-        ];
-        for (i, (name, flood)) in runs.into_iter().enumerate() {
-            let base = 1_000_000 + (i as u32) * 10_000_000;
-            let (samples, sent) =
-                legit_latency(&sidecar, &legit, flood, base, legit_rps, flood_rps, seconds).await;
-            println!(
-                "latency: throttle on, {name} ({:.0}/s): legit {}",
-                sent as f64 / seconds as f64,
-                percentiles(samples)
-            );
-        }
+        latency_rounds(
+            "throttle on",
+            &sidecar,
+            flood_rt.handle(),
+            &legit,
+            &[
+                ("quiet", Flood::None),
+                ("flood of new failing sources", Flood::Distinct),
+                ("flood of throttled callers", Flood::Throttled),
+            ],
+            rounds,
+            legit_rps,
+            flood_rps,
+            seconds,
+        )
+        .await;
         drop(sidecar);
         let f = fixture(None);
         let sidecar = start(&f).await;
@@ -361,18 +434,22 @@ fn main() {
         for _ in 0..2000 {
             client.check(legit.clone()).await.unwrap();
         }
-        for (name, flood) in [
-            ("quiet", Flood::None),
-            ("flood of new failing sources", Flood::Distinct),
-        ] {
-            let (samples, sent) =
-                legit_latency(&sidecar, &legit, flood, 50_000_000, legit_rps, flood_rps, seconds)
-                    .await;
-            println!(
-                "latency: throttle off, {name} ({:.0}/s): legit {}",
-                sent as f64 / seconds as f64,
-                percentiles(samples)
-            );
-        }
+        latency_rounds(
+            "throttle off",
+            &sidecar,
+            flood_rt.handle(),
+            &legit,
+            &[
+                ("quiet", Flood::None),
+                ("flood of new failing sources", Flood::Distinct),
+            ],
+            rounds,
+            legit_rps,
+            flood_rps,
+            seconds,
+        )
+        .await;
+        drop(sidecar);
+        flood_rt.shutdown_background();
     });
 }
