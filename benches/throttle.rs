@@ -332,7 +332,9 @@ fn main() {
         let registry = f.load();
         let throttle = Throttle::new();
         let per_check = |label: &str| {
-            let attributes = Attributes::from_request(&legit);
+            let bytes = prost::Message::encode_to_vec(&legit);
+            let view = service_auth::wire::CheckView::decode(&bytes).unwrap();
+            let attributes = Attributes::from_view(&view);
             let decision =
                 service_auth::testkit::decide(&legit, &registry, service_auth::testkit::unix_now());
             assert!(matches!(decision, Decision::Allow(_)));
@@ -356,7 +358,9 @@ fn main() {
         };
         for i in 0..100_000 {
             let req = failing(i);
-            let attributes = Attributes::from_request(&req);
+            let bytes = prost::Message::encode_to_vec(&req);
+            let view = service_auth::wire::CheckView::decode(&bytes).unwrap();
+            let attributes = Attributes::from_view(&view);
             let admitted = throttle.admit(&attributes, Some(&settings)).unwrap();
             admitted.record(&Decision::Deny(deny), Disposition::Enforced);
         }

@@ -18,7 +18,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(forwarded_cert api_key_headers token_verify check_request registry_yaml)
+  targets=(forwarded_cert api_key_headers token_verify check_request registry_yaml wire_decode)
 fi
 sanitizer=${SANITIZER:-none}
 
@@ -49,6 +49,33 @@ seed forwarded_cert "$(urlencode "$tmp/c.pem")" "$(urlencode "$tmp/c2.pem")" "$(
 # registry_yaml: the shipped files and a service with every field.
 seed registry_yaml "$(cat ../config/registry.yaml)" "$(cat ../config/service-auth.yaml)" \
   "$(printf 'token:\n  issuer: i\n  audience: a\n  keys:\n    - kid: k1\n      secret_file: secrets/k1.key\nrevocation:\n  serials: ["0bad", "4F:1A"]\n  crl_files: []\nservices:\n  - id: s\n    principals: [spiffe://x/y, a.b]\n    ca_file: ca.crt\n    certificate_sha256: ["%064d"]\n    scopes: [read]\n    api_keys:\n      - id: p\n        sha256: "%064d"\n        not_after: 2027-01-01T00:00:00Z\n' 0 1)"
+
+# wire_decode: hand-encoded CheckRequests touching every field the view reads
+# (socket address, certificate, headers, header_map, context_extensions),
+# one with a repeated source and a pipe address, one with a nested Struct.
+mkdir -p corpus/wire_decode
+python3 - corpus/wire_decode <<'PY'
+import sys
+def varint(n):
+    out = b""
+    while n >= 0x80:
+        out += bytes([n & 0x7F | 0x80]); n >>= 7
+    return out + bytes([n])
+def ld(tag, b): return varint(tag << 3 | 2) + varint(len(b)) + b
+def num(tag, n): return varint(tag << 3) + varint(n)
+socket = ld(1, ld(1, ld(2, b"10.0.0.1") + num(3, 8443)))
+peer = socket + ld(4, b"spiffe://fuzz.test/sa/a") + ld(5, b"-----BEGIN%20CERTIFICATE-----%0AMIIB%0A")
+http = (ld(1, b"req-1") + ld(2, b"POST") + ld(3, ld(1, b"x-api-key") + ld(2, b"key"))
+        + ld(13, ld(1, ld(1, b"x-api-key") + ld(3, b"raw"))) + ld(4, b"/p") + num(9, 12))
+attrs = (ld(1, peer) + ld(2, ld(4, b"dest")) + ld(4, ld(1, num(1, 5)) + ld(2, http))
+         + ld(10, ld(1, b"scope") + ld(2, b"read")))
+value = ld(5, ld(1, ld(1, b"k") + ld(2, ld(6, ld(1, ld(3, b"s"))))))
+seeds = [ld(1, attrs),
+         ld(1, attrs) + ld(1, ld(1, ld(1, ld(2, ld(1, b"/run/sock"))) + ld(5, b"second"))),
+         ld(1, ld(11, ld(1, ld(1, b"f") + ld(2, ld(1, ld(1, b"k") + ld(2, value))))))]
+for i, seed in enumerate(seeds):
+    open(f"{sys.argv[1]}/seed-{i}", "wb").write(seed)
+PY
 
 # The structured targets (api_key_headers, token_verify, check_request) build
 # their inputs from the certificate pool and a valid token themselves; an

@@ -1,9 +1,10 @@
 //! Wiring the sidecar together: everything `service-auth serve` runs, as a
 //! library call that tests run in-process.
 //!
-//! [`Sidecar::start`] binds the listener (health NOT_SERVING), starts the
-//! metrics pipeline, and loads the registry off the workers; once it is
-//! installed, health turns SERVING and the reloader keeps it current.
+//! [`Sidecar::start`] binds the listener (health NOT_SERVING) and the
+//! optional admin listener, starts the metrics pipeline, and loads the
+//! registry off the workers; once it is installed, health turns SERVING and
+//! the reloader keeps it current.
 //! [`run`] does that and serves until a shutdown future resolves.
 
 use std::future::Future;
@@ -14,6 +15,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::admin;
 use crate::config::{ListenAddr, RegistryPaths, StaticConfig};
 use crate::listener::{self, ListenError, TlsError, TlsState};
 use crate::registry::{LoadError, Registry, Snapshot};
@@ -53,6 +55,7 @@ fn joined(errors: &[LoadError]) -> String {
 /// A running sidecar.
 pub struct Sidecar {
     local_addr: ListenAddr,
+    admin_addr: Option<ListenAddr>,
     snapshot: Snapshot,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -116,6 +119,19 @@ impl Sidecar {
             address = %local_addr,
             tls = tls.is_some(),
         );
+        let admin_addr = match &config.admin {
+            Some(settings) => {
+                let (incoming, addr) = admin::bind(settings)?;
+                tracing::info!(event = "admin_listening", address = %addr);
+                background.push(tokio::spawn(admin::serve(
+                    incoming,
+                    snapshot.clone(),
+                    settings.header_timeout,
+                )));
+                Some(addr)
+            }
+            None => None,
+        };
         let readiness = Readiness::new().await;
         let (stop, stopped) = oneshot::channel::<()>();
         let limits = config.limits.clone();
@@ -139,6 +155,7 @@ impl Sidecar {
         )));
         Ok(Sidecar {
             local_addr,
+            admin_addr,
             snapshot,
             stop: Some(stop),
             server,
@@ -151,6 +168,11 @@ impl Sidecar {
     /// The address the listener bound (a real port where the config said 0).
     pub fn local_addr(&self) -> &ListenAddr {
         &self.local_addr
+    }
+
+    /// The address the admin listener bound, when `admin:` is configured.
+    pub fn admin_addr(&self) -> Option<&ListenAddr> {
+        self.admin_addr.as_ref()
     }
 
     /// The registry handle Checks read.

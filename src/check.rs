@@ -66,6 +66,8 @@ pub enum Reason {
     /// Refused before any decision: the caller failed too often lately
     /// (`throttle`). Never returned by [`decide`].
     TooManyFailures,
+    /// The request itself could not be read (undecodable or too large).
+    MalformedRequest,
     InternalError,
 }
 
@@ -76,11 +78,12 @@ pub enum Outcome {
     Forbidden,
     /// Throttled: 429 with `retry-after`.
     TooManyRequests,
+    BadRequest,
     Unavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::MissingIdentity,
         Reason::UnknownPrincipal,
         Reason::AmbiguousPrincipal,
@@ -98,6 +101,7 @@ impl Reason {
         Reason::InvalidToken,
         Reason::ExpiredToken,
         Reason::TooManyFailures,
+        Reason::MalformedRequest,
         Reason::InternalError,
     ];
 
@@ -120,6 +124,7 @@ impl Reason {
             Reason::InvalidToken => "invalid_token",
             Reason::ExpiredToken => "expired_token",
             Reason::TooManyFailures => "too_many_failures",
+            Reason::MalformedRequest => "malformed_request",
             Reason::InternalError => "internal_error",
         }
     }
@@ -128,6 +133,7 @@ impl Reason {
         match self {
             Reason::ScopeNotAllowed => Outcome::Forbidden,
             Reason::TooManyFailures => Outcome::TooManyRequests,
+            Reason::MalformedRequest => Outcome::BadRequest,
             Reason::InternalError => Outcome::Unavailable,
             _ => Outcome::Unauthenticated,
         }
@@ -263,9 +269,19 @@ pub struct Denial<'r> {
 impl Denial<'_> {
     /// The denial for an internal failure (fail closed).
     pub fn internal(mode: Mode) -> Denial<'static> {
+        Denial::of(mode, Reason::InternalError)
+    }
+
+    /// The denial for a request that could not be read. Its route mode is
+    /// unknown; it counts as `issue`, the default.
+    pub fn malformed() -> Denial<'static> {
+        Denial::of(Mode::Issue, Reason::MalformedRequest)
+    }
+
+    fn of(mode: Mode, reason: Reason) -> Denial<'static> {
         Denial {
             mode,
-            reason: Reason::InternalError,
+            reason,
             service: None,
             token: None,
         }

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::keys::Algorithm;
+
 /// Default location of the static config, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "config/service-auth.yaml";
 
@@ -74,6 +76,12 @@ pub enum Invalid {
     NotPositive,
     #[error("listen.tls needs a TCP address: a Unix socket is protected by its file permissions")]
     TlsOnUnixSocket,
+    #[error("must be at most {0}")]
+    AboveMaximum(usize),
+    #[error("is empty and would refuse every client: list Envoy's SAN(s) or remove the key")]
+    EmptyAllowList,
+    #[error("{0:?} is not a URI or DNS name (printable ASCII, no spaces, no wildcards)")]
+    NotASan(String),
 }
 
 impl ConfigError {
@@ -181,6 +189,9 @@ pub struct StaticConfig {
     pub log: Log,
     #[serde(default)]
     pub limits: Limits,
+    /// The optional plain-HTTP admin listener (JWKS, liveness, readiness).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<Admin>,
 }
 
 impl StaticConfig {
@@ -206,6 +217,9 @@ impl StaticConfig {
         if let ListenAddr::Unix(socket) = &mut self.listen.grpc {
             *socket = resolve(path, socket);
         }
+        if let Some(ListenAddr::Unix(socket)) = self.admin.as_mut().map(|a| &mut a.listen) {
+            *socket = resolve(path, socket);
+        }
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -223,12 +237,41 @@ impl StaticConfig {
                 Invalid::TlsOnUnixSocket,
             ));
         }
+        if let Some(tls) = &self.listen.tls {
+            tls.validate().map_err(|problem| {
+                ConfigError::invalid(path, "listen.tls.allowed_sans", problem)
+            })?;
+        }
         if let Some(name) = self.limits.first_zero() {
             return Err(ConfigError::invalid(
                 path,
                 format!("limits.{name}"),
                 Invalid::NotPositive,
             ));
+        }
+        // The listener counts slots with a semaphore, which has a ceiling.
+        if self.limits.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ConfigError::invalid(
+                path,
+                "limits.max_connections",
+                Invalid::AboveMaximum(tokio::sync::Semaphore::MAX_PERMITS),
+            ));
+        }
+        if let Some(admin) = &self.admin {
+            if admin.max_connections == 0 {
+                return Err(ConfigError::invalid(
+                    path,
+                    "admin.max_connections",
+                    Invalid::NotPositive,
+                ));
+            }
+            if admin.header_timeout.is_zero() {
+                return Err(ConfigError::invalid(
+                    path,
+                    "admin.header_timeout",
+                    Invalid::NotPositive,
+                ));
+            }
         }
         let otlp = self.telemetry.otlp.as_ref();
         if otlp.and_then(|o| o.interval).is_some_and(|i| i.is_zero()) {
@@ -299,12 +342,55 @@ impl Serialize for ListenAddr {
     }
 }
 
+/// `listen.tls`: mTLS for the Envoy -> sidecar hop.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenTls {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+    /// When set, only hop clients whose certificate carries one of these
+    /// SANs get in: a URI (it has a scheme, `spiffe://...`) matches URI SANs
+    /// only, anything else is a DNS name and matches DNS SANs only
+    /// (case-insensitively). `client_ca` is often the mesh CA that signs
+    /// every workload, so without this list any workload can call the
+    /// sidecar directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_sans: Option<Vec<String>>,
+}
+
+/// Warned at start when `listen.tls` has no `allowed_sans`.
+pub const NO_ALLOWED_SANS_WARNING: &str = "listen.tls admits every client certificate from client_ca: \
+     when that CA also signs workloads, any of them can call the sidecar directly and ask for tokens; \
+     set listen.tls.allowed_sans to Envoy's own SAN(s)";
+
+impl ListenTls {
+    /// The start-up warning for a hop that trusts a whole CA, if it does.
+    /// The caller decides where it is printed.
+    pub fn allow_list_warning(&self) -> Option<&'static str> {
+        self.allowed_sans
+            .is_none()
+            .then_some(NO_ALLOWED_SANS_WARNING)
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        let Some(sans) = &self.allowed_sans else {
+            return Ok(());
+        };
+        if sans.is_empty() {
+            return Err(Invalid::EmptyAllowList);
+        }
+        // SANs are printable ASCII (identity refuses anything else in a
+        // certificate); `*` would suggest wildcard matching, which there is
+        // none of.
+        let not_a_san = |san: &&String| {
+            san.is_empty() || !san.bytes().all(|b| b.is_ascii_graphic()) || san.contains('*')
+        };
+        match sans.iter().find(not_a_san) {
+            Some(san) => Err(Invalid::NotASan(san.escape_debug().to_string())),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `registry`: one file, or a list whose first entry is the main registry
@@ -414,10 +500,16 @@ pub struct Limits {
     /// Concurrent Checks per connection (HTTP/2 streams). Envoy keeps one
     /// connection per worker, so this is a per-worker limit.
     pub max_concurrent_streams: u32,
-    /// Open connections; further clients wait in the kernel's backlog.
+    /// Connections being served. A connection takes a slot only once its
+    /// handshake is done; while all are taken it waits, still pending.
     pub max_connections: usize,
-    /// A TCP connection must finish its TLS handshake (or, without TLS, send
-    /// its first byte) within this time, or it is closed.
+    /// Connections still in their handshake (TLS, then the HTTP/2 preface
+    /// and first SETTINGS) or waiting for a slot. When full, the oldest is
+    /// dropped to admit the new one, so silent sockets cannot starve a client.
+    pub max_pending_handshakes: usize,
+    /// A connection must finish its handshake (TLS when on, then the HTTP/2
+    /// preface and first SETTINGS) and get a slot within this time of being
+    /// accepted, or it is closed. Unix sockets too.
     #[serde(with = "duration")]
     pub handshake_timeout: Duration,
     /// Upper bound on one Check, after which gRPC answers DEADLINE_EXCEEDED.
@@ -438,6 +530,7 @@ impl Default for Limits {
             max_header_list_bytes: 16 * 1024,
             max_concurrent_streams: 1024,
             max_connections: 1024,
+            max_pending_handshakes: 64,
             handshake_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(30),
@@ -454,12 +547,39 @@ impl Limits {
             ("max_header_list_bytes", self.max_header_list_bytes == 0),
             ("max_concurrent_streams", self.max_concurrent_streams == 0),
             ("max_connections", self.max_connections == 0),
+            ("max_pending_handshakes", self.max_pending_handshakes == 0),
             ("handshake_timeout", self.handshake_timeout.is_zero()),
             ("request_timeout", self.request_timeout.is_zero()),
             ("keepalive_interval", self.keepalive_interval.is_zero()),
             ("keepalive_timeout", self.keepalive_timeout.is_zero()),
         ];
         values.iter().find(|(_, zero)| *zero).map(|(name, _)| *name)
+    }
+}
+
+/// `admin:`: plain HTTP for the JWKS and probes. Loopback by default: it
+/// serves nothing secret, but nothing outside the pod needs it either
+/// unless upstreams fetch the JWKS from it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    pub listen: ListenAddr,
+    /// Open connections; further clients wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection must send its first byte, and then a request's whole
+    /// header, within this time each, or it is closed.
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
+}
+
+impl Default for Admin {
+    /// `127.0.0.1:9192`, 64 connections, 5 s.
+    fn default() -> Self {
+        Admin {
+            listen: ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9192))),
+            max_connections: 64,
+            header_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -672,16 +792,35 @@ fn default_token_header() -> String {
     "x-service-jwt".into()
 }
 
+/// One `token.keys` entry. HS256 keys name a secret (`secret_file` or
+/// `secret_env`); EdDSA and ES256 keys a PEM file (`private_key_file`, or
+/// `public_key_file` for a verify-only key).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyEntry {
     pub kid: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub algorithm: Algorithm,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub verify_only: bool,
+    /// RFC 3339: the key may sign only from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    /// RFC 3339: the key stops verifying (and is no longer published) then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -866,6 +1005,61 @@ mod tests {
             read_capped(&dir.path().join("missing.yaml"), 1024),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    fn tls(extra: &str) -> Result<ListenTls, Invalid> {
+        let text = format!("cert: c.crt\nkey: c.key\nclient_ca: ca.crt\n{extra}");
+        let tls: ListenTls = serde_yaml::from_str(&text).unwrap();
+        tls.validate().map(|()| tls)
+    }
+
+    #[test]
+    fn allowed_sans_are_validated_and_their_absence_warned() {
+        let open = tls("").unwrap();
+        assert_eq!(open.allow_list_warning(), Some(NO_ALLOWED_SANS_WARNING));
+        let listed = tls("allowed_sans: [spiffe://mesh/envoy, envoy.mesh.local]\n").unwrap();
+        assert_eq!(listed.allow_list_warning(), None);
+        assert_eq!(
+            tls("allowed_sans: []\n").unwrap_err(),
+            Invalid::EmptyAllowList
+        );
+        for (bad, shown) in [
+            ("\"\"", ""),
+            ("\"a b\"", "a b"),
+            ("\"*.mesh.local\"", "*.mesh.local"),
+            ("\"caf\u{e9}\"", "caf\u{e9}"),
+            ("\"a\\nb\"", "a\\nb"),
+        ] {
+            assert_eq!(
+                tls(&format!("allowed_sans: [ok.mesh, {bad}]\n")).unwrap_err(),
+                Invalid::NotASan(shown.into()),
+                "{bad}"
+            );
+        }
+        let text = "listen:\n  grpc: 127.0.0.1:1\n  tls:\n    cert: c\n    key: k\n    client_ca: ca\n    allowed_sans: []\nregistry: r.yaml\n";
+        let config: StaticConfig = serde_yaml::from_str(text).unwrap();
+        let err = config.validate(Path::new("c.yaml")).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { at, problem: Invalid::EmptyAllowList, .. } if at == "listen.tls.allowed_sans"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn pending_handshakes_are_limited_and_the_slot_cap_bounded() {
+        assert_eq!(Limits::default().max_pending_handshakes, 64);
+        let zero = Limits {
+            max_pending_handshakes: 0,
+            ..Limits::default()
+        };
+        assert_eq!(zero.first_zero(), Some("max_pending_handshakes"));
+        let text = "listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\nlimits:\n  max_connections: 18446744073709551615\n";
+        let config: StaticConfig = serde_yaml::from_str(text).unwrap();
+        let err = config.validate(Path::new("c.yaml")).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { at, problem: Invalid::AboveMaximum(_), .. } if at == "limits.max_connections"),
+            "{err:?}"
+        );
     }
 
     #[test]

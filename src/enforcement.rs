@@ -48,7 +48,10 @@ pub fn effective(
 
 /// Whether a denial for `reason` may be only reported.
 pub fn reportable(reason: Reason) -> bool {
-    !matches!(reason, Reason::InternalError | Reason::TooManyFailures)
+    !matches!(
+        reason,
+        Reason::InternalError | Reason::TooManyFailures | Reason::MalformedRequest
+    )
 }
 
 /// What is done about `decision`: a reportable denial under `report` is
@@ -79,6 +82,13 @@ mod tests {
             .into_iter()
             .filter(|r| !reportable(*r))
             .collect();
-        assert_eq!(never, [Reason::TooManyFailures, Reason::InternalError]);
+        assert_eq!(
+            never,
+            [
+                Reason::TooManyFailures,
+                Reason::MalformedRequest,
+                Reason::InternalError
+            ]
+        );
     }
 }

@@ -3,12 +3,16 @@
 //! Data flows one way through these modules (each imports only modules
 //! listed before it):
 //!
-//! * `config` parses the two YAML files into typed structs;
+//! * `keys` holds the token key material (HS256 secrets, EdDSA and ES256
+//!   keys, JWKs) and imports nothing else from the crate;
+//! * `config` parses the two YAML files into typed structs; `wire` owns the
+//!   Check method's gRPC wire format (framing with bounded reads, a
+//!   borrowing partial decode of the request, pre-encoded responses);
 //! * `identity` parses the forwarded peer certificate; `token` issues and
 //!   verifies mesh tokens;
 //! * `registry` validates a registry file into an immutable, indexed
 //!   snapshot and holds the shared `Snapshot` handle;
-//! * `request` parses a `CheckRequest`'s attributes once; `evidence`
+//! * `request` reads a decoded request's attributes once; `evidence`
 //!   gathers (and memoizes) the costly certificate facts;
 //! * `check` decides, as a pure function; `enforcement` says whether a
 //!   denial is refused or only reported (report mode); `throttle` refuses
@@ -17,7 +21,7 @@
 //! * `telemetry` observes decisions and reloads (logs, OTLP metrics);
 //! * `watch` tells when files change; `reload` rebuilds and swaps
 //!   snapshots; `listener` accepts connections; `server` runs the gRPC
-//!   services;
+//!   services; `admin` serves the JWKS and probes over plain HTTP;
 //! * `app` wires it all together (`run`, `Sidecar`).
 //!
 //! Beside that flow: `health` probes a running sidecar, `devpki` generates
@@ -25,6 +29,7 @@
 //! `testkit` (feature `test-util`, plus its PKI builder) is shared by tests,
 //! benchmarks, fuzz targets and `dev-pki`.
 
+pub mod admin;
 pub mod alloc;
 pub mod app;
 pub mod check;
@@ -34,6 +39,7 @@ pub mod enforcement;
 pub mod evidence;
 pub mod health;
 pub mod identity;
+pub mod keys;
 pub mod listener;
 pub mod registry;
 pub mod reload;
@@ -45,5 +51,6 @@ pub mod testkit;
 pub mod throttle;
 pub mod token;
 pub mod watch;
+pub mod wire;
 
 pub use app::{RunError, Sidecar, run};

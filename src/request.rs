@@ -1,14 +1,11 @@
-//! What Envoy asked: the attributes of one `CheckRequest` that anything
-//! downstream reads, parsed once.
+//! What Envoy asked: the attributes of one Check that anything downstream
+//! reads, taken once from the decoded request.
 //!
-//! The decision and telemetry both read [`Attributes`]; neither walks the
-//! protobuf again. Everything here borrows from the request: parsing a Check
-//! copies no strings.
+//! The decision and telemetry both read [`Attributes`]; neither looks at the
+//! request again. Everything here borrows from the request bytes (through
+//! `wire::CheckView`): reading a Check copies no strings.
 
-use envoy_types::pb::envoy::config::core::v3::address::Address;
-use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+use crate::wire::{CheckView, Port};
 
 use crate::config::Enforcement;
 
@@ -40,49 +37,36 @@ pub struct Attributes<'q> {
     pub headers: Headers<'q>,
     /// `request.http.id`: Envoy's request id, for correlating logs.
     pub request_id: &'q str,
-    /// `source.address`, when it is an IP socket address.
+    /// `source.address`, when it is an IP socket address (port 0 if named
+    /// or unset).
     pub source_address: Option<(&'q str, u32)>,
 }
 
 impl<'q> Attributes<'q> {
-    pub fn from_request(req: &'q CheckRequest) -> Self {
-        let attrs = req.attributes.as_ref();
-        let ext = attrs.map(|a| &a.context_extensions);
-        let extension = |key: &str| ext.and_then(|e| e.get(key)).map(String::as_str);
-        let mode = match extension("mode") {
+    pub fn from_view(view: &'q CheckView<'q>) -> Self {
+        let mode = match view.context_extension("mode") {
             None | Some("issue") => RouteMode::Issue,
             Some("verify") => RouteMode::Verify,
             Some(_) => RouteMode::Unknown,
         };
-        let source = attrs.and_then(|a| a.source.as_ref());
-        let http = attrs
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
-        let source_address = source
-            .and_then(|s| s.address.as_ref())
-            .and_then(|a| a.address.as_ref())
-            .and_then(|a| match a {
-                Address::SocketAddress(s) => Some((
-                    s.address.as_str(),
-                    match s.port_specifier {
-                        Some(PortSpecifier::PortValue(p)) => p,
-                        _ => 0,
-                    },
-                )),
-                _ => None,
-            });
         Attributes {
             mode,
-            route_scope: extension("scope").unwrap_or(""),
-            route_enforcement: extension("enforcement").map(|e| match e {
+            route_scope: view.context_extension("scope").unwrap_or(""),
+            route_enforcement: view.context_extension("enforcement").map(|e| match e {
                 "report" => Enforcement::Report,
                 _ => Enforcement::Enforce,
             }),
-            certificate: source.map_or("", |s| s.certificate.as_str()),
-            principal: source.map_or("", |s| s.principal.as_str()),
-            headers: Headers { http },
-            request_id: http.map_or("", |h| h.id.as_str()),
-            source_address,
+            certificate: view.certificate(),
+            principal: view.principal(),
+            headers: Headers { view },
+            request_id: view.request_id(),
+            source_address: view.source_address().map(|a| {
+                let port = match a.port {
+                    Port::Value(p) => p,
+                    Port::Unset | Port::Named(_) => 0,
+                };
+                (a.address, port)
+            }),
         }
     }
 }
@@ -102,31 +86,18 @@ pub enum Header<'q> {
 /// `encode_raw_headers` is on).
 #[derive(Debug, Clone, Copy)]
 pub struct Headers<'q> {
-    http: Option<&'q HttpRequest>,
+    view: &'q CheckView<'q>,
 }
 
 impl<'q> Headers<'q> {
-    /// Looks a lower-case header name up in both maps.
+    /// Looks a lower-case header name up in both places.
     pub fn single(&self, name: &str) -> Header<'q> {
-        let Some(http) = self.http else {
-            return Header::Absent;
-        };
-        let mut found = http.headers.get(name).map(|v| v.as_bytes());
-        if let Some(map) = &http.header_map {
-            for h in &map.headers {
-                if h.key.eq_ignore_ascii_case(name) {
-                    if found.is_some() {
-                        return Header::Repeated;
-                    }
-                    found = Some(if h.raw_value.is_empty() {
-                        h.value.as_bytes()
-                    } else {
-                        &h.raw_value
-                    });
-                }
-            }
+        let mut values = self.view.header_values(name);
+        match (values.next(), values.next()) {
+            (None, _) => Header::Absent,
+            (Some(v), None) => Header::One(v),
+            (Some(_), Some(_)) => Header::Repeated,
         }
-        found.map_or(Header::Absent, Header::One)
     }
 }
 
@@ -134,57 +105,76 @@ impl<'q> Headers<'q> {
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    use prost::Message;
 
-    fn http(headers: &[(&str, &str)], raw: &[(&str, &[u8])]) -> HttpRequest {
-        HttpRequest {
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            header_map: (!raw.is_empty()).then(|| HeaderMap {
-                headers: raw
-                    .iter()
-                    .map(|(k, v)| HeaderValue {
-                        key: k.to_string(),
-                        raw_value: v.to_vec(),
+    fn request(headers: &[(&str, &str)], raw: &[(&str, &[u8])], ext: &[(&str, &str)]) -> Vec<u8> {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        header_map: (!raw.is_empty()).then(|| HeaderMap {
+                            headers: raw
+                                .iter()
+                                .map(|(k, v)| HeaderValue {
+                                    key: k.to_string(),
+                                    raw_value: v.to_vec(),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        }),
                         ..Default::default()
-                    })
+                    }),
+                    ..Default::default()
+                }),
+                context_extensions: ext
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
+                ..Default::default()
             }),
-            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn header(bytes: &[u8], name: &str) -> Option<Vec<u8>> {
+        let view = CheckView::decode(bytes).unwrap();
+        match Attributes::from_view(&view).headers.single(name) {
+            Header::Absent => None,
+            Header::One(v) => Some(v.to_vec()),
+            Header::Repeated => Some(b"<repeated>".to_vec()),
         }
     }
 
     #[test]
     fn headers_are_read_from_both_maps() {
-        fn single<'q>(h: &'q HttpRequest, name: &str) -> Header<'q> {
-            Headers { http: Some(h) }.single(name)
-        }
-        let h = http(&[("x-api-key", "a")], &[]);
-        assert_eq!(single(&h, "x-api-key"), Header::One(b"a"));
-        let h = http(&[], &[("x-api-key", b"b")]);
-        assert_eq!(single(&h, "x-api-key"), Header::One(b"b"));
-        let h = http(&[], &[("X-Api-Key", b"b"), ("x-api-key", b"c")]);
-        assert_eq!(single(&h, "x-api-key"), Header::Repeated);
-        let h = http(&[("x-api-key", "a")], &[("x-api-key", b"a")]);
-        assert_eq!(single(&h, "x-api-key"), Header::Repeated);
-        assert_eq!(single(&h, "other"), Header::Absent);
-        assert_eq!(Headers { http: None }.single("x-api-key"), Header::Absent);
+        let r = request(&[("x-api-key", "a")], &[], &[]);
+        assert_eq!(header(&r, "x-api-key").as_deref(), Some(&b"a"[..]));
+        let r = request(&[], &[("x-api-key", b"b")], &[]);
+        assert_eq!(header(&r, "x-api-key").as_deref(), Some(&b"b"[..]));
+        let r = request(&[], &[("X-Api-Key", b"b"), ("x-api-key", b"c")], &[]);
+        assert_eq!(header(&r, "x-api-key").as_deref(), Some(&b"<repeated>"[..]));
+        let r = request(&[("x-api-key", "a")], &[("x-api-key", b"a")], &[]);
+        assert_eq!(header(&r, "x-api-key").as_deref(), Some(&b"<repeated>"[..]));
+        assert_eq!(header(&r, "other"), None);
+        assert_eq!(header(&[], "x-api-key"), None);
     }
 
     #[test]
     fn modes_and_defaults() {
-        let mut req = CheckRequest::default();
-        assert_eq!(Attributes::from_request(&req).mode, RouteMode::Issue);
-        let attrs = req.attributes.get_or_insert_default();
-        attrs
-            .context_extensions
-            .insert("mode".into(), "verify".into());
-        assert_eq!(Attributes::from_request(&req).mode, RouteMode::Verify);
-        req.attributes
-            .get_or_insert_default()
-            .context_extensions
-            .insert("mode".into(), "Verify".into());
-        assert_eq!(Attributes::from_request(&req).mode, RouteMode::Unknown);
+        let mode = |ext: &[(&str, &str)]| {
+            let bytes = request(&[], &[], ext);
+            let view = CheckView::decode(&bytes).unwrap();
+            Attributes::from_view(&view).mode
+        };
+        assert_eq!(mode(&[]), RouteMode::Issue);
+        assert_eq!(mode(&[("mode", "issue")]), RouteMode::Issue);
+        assert_eq!(mode(&[("mode", "verify")]), RouteMode::Verify);
+        assert_eq!(mode(&[("mode", "Verify")]), RouteMode::Unknown);
     }
 }

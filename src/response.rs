@@ -1,29 +1,29 @@
-//! The steps after the decision: signing the token a grant calls for, and
-//! Envoy's `CheckResponse` for each outcome.
+//! The steps after the decision: signing the token a grant calls for
+//! ([`Answer`]), and Envoy's `CheckResponse` for each outcome
+//! ([`Responses`]).
 //!
 //! The response shape is the contract with Envoy: an OK response replaces
 //! the token header on every Envoy version and strips the API key; a denial
 //! carries the HTTP status, a generic JSON body and the gRPC code, while the
 //! precise reason goes only to Envoy's dynamic metadata (for its access log).
-//! A denial only reported (report mode, see `enforcement`) is an OK that
-//! adds nothing and says `would_deny` in the metadata; a throttled caller
-//! gets 429 with `retry-after`.
+//! The bytes come from `wire`: denials are encoded once per reason, and OK
+//! responses from a template per registry snapshot. A denial only reported
+//! (report mode, see `enforcement`) is an OK that adds nothing and says
+//! `would_deny` in the metadata; a throttled caller gets 429 with
+//! `retry-after`.
 
-use envoy_types::ext_authz::v3::pb::{
-    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
-    HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
-};
-use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value::Kind};
-use envoy_types::pb::google::rpc;
+use std::sync::{Arc, OnceLock};
 
-use crate::check::{
-    Decision, Denial, Grant, Mode, Outcome, Reason, SERVICE_ID_HEADER, VerifyGrant,
-};
+use arc_swap::ArcSwapOption;
+use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse, HttpStatusCode, OkHttpResponse};
+
+use crate::check::{Decision, Denial, Grant, Mode, Outcome, Reason, SERVICE_ID_HEADER};
 use crate::enforcement::{self, Disposition};
 use crate::registry::Registry;
 use crate::request::Attributes;
 use crate::throttle::Throttled;
 use crate::token::{self, Issued};
+use crate::wire::{self, EncodedResponse, OkFields, OkTemplate};
 
 /// A decision with the token its grant calls for, ready to answer.
 #[derive(Debug)]
@@ -78,115 +78,11 @@ impl<'r> Answer<'r> {
     pub fn kid(&self) -> Option<&'r str> {
         self.issued.as_ref().map(|t| t.kid)
     }
-
-    /// Envoy's response.
-    pub fn into_response(self, registry: &Registry) -> CheckResponse {
-        if let (Decision::Deny(denial), Disposition::Reported) = (&self.decision, self.disposition)
-        {
-            return would_deny(registry, denial.reason);
-        }
-        match (self.decision, self.issued) {
-            (Decision::Allow(Grant::Issue(grant)), Some(token)) => {
-                issued(registry, &grant.service.id, token)
-            }
-            (Decision::Allow(Grant::Verify(grant)), _) => verified(registry, grant),
-            (Decision::Deny(denial), _) => denied(denial.reason),
-            // Not built by `sign`; fail closed all the same.
-            (Decision::Allow(Grant::Issue(_)), None) => denied(Reason::InternalError),
-        }
-    }
 }
 
-/// OK for an issue-mode Check: the token header set, the API key header
-/// removed (unless the registry forwards it).
-pub fn issued(registry: &Registry, service: &str, token: Issued<'_>) -> CheckResponse {
-    ok(
-        vec![overwrite_header(&registry.token.header, token.token)],
-        api_key_removal(registry),
-        vec![
-            ("service", service.to_owned()),
-            ("kid", token.kid.to_owned()),
-            ("jti", token.jti),
-        ],
-    )
-}
-
-/// OK for a verify-mode Check: `x-service-id` set to the token's subject,
-/// the API key header removed (unless the registry forwards it).
-pub fn verified(registry: &Registry, grant: VerifyGrant<'_>) -> CheckResponse {
-    ok(
-        vec![overwrite_header(SERVICE_ID_HEADER, grant.subject)],
-        api_key_removal(registry),
-        vec![
-            ("service", grant.service.id.clone()),
-            ("kid", grant.kid.to_owned()),
-            ("jti", grant.jti),
-        ],
-    )
-}
-
-/// OK for a denial that report mode only reports: no token, and the
-/// headers an upstream could take for verified identity (the token header,
-/// `x-service-id`) removed along with the API key header, so nothing
-/// unverified reaches the upstream looking verified.
-pub fn would_deny(registry: &Registry, reason: Reason) -> CheckResponse {
-    let mut remove = vec![registry.token.header.clone(), SERVICE_ID_HEADER.to_owned()];
-    remove.extend(api_key_removal(registry));
-    ok(
-        Vec::new(),
-        remove,
-        vec![("would_deny", reason.as_str().to_owned())],
-    )
-}
-
-/// The API key header must not reach the upstream unless configured to.
-/// Never the token header: Envoy applies removals after additions.
-fn api_key_removal(registry: &Registry) -> Vec<String> {
-    if registry.request.forward_api_key {
-        Vec::new()
-    } else {
-        vec![registry.request.api_key_header.clone()]
-    }
-}
-
-fn ok(
-    headers: Vec<HeaderValueOption>,
-    remove: Vec<String>,
-    metadata: Vec<(&str, String)>,
-) -> CheckResponse {
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: tonic::Code::Ok as i32,
-            ..Default::default()
-        }),
-        dynamic_metadata: Some(service_auth_metadata(metadata)),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers,
-            headers_to_remove: remove,
-            ..Default::default()
-        })),
-    }
-}
-
-/// The denial for `reason`: status class, generic body, reason in metadata.
-pub fn denied(reason: Reason) -> CheckResponse {
-    denial(reason, Vec::new())
-}
-
-/// The refusal of a throttled caller: 429 (`too_many_failures`), and
-/// `retry-after` in seconds.
-pub fn throttled(throttled: &Throttled) -> CheckResponse {
-    denial(
-        Reason::TooManyFailures,
-        vec![overwrite_header(
-            "retry-after",
-            throttled.retry_after_secs().to_string(),
-        )],
-    )
-}
-
-fn denial(reason: Reason, mut headers: Vec<HeaderValueOption>) -> CheckResponse {
-    let (code, http, body) = match reason.outcome() {
+/// How a denial for `reason` looks to the caller.
+pub fn denial(reason: Reason) -> wire::Denial {
+    let (grpc, http, body) = match reason.outcome() {
         Outcome::Unauthenticated => (
             tonic::Code::Unauthenticated,
             HttpStatusCode::Unauthorized,
@@ -202,72 +98,168 @@ fn denial(reason: Reason, mut headers: Vec<HeaderValueOption>) -> CheckResponse 
             HttpStatusCode::TooManyRequests,
             r#"{"error":"too_many_requests"}"#,
         ),
+        Outcome::BadRequest => (
+            tonic::Code::InvalidArgument,
+            HttpStatusCode::BadRequest,
+            r#"{"error":"bad_request"}"#,
+        ),
         Outcome::Unavailable => (
             tonic::Code::Unavailable,
             HttpStatusCode::ServiceUnavailable,
             r#"{"error":"unavailable"}"#,
         ),
     };
-    headers.insert(
-        0,
-        overwrite_header("content-type", "application/json".into()),
-    );
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: code as i32,
-            ..Default::default()
-        }),
-        dynamic_metadata: Some(service_auth_metadata(vec![(
-            "reason",
-            reason.as_str().to_owned(),
+    wire::Denial {
+        grpc,
+        http,
+        body,
+        reason: reason.as_str(),
+    }
+}
+
+/// The encoded denial for `reason`: built once, shared afterwards.
+pub fn denied(reason: Reason) -> EncodedResponse {
+    static DENIALS: OnceLock<Vec<EncodedResponse>> = OnceLock::new();
+    let all = DENIALS.get_or_init(|| Reason::ALL.iter().map(|r| denial(*r).encode()).collect());
+    match Reason::ALL.iter().position(|r| *r == reason) {
+        Some(i) => all[i].clone(),
+        None => denial(reason).encode(),
+    }
+}
+
+/// The refusal of a throttled caller: 429 (`too_many_failures`) and
+/// `retry-after` in seconds. Encoded per Check (the seconds vary); a
+/// throttled Check does nothing else.
+pub fn throttled(throttled: &Throttled) -> EncodedResponse {
+    let mut message = denial(Reason::TooManyFailures).message();
+    if let Some(HttpResponse::DeniedResponse(denied)) = &mut message.http_response {
+        // The same overwriting header shape as the denial's content-type.
+        let mut retry_after = denied.headers[0].clone();
+        if let Some(header) = &mut retry_after.header {
+            header.key = "retry-after".into();
+            header.value = throttled.retry_after_secs().to_string();
+        }
+        denied.headers.push(retry_after);
+    }
+    EncodedResponse::from_message(&message)
+}
+
+/// OK for a denial that report mode only reports: no token, and the
+/// headers an upstream could take for verified identity (the token header,
+/// `x-service-id`) removed along with the API key header, so nothing
+/// unverified reaches the upstream looking verified.
+pub fn would_deny(registry: &Registry, reason: Reason) -> EncodedResponse {
+    let mut remove = vec![registry.token.header.clone(), SERVICE_ID_HEADER.to_owned()];
+    if !registry.request.forward_api_key {
+        remove.push(registry.request.api_key_header.clone());
+    }
+    EncodedResponse::from_message(&CheckResponse {
+        status: Some(wire::ok_status()),
+        dynamic_metadata: Some(wire::service_auth_metadata([(
+            "would_deny",
+            reason.as_str(),
         )])),
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus { code: http as i32 }),
-            headers,
-            body: body.into(),
-        })),
-    }
-}
-
-/// A header that replaces any client-sent copy on every Envoy version:
-/// `append_action` for 1.37+, and the deprecated `append: false` because
-/// 1.37.0 briefly honoured only one of them and merged a forged value in.
-#[allow(deprecated)] // `append` is deprecated, and still needed: see above.
-fn overwrite_header(key: &str, value: String) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key: key.to_owned(),
-            value,
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers_to_remove: remove,
             ..Default::default()
-        }),
-        append: Some(BoolValue { value: false }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        ..Default::default()
+        })),
+    })
+}
+
+/// The OK templates of one registry snapshot.
+struct Templates {
+    generation: u64,
+    issued: OkTemplate,
+    verified: OkTemplate,
+}
+
+impl Templates {
+    fn new(registry: &Registry) -> Self {
+        // The API key header must not reach the upstream unless configured
+        // to. Never the token header: Envoy applies removals after additions.
+        let remove =
+            (!registry.request.forward_api_key).then_some(registry.request.api_key_header.as_str());
+        Templates {
+            generation: registry.generation,
+            issued: OkTemplate::new(&registry.token.header, remove),
+            verified: OkTemplate::new(SERVICE_ID_HEADER, remove),
+        }
     }
 }
 
-/// `{"service_auth": {...}}` for Envoy's access log.
-fn service_auth_metadata(fields: Vec<(&str, String)>) -> Struct {
-    let inner = Struct {
-        fields: fields
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k.to_owned(),
-                    Value {
-                        kind: Some(Kind::StringValue(v)),
-                    },
-                )
-            })
-            .collect(),
-    };
-    Struct {
-        fields: [(
-            "service_auth".to_owned(),
-            Value {
-                kind: Some(Kind::StructValue(inner)),
-            },
-        )]
-        .into(),
+/// Encodes answers, keeping the OK templates of the serving snapshot.
+#[derive(Default)]
+pub struct Responses {
+    templates: ArcSwapOption<Templates>,
+}
+
+impl Responses {
+    /// Envoy's response to `answer`, decided under `registry`.
+    pub fn encode(&self, answer: Answer<'_>, registry: &Registry) -> EncodedResponse {
+        if let (Decision::Deny(denial), Disposition::Reported) =
+            (&answer.decision, answer.disposition)
+        {
+            return would_deny(registry, denial.reason);
+        }
+        let templates = self.templates(registry);
+        match (answer.decision, answer.issued) {
+            (Decision::Allow(Grant::Issue(grant)), Some(token)) => {
+                templates.issued.encode(&OkFields {
+                    token: &token.token,
+                    kid: token.kid,
+                    jti: &token.jti,
+                    service: Some(&grant.service.id),
+                })
+            }
+            (Decision::Allow(Grant::Verify(grant)), _) => templates.verified.encode(&OkFields {
+                token: &grant.subject,
+                kid: grant.kid,
+                jti: &grant.jti,
+                service: Some(&grant.service.id),
+            }),
+            (Decision::Deny(denial), _) => denied(denial.reason),
+            // Not built by `Answer::sign`; fail closed all the same.
+            (Decision::Allow(Grant::Issue(_)), None) => denied(Reason::InternalError),
+        }
+    }
+
+    fn templates(&self, registry: &Registry) -> Arc<Templates> {
+        match self.templates.load_full() {
+            Some(t) if t.generation == registry.generation => t,
+            _ => {
+                let fresh = Arc::new(Templates::new(registry));
+                self.templates.store(Some(fresh.clone()));
+                fresh
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_status_body_and_metadata() {
+        use envoy_types::ext_authz::v3::pb::HttpResponse;
+        for reason in Reason::ALL {
+            let resp = denied(reason).decode().unwrap();
+            let Some(HttpResponse::DeniedResponse(d)) = resp.http_response else {
+                panic!("{reason}: not a denial");
+            };
+            let (grpc, http, body) = match reason {
+                Reason::ScopeNotAllowed => (7, 403, "forbidden"),
+                Reason::MalformedRequest => (3, 400, "bad_request"),
+                Reason::TooManyFailures => (8, 429, "too_many_requests"),
+                Reason::InternalError => (14, 503, "unavailable"),
+                _ => (16, 401, "unauthenticated"),
+            };
+            assert_eq!(resp.status.unwrap().code, grpc, "{reason}");
+            assert_eq!(d.status.unwrap().code, http, "{reason}");
+            assert_eq!(d.body, format!(r#"{{"error":"{body}"}}"#), "{reason}");
+            assert!(!d.body.contains(reason.as_str()));
+            let meta = format!("{:?}", resp.dynamic_metadata.unwrap());
+            assert!(meta.contains(reason.as_str()), "{reason}");
+        }
     }
 }

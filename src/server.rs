@@ -14,11 +14,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::ext_authz::v3::pb::{
-    Authorization, AuthorizationServer, CheckRequest, CheckResponse,
-};
 use tonic::server::NamedService;
-use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::{HealthReporter, HealthService};
 
@@ -29,9 +25,10 @@ use crate::evidence::EvidenceCache;
 use crate::listener::Incoming;
 use crate::registry::{Registry, Snapshot};
 use crate::request::{Attributes, RouteMode};
-use crate::response::{self, Answer};
+use crate::response::{self, Answer, Responses};
 use crate::telemetry::{CheckEvent, Observer};
 use crate::throttle::{Throttle, Throttled};
+use crate::wire::{CheckHandler, CheckService, CheckView, EncodedResponse, Malformed};
 
 /// How long SIGTERM waits for in-flight Checks. Envoy gives up on a Check
 /// far sooner (0.5 s in `envoy/envoy.yaml`); this only stops a stuck client
@@ -42,11 +39,11 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// each on long-lived connections. About 3 KiB each.
 const EVIDENCE_CACHE_ENTRIES: usize = 1024;
 
-/// The `Authorization` service.
-#[derive(Clone)]
+/// Answers Checks: the handler behind `wire::CheckService`.
 pub struct AuthzService {
     snapshot: Snapshot,
-    evidence: Arc<EvidenceCache>,
+    evidence: EvidenceCache,
+    responses: Responses,
     observer: Observer,
     throttle: Arc<Throttle>,
 }
@@ -57,7 +54,8 @@ impl AuthzService {
     pub fn new(snapshot: Snapshot, observer: Observer, throttle: Arc<Throttle>) -> Self {
         AuthzService {
             snapshot,
-            evidence: Arc::new(EvidenceCache::new(EVIDENCE_CACHE_ENTRIES)),
+            evidence: EvidenceCache::new(EVIDENCE_CACHE_ENTRIES),
+            responses: Responses::default(),
             observer,
             throttle,
         }
@@ -65,9 +63,8 @@ impl AuthzService {
 
     /// Answers one request against the current snapshot. In-flight Checks
     /// keep the snapshot they started with even if a reload swaps it.
-    pub fn check_now(&self, req: &CheckRequest) -> CheckResponse {
-        let started = Instant::now();
-        let attributes = Attributes::from_request(req);
+    fn answer_view(&self, view: &CheckView<'_>, started: Instant) -> EncodedResponse {
+        let attributes = Attributes::from_view(view);
         let answered = match self.snapshot.load() {
             // A panic in the decision is a bug, and still a denial (fail closed).
             Some(registry) => std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -78,15 +75,12 @@ impl AuthzService {
             None => None,
         };
         answered.unwrap_or_else(|| {
-            let decision = Decision::Deny(Denial::internal(Mode::Issue));
-            self.observer.check(&CheckEvent {
-                attributes: &attributes,
-                decision: &decision,
-                disposition: Disposition::Enforced,
-                issued_kid: None,
-                elapsed: started.elapsed(),
-            });
-            response::denied(Reason::InternalError)
+            self.refuse(
+                Some(&attributes),
+                Denial::internal(Mode::Issue),
+                None,
+                started,
+            )
         })
     }
 
@@ -95,7 +89,7 @@ impl AuthzService {
         attributes: &Attributes<'_>,
         registry: &Registry,
         started: Instant,
-    ) -> CheckResponse {
+    ) -> EncodedResponse {
         let now = unix_now();
         // A throttled caller is refused before any hashing or signature work.
         let admitted = match self.throttle.admit(attributes, registry.throttle.as_ref()) {
@@ -114,13 +108,35 @@ impl AuthzService {
             .enforced(attributes, registry);
         admitted.record(&answer.decision, answer.disposition);
         self.observer.check(&CheckEvent {
-            attributes,
+            attributes: Some(attributes),
             decision: &answer.decision,
             disposition: answer.disposition,
             issued_kid: answer.kid(),
+            detail: None,
             elapsed: started.elapsed(),
         });
-        answer.into_response(registry)
+        self.responses.encode(answer, registry)
+    }
+
+    /// A denial decided outside `check::decide` (unreadable request, no
+    /// registry, a panic), observed like any other.
+    fn refuse(
+        &self,
+        attributes: Option<&Attributes<'_>>,
+        denial: Denial<'_>,
+        detail: Option<&dyn std::fmt::Display>,
+        started: Instant,
+    ) -> EncodedResponse {
+        let reason = denial.reason;
+        self.observer.check(&CheckEvent {
+            attributes,
+            decision: &Decision::Deny(denial),
+            disposition: Disposition::Enforced,
+            issued_kid: None,
+            detail,
+            elapsed: started.elapsed(),
+        });
+        response::denied(reason)
     }
 
     fn throttled(
@@ -128,29 +144,37 @@ impl AuthzService {
         attributes: &Attributes<'_>,
         throttled: &Throttled,
         started: Instant,
-    ) -> CheckResponse {
+    ) -> EncodedResponse {
         let mode = match attributes.mode {
             RouteMode::Verify => Mode::Verify,
             RouteMode::Issue | RouteMode::Unknown => Mode::Issue,
         };
         self.observer.check(&CheckEvent {
-            attributes,
+            attributes: Some(attributes),
             decision: &Decision::Deny(Denial::throttled(mode)),
             disposition: Disposition::Enforced,
             issued_kid: None,
+            detail: None,
             elapsed: started.elapsed(),
         });
         response::throttled(throttled)
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for AuthzService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        Ok(Response::new(self.check_now(request.get_ref())))
+impl CheckHandler for AuthzService {
+    fn check(&self, request: Result<CheckView<'_>, Malformed>) -> EncodedResponse {
+        let started = Instant::now();
+        match request {
+            Ok(view) => self.answer_view(&view, started),
+            // Undecodable or too large: a denial, never a gRPC error that
+            // `failure_mode_allow` would let through.
+            Err(malformed) => {
+                let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    self.refuse(None, Denial::malformed(), Some(&malformed), started)
+                }));
+                caught.unwrap_or_else(|_| response::denied(Reason::MalformedRequest))
+            }
+        }
     }
 }
 
@@ -186,10 +210,7 @@ impl Readiness {
     async fn set(&self, status: ServingStatus) {
         self.health.set_service_status("", status).await;
         self.health
-            .set_service_status(
-                <AuthorizationServer<AuthzService> as NamedService>::NAME,
-                status,
-            )
+            .set_service_status(<CheckService<AuthzService> as NamedService>::NAME, status)
             .await;
     }
 }
@@ -208,7 +229,7 @@ pub async fn serve(
     let health = tonic_health::pb::health_server::HealthServer::new(
         HealthService::from_health_reporter(readiness.health.clone()),
     );
-    let authz = AuthorizationServer::new(authz).max_decoding_message_size(limits.max_message_bytes);
+    let authz = CheckService::new(authz, limits.max_message_bytes);
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .http2_max_header_list_size(Some(limits.max_header_list_bytes))

@@ -253,6 +253,7 @@ fn counts_as_failure(decision: &Decision<'_>, disposition: Disposition) -> bool 
 mod tests {
     use super::*;
     use crate::check::{Denial, Mode, Reason};
+    use crate::wire::CheckView;
     use envoy_types::pb::envoy::config::core::v3::address::Address;
     use envoy_types::pb::envoy::config::core::v3::{SocketAddress, socket_address};
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
@@ -314,6 +315,12 @@ mod tests {
         })
     }
 
+    fn caller_of(req: &CheckRequest) -> Option<Caller> {
+        let bytes = prost::Message::encode_to_vec(req);
+        let view = CheckView::decode(&bytes).unwrap();
+        Caller::of(&Attributes::from_view(&view))
+    }
+
     /// One Check from `req` that, when let through, ends as `decision`.
     fn check(
         throttle: &Throttle,
@@ -321,7 +328,9 @@ mod tests {
         settings: &ThrottleSettings,
         decision: &Decision<'_>,
     ) -> Result<(), Throttled> {
-        let attributes = Attributes::from_request(req);
+        let bytes = prost::Message::encode_to_vec(req);
+        let view = CheckView::decode(&bytes).unwrap();
+        let attributes = Attributes::from_view(&view);
         let admitted = throttle.admit(&attributes, Some(settings))?;
         admitted.record(decision, Disposition::Enforced);
         Ok(())
@@ -375,7 +384,9 @@ mod tests {
         let throttle = Throttle::with_clock(Manual::new());
         let s = settings(1, 60, 100);
         let req = from("10.0.0.1");
-        let attributes = Attributes::from_request(&req);
+        let bytes = prost::Message::encode_to_vec(&req);
+        let view = CheckView::decode(&bytes).unwrap();
+        let attributes = Attributes::from_view(&view);
         for (decision, disposition) in [
             (deny(Reason::InvalidApiKey), Disposition::Reported),
             (deny(Reason::ScopeNotAllowed), Disposition::Enforced),
@@ -412,7 +423,9 @@ mod tests {
         let s = settings(1, 60, 100);
         let req = from("10.0.0.1");
         check(&throttle, &req, &s, &deny(Reason::InvalidApiKey)).unwrap();
-        let attributes = Attributes::from_request(&req);
+        let bytes = prost::Message::encode_to_vec(&req);
+        let view = CheckView::decode(&bytes).unwrap();
+        let attributes = Attributes::from_view(&view);
         assert!(throttle.admit(&attributes, None).is_ok());
         assert_eq!(throttle.tracked(), 0);
         assert!(throttle.admit(&attributes, Some(&s)).is_ok());
@@ -422,16 +435,10 @@ mod tests {
     fn callers_are_ip_addresses_without_ports_when_no_certificate() {
         let a = from("10.0.0.1");
         assert_eq!(
-            Caller::of(&Attributes::from_request(&a)),
+            caller_of(&a),
             Some(Caller::Address("10.0.0.1".parse().unwrap()))
         );
-        assert_eq!(
-            Caller::of(&Attributes::from_request(&from("not-an-ip"))),
-            None
-        );
-        assert_eq!(
-            Caller::of(&Attributes::from_request(&CheckRequest::default())),
-            None
-        );
+        assert_eq!(caller_of(&from("not-an-ip")), None);
+        assert_eq!(caller_of(&CheckRequest::default()), None);
     }
 }

@@ -1,8 +1,12 @@
-//! The mesh token: issuing and verifying short-lived HS256 JWTs.
+//! The mesh token: issuing and verifying short-lived JWTs signed with
+//! HS256, EdDSA or ES256.
 //!
 //! One function issues, one verifies; the Check (both modes) and the
 //! `token` CLI all go through them, so there is a single definition of what
-//! a valid token is. Verification configures `jsonwebtoken` explicitly and
+//! a valid token is. Key material (parsing, signing, JWKs) is `keys`'; this
+//! module adds each key's role and schedule ([`TokenKey`]), picks the signer
+//! at issue time, and pins verification to exactly the algorithm of the
+//! token's `kid`. Verification configures `jsonwebtoken` explicitly and
 //! checks the parts it cannot (header allow-list, `kid`, time against an
 //! injected clock with the registry's leeway) itself.
 
@@ -12,10 +16,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::Validation;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+
+use crate::keys::{self, Algorithm, Key, SignError};
 
 /// Tokens longer than this are refused before any decoding. Ours are about
 /// 600 bytes; 8 KiB leaves room for long principals and scope lists.
@@ -25,38 +29,60 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// processing rules; we refuse tokens that carry any of them.
 const FORBIDDEN_HEADER_PARAMS: [&str; 5] = ["crit", "jku", "jwk", "x5u", "x5c"];
 
-/// One HS256 key. The secret never leaves this struct (no Debug of it).
-pub struct SigningKey {
-    pub kid: String,
+/// One `token.keys` entry: its key material, its role and its schedule.
+pub struct TokenKey {
+    pub key: Key,
+    /// Never signs; still verifies (rotation, or a pod that only verifies).
     pub verify_only: bool,
-    /// The base64url JOSE header, the same for every token this key signs.
-    header_b64: String,
-    /// HMAC state already keyed with the secret: each token clones it
-    /// instead of re-deriving the inner and outer pads.
-    mac: Hmac<Sha256>,
-    decoding: DecodingKey,
+    /// Unix seconds: the key may sign only from then. Verification and the
+    /// JWKS do not wait for it, so the key is known before it signs.
+    pub not_before: Option<i64>,
+    /// Unix seconds: from then the key neither verifies nor is published,
+    /// and it stops signing early enough that its tokens expire by then.
+    pub not_after: Option<i64>,
 }
 
-impl SigningKey {
-    pub fn new(kid: String, secret: &[u8], verify_only: bool) -> Self {
-        let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": kid});
-        SigningKey {
-            header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
-            mac: keyed_hmac(secret),
-            decoding: DecodingKey::from_secret(secret),
-            kid,
+impl TokenKey {
+    /// A key without a schedule.
+    pub fn new(key: Key, verify_only: bool) -> Self {
+        TokenKey {
+            key,
             verify_only,
+            not_before: None,
+            not_after: None,
         }
+    }
+
+    pub fn kid(&self) -> &str {
+        self.key.kid()
+    }
+
+    /// Whether this key may sign a token issued at `now` that lives `ttl`
+    /// seconds: not verify-only, holding a private key, past `not_before`,
+    /// and the token expires no later than the key's `not_after`.
+    pub fn may_sign(&self, now: i64, ttl: i64) -> bool {
+        !self.verify_only
+            && self.key.can_sign()
+            && self.not_before.is_none_or(|t| t <= now)
+            && self.not_after.is_none_or(|t| now.saturating_add(ttl) <= t)
+    }
+
+    /// Whether tokens of this key are accepted, and its public key
+    /// published, at `now`.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.not_after.is_none_or(|t| now < t)
     }
 }
 
-/// HMAC-SHA256 keyed with `secret`. HMAC takes keys of any length (longer
-/// ones are hashed first), so keying cannot fail; `Mac::new_from_slice`
-/// still returns a `Result` for MACs that can.
-fn keyed_hmac(secret: &[u8]) -> Hmac<Sha256> {
-    use hmac::digest::KeyInit;
-    <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
-        .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()))
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenKey")
+            .field("key", &self.key)
+            .field("verify_only", &self.verify_only)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish()
+    }
 }
 
 /// Why a set of keys cannot sign and verify tokens.
@@ -64,17 +90,14 @@ fn keyed_hmac(secret: &[u8]) -> Hmac<Sha256> {
 pub enum KeySetError {
     #[error("no signing key (every key is verify_only)")]
     NoSigningKey,
+    #[error(
+        "no key may sign now (each is verify_only, before its not_before, or too close to its not_after)"
+    )]
+    NoSigningKeyNow,
     #[error("kid {0:?} is listed twice")]
     DuplicateKid(String),
-}
-
-impl fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .field("verify_only", &self.verify_only)
-            .finish_non_exhaustive()
-    }
+    #[error("kid {0:?} holds only a public key: mark it verify_only, or give its private_key_file")]
+    CannotSign(String),
 }
 
 /// Everything about tokens that the registry configures.
@@ -86,33 +109,38 @@ pub struct TokenSettings {
     pub leeway: Duration,
     /// Lower-case header name the token is injected into (and read from in verify mode).
     pub header: String,
-    keys: Vec<SigningKey>,
+    keys: Vec<TokenKey>,
     by_kid: HashMap<String, usize>,
-    signer: usize,
-    validation: Validation,
+    /// One per algorithm, in [`Algorithm::ALL`] order: `jsonwebtoken`
+    /// refuses a list mixing algorithm families, and a key's tokens must be
+    /// checked against exactly its own algorithm anyway.
+    validations: [Validation; 3],
 }
 
 impl TokenSettings {
-    /// Builds settings; `keys` must be non-empty with unique kids and one signer.
+    /// Builds settings; `keys` must have unique kids, at least one key that
+    /// is not verify-only, and a private key in every such key.
     pub fn new(
         issuer: String,
         audience: String,
         ttl: Duration,
         leeway: Duration,
         header: String,
-        keys: Vec<SigningKey>,
+        keys: Vec<TokenKey>,
     ) -> Result<Self, KeySetError> {
-        let signer = keys
-            .iter()
-            .position(|k| !k.verify_only)
-            .ok_or(KeySetError::NoSigningKey)?;
+        if let Some(key) = keys.iter().find(|k| !k.verify_only && !k.key.can_sign()) {
+            return Err(KeySetError::CannotSign(key.kid().to_owned()));
+        }
+        if keys.iter().all(|k| k.verify_only) {
+            return Err(KeySetError::NoSigningKey);
+        }
         let mut by_kid = HashMap::with_capacity(keys.len());
         for (i, key) in keys.iter().enumerate() {
-            if by_kid.insert(key.kid.clone(), i).is_some() {
-                return Err(KeySetError::DuplicateKid(key.kid.clone()));
+            if by_kid.insert(key.kid().to_owned(), i).is_some() {
+                return Err(KeySetError::DuplicateKid(key.kid().to_owned()));
             }
         }
-        let validation = validation(&issuer, &audience);
+        let validations = Algorithm::ALL.map(|a| validation(a, &issuer, &audience));
         Ok(TokenSettings {
             issuer,
             audience,
@@ -121,27 +149,67 @@ impl TokenSettings {
             header,
             keys,
             by_kid,
-            signer,
-            validation,
+            validations,
         })
     }
 
-    /// The key new tokens are signed with.
-    pub fn signing_key(&self) -> &SigningKey {
-        &self.keys[self.signer]
+    /// The key a token issued at `now` is signed with: the first that may
+    /// sign then ([`TokenKey::may_sign`]). Chosen per token, so a key's
+    /// `not_before` takes effect at that second, without a reload.
+    pub fn signer(&self, now: i64) -> Option<&TokenKey> {
+        let ttl = self.ttl_secs();
+        self.keys.iter().find(|k| k.may_sign(now, ttl))
     }
 
-    pub fn keys(&self) -> &[SigningKey] {
+    /// The first second from `now` on at which no key may sign (if the
+    /// schedule has a gap or an end), so a load can refuse or warn.
+    pub fn signing_gap(&self, now: i64) -> Option<i64> {
+        let ttl = self.ttl_secs();
+        // Signing can only stop where a key stops: right after the last
+        // second its tokens would still expire by its not_after.
+        let stops = self
+            .keys
+            .iter()
+            .filter_map(|k| k.not_after)
+            .map(|t| t.saturating_sub(ttl).saturating_add(1))
+            .filter(|&t| t > now);
+        std::iter::once(now)
+            .chain(stops)
+            .filter(|&t| self.signer(t).is_none())
+            .min()
+    }
+
+    pub fn keys(&self) -> &[TokenKey] {
         &self.keys
+    }
+
+    /// The public JWKS at `now` (RFC 7517): every asymmetric key until its
+    /// `not_after`, also before its `not_before`; never an HS256 secret.
+    pub fn jwks(&self, now: i64) -> serde_json::Value {
+        keys::jwks(self.keys.iter().filter(|k| k.is_live(now)).map(|k| &k.key))
+    }
+
+    fn ttl_secs(&self) -> i64 {
+        i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX)
+    }
+
+    fn validation(&self, algorithm: Algorithm) -> &Validation {
+        let index = match algorithm {
+            Algorithm::Hs256 => 0,
+            Algorithm::EdDsa => 1,
+            Algorithm::Es256 => 2,
+        };
+        &self.validations[index]
     }
 }
 
 /// `jsonwebtoken` does signature, `iss`, `aud`, presence of required claims
-/// and their JSON types. Time is checked by [`verify`] against the injected
-/// clock, so every knob is set here rather than left at a library default.
-fn validation(issuer: &str, audience: &str) -> Validation {
-    let mut v = Validation::new(Algorithm::HS256);
-    v.algorithms = vec![Algorithm::HS256];
+/// and their JSON types, for exactly one algorithm. Time is checked by
+/// [`verify`] against the injected clock, so every knob is set here rather
+/// than left at a library default.
+fn validation(algorithm: Algorithm, issuer: &str, audience: &str) -> Validation {
+    let mut v = Validation::new(algorithm.jwt());
+    v.algorithms = vec![algorithm.jwt()];
     v.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
     v.set_issuer(&[issuer]);
     v.set_audience(&[audience]);
@@ -212,9 +280,18 @@ pub struct Issued<'r> {
     pub jti: String,
 }
 
+/// Why no token could be issued. The Check fails closed on any of them.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot serialize the claims: {0}")]
-pub struct IssueError(#[from] serde_json::Error);
+pub enum IssueError {
+    #[error("cannot serialize the claims: {0}")]
+    Claims(#[from] serde_json::Error),
+    #[error(
+        "no key may sign now (each is verify_only, before its not_before, or too close to its not_after)"
+    )]
+    NoSigningKey,
+    #[error("cannot sign: {0}")]
+    Sign(#[from] SignError),
+}
 
 /// The claims as signed: borrowed, so issuing copies no strings.
 #[derive(Serialize)]
@@ -232,18 +309,19 @@ struct ClaimsOut<'a> {
     cnf: Option<Confirmation>,
 }
 
-/// Signs a token for `subject` at `now` (Unix seconds).
+/// Signs a token for `subject` at `now` (Unix seconds) with the key that
+/// may sign then ([`TokenSettings::signer`]).
 ///
-/// Issuing is on every allowed Check, so it is done by hand with the
-/// precomputed header and keyed HMAC: one JSON serialization, one buffer.
-/// The result is an ordinary compact JWS, verified by [`verify`] (through
-/// `jsonwebtoken`) in the tests.
+/// Issuing is on every allowed Check, so it is done by hand with the key's
+/// precomputed header and signer: one JSON serialization, one buffer. The
+/// result is an ordinary compact JWS, verified by [`verify`] (through
+/// `jsonwebtoken`) and by independent libraries in the tests.
 pub fn issue<'r>(
     settings: &'r TokenSettings,
     subject: &Subject<'_>,
     now: i64,
 ) -> Result<Issued<'r>, IssueError> {
-    let key = settings.signing_key();
+    let key = &settings.signer(now).ok_or(IssueError::NoSigningKey)?.key;
     let jti = new_jti();
     let claims = ClaimsOut {
         iss: &settings.issuer,
@@ -261,18 +339,15 @@ pub fn issue<'r>(
             .map(Confirmation::for_certificate_sha256),
     };
     let json = serde_json::to_vec(&claims)?;
-    let mut token = String::with_capacity(key.header_b64.len() + json.len() * 4 / 3 + 48);
-    token.push_str(&key.header_b64);
+    // The signature is at most 64 bytes: 86 base64url characters.
+    let mut token = String::with_capacity(key.header_b64().len() + json.len() * 4 / 3 + 96);
+    token.push_str(key.header_b64());
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(&json, &mut token);
-    let mut mac = key.mac.clone();
-    mac.update(token.as_bytes());
-    let signature = mac.finalize().into_bytes();
-    token.push('.');
-    URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+    key.sign_token(&mut token)?;
     Ok(Issued {
         token,
-        kid: &key.kid,
+        kid: key.kid(),
         jti,
     })
 }
@@ -292,6 +367,8 @@ pub enum VerifyError {
     BadHeader,
     #[error("token is signed with an unknown kid")]
     UnknownKid,
+    #[error("token is signed with a key past its not_after")]
+    RetiredKey,
     #[error("token signature does not verify")]
     BadSignature,
     #[error("token claims are missing, mistyped, or name another issuer or audience")]
@@ -309,6 +386,7 @@ impl VerifyError {
             VerifyError::Malformed => "malformed",
             VerifyError::BadHeader => "bad_header",
             VerifyError::UnknownKid => "unknown_kid",
+            VerifyError::RetiredKey => "retired_key",
             VerifyError::BadSignature => "bad_signature",
             VerifyError::BadClaims => "bad_claims",
             VerifyError::Expired => "expired",
@@ -347,9 +425,12 @@ pub fn verify<'r>(
         return Err(VerifyError::Malformed);
     }
     let key = &settings.keys[checked_header(settings, header_b64)?];
-
-    let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &settings.validation).map_err(
-        |e| {
+    if !key.is_live(now) {
+        return Err(VerifyError::RetiredKey);
+    }
+    let validation = settings.validation(key.key.algorithm());
+    let data =
+        jsonwebtoken::decode::<Claims>(token, key.key.decoding_key(), validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::InvalidSignature => VerifyError::BadSignature,
@@ -361,8 +442,7 @@ pub fn verify<'r>(
                 }
                 _ => VerifyError::BadClaims,
             }
-        },
-    )?;
+        })?;
     let claims = data.claims;
     let leeway = settings.leeway.as_secs() as i64;
     if claims.exp.saturating_add(leeway) <= now {
@@ -373,22 +453,23 @@ pub fn verify<'r>(
     }
     Ok(Verified {
         claims,
-        kid: &key.kid,
+        kid: key.kid(),
     })
 }
 
-/// Parses the JOSE header ourselves: exactly `alg: HS256`, a known string
-/// `kid`, and none of the parameters that delegate trust. Returns the key index.
+/// Parses the JOSE header ourselves: a known string `kid`, then exactly
+/// that key's `alg` (so an HS256 token naming an EdDSA key's kid, or any
+/// other algorithm, is refused before a signature is checked), and none of
+/// the parameters that delegate trust. Returns the key index.
 fn checked_header(settings: &TokenSettings, header_b64: &str) -> Result<usize, VerifyError> {
     let raw = URL_SAFE_NO_PAD
         .decode(header_b64)
         .map_err(|_| VerifyError::Malformed)?;
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&raw).map_err(|_| VerifyError::Malformed)?;
-    if header.get("alg").and_then(|v| v.as_str()) != Some("HS256")
-        || FORBIDDEN_HEADER_PARAMS
-            .iter()
-            .any(|p| header.contains_key(*p))
+    if FORBIDDEN_HEADER_PARAMS
+        .iter()
+        .any(|p| header.contains_key(*p))
     {
         return Err(VerifyError::BadHeader);
     }
@@ -396,11 +477,16 @@ fn checked_header(settings: &TokenSettings, header_b64: &str) -> Result<usize, V
         .get("kid")
         .and_then(|v| v.as_str())
         .ok_or(VerifyError::BadHeader)?;
-    settings
+    let index = settings
         .by_kid
         .get(kid)
         .copied()
-        .ok_or(VerifyError::UnknownKid)
+        .ok_or(VerifyError::UnknownKid)?;
+    let alg = header.get("alg").and_then(|v| v.as_str());
+    if alg != Some(settings.keys[index].key.algorithm().as_str()) {
+        return Err(VerifyError::BadHeader);
+    }
+    Ok(index)
 }
 
 #[cfg(test)]
@@ -409,7 +495,7 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000;
 
-    fn settings(keys: Vec<SigningKey>) -> TokenSettings {
+    fn settings(keys: Vec<TokenKey>) -> TokenSettings {
         TokenSettings::new(
             "https://issuer".into(),
             "orders".into(),
@@ -421,12 +507,20 @@ mod tests {
         .unwrap()
     }
 
-    fn key(kid: &str, verify_only: bool) -> SigningKey {
-        SigningKey::new(
-            kid.into(),
-            format!("{kid}-secret-0123456789abcdef0123456789").as_bytes(),
-            verify_only,
-        )
+    fn key(kid: &str, verify_only: bool) -> TokenKey {
+        let secret = format!("{kid}-secret-0123456789abcdef0123456789");
+        let key = Key::load(
+            kid,
+            Algorithm::Hs256,
+            keys::KeySource::Secret(secret.as_bytes()),
+        );
+        TokenKey::new(key.unwrap(), verify_only)
+    }
+
+    fn ed25519(kid: &str) -> TokenKey {
+        let pem = keys::generate(Algorithm::EdDsa).unwrap();
+        let source = keys::KeySource::PrivateKeyPem(pem.as_bytes());
+        TokenKey::new(Key::load(kid, Algorithm::EdDsa, source).unwrap(), false)
     }
 
     fn subject() -> Subject<'static> {
@@ -497,7 +591,7 @@ mod tests {
         let old = settings(vec![key("old", false)]);
         let token = issue(&old, &subject(), NOW).unwrap().token;
         let rotated = settings(vec![key("new", false), key("old", true)]);
-        assert_eq!(rotated.signing_key().kid, "new");
+        assert_eq!(rotated.signer(NOW).unwrap().kid(), "new");
         assert_eq!(verify(&rotated, &token, NOW).unwrap().kid, "old");
         let removed = settings(vec![key("new", false)]);
         assert_eq!(
@@ -526,6 +620,105 @@ mod tests {
             vec![key("a", false), key("a", true)],
         );
         assert_eq!(r.unwrap_err(), KeySetError::DuplicateKid("a".into()));
+    }
+
+    #[test]
+    fn not_before_switches_the_signer_at_that_second() {
+        let mut new = ed25519("new");
+        new.not_before = Some(NOW + 60);
+        let s = settings(vec![new, key("old", false)]);
+        assert_eq!(s.signer(NOW + 59).unwrap().kid(), "old");
+        assert_eq!(s.signer(NOW + 60).unwrap().kid(), "new");
+        assert_eq!(issue(&s, &subject(), NOW + 59).unwrap().kid, "old");
+        let issued = issue(&s, &subject(), NOW + 60).unwrap();
+        assert_eq!(issued.kid, "new");
+        // Tokens of either key verify at any time, also before not_before.
+        assert_eq!(verify(&s, &issued.token, NOW + 60).unwrap().kid, "new");
+        let old = issue(&s, &subject(), NOW).unwrap().token;
+        assert_eq!(verify(&s, &old, NOW + 61).unwrap().kid, "old");
+        assert_eq!(s.signing_gap(NOW), None);
+    }
+
+    #[test]
+    fn a_key_stops_signing_so_its_tokens_expire_by_its_not_after() {
+        let mut old = key("old", false);
+        old.not_after = Some(NOW + 1000);
+        let s = settings(vec![old, key("next", false)]);
+        // ttl is 300 s: the last token "old" signs expires at its not_after.
+        assert_eq!(s.signer(NOW + 700).unwrap().kid(), "old");
+        assert_eq!(s.signer(NOW + 701).unwrap().kid(), "next");
+        let last = issue(&s, &subject(), NOW + 700).unwrap().token;
+        assert!(verify(&s, &last, NOW + 999).is_ok());
+        assert_eq!(
+            verify(&s, &last, NOW + 1000).unwrap_err(),
+            VerifyError::RetiredKey
+        );
+    }
+
+    #[test]
+    fn a_schedule_without_a_signer_is_found_and_fails_closed() {
+        let mut only = key("only", false);
+        only.not_after = Some(NOW + 1000);
+        let mut later = ed25519("later");
+        later.not_before = Some(NOW + 2000);
+        let s = settings(vec![later, only]);
+        assert_eq!(s.signing_gap(NOW), Some(NOW + 701));
+        assert_eq!(s.signing_gap(NOW + 2000), None);
+        assert!(matches!(
+            issue(&s, &subject(), NOW + 701).unwrap_err(),
+            IssueError::NoSigningKey
+        ));
+        // Not yet active at all: the gap is now.
+        let mut future = key("future", false);
+        future.not_before = Some(NOW + 10);
+        assert_eq!(settings(vec![future]).signing_gap(NOW), Some(NOW));
+    }
+
+    #[test]
+    fn jwks_holds_live_asymmetric_keys_only() {
+        let mut retiring = ed25519("retiring");
+        retiring.verify_only = true;
+        retiring.not_after = Some(NOW + 10);
+        let mut ahead = ed25519("ahead");
+        ahead.not_before = Some(NOW + 3600);
+        let s = settings(vec![ahead, key("hs", false), retiring]);
+        let kids = |now| -> Vec<String> {
+            s.jwks(now)["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(kids(NOW), ["ahead", "retiring"]);
+        assert_eq!(kids(NOW + 10), ["ahead"]);
+    }
+
+    #[test]
+    fn a_public_key_cannot_be_a_signing_key() {
+        let pem = keys::generate(Algorithm::EdDsa).unwrap();
+        let private = Key::load(
+            "p",
+            Algorithm::EdDsa,
+            keys::KeySource::PrivateKeyPem(pem.as_bytes()),
+        );
+        let public = private.unwrap().public_key_pem().unwrap();
+        let source = keys::KeySource::PublicKeyPem(public.as_bytes());
+        let verify_only = || Key::load("p", Algorithm::EdDsa, source).unwrap();
+        let r = TokenSettings::new(
+            "i".into(),
+            "a".into(),
+            Duration::from_secs(1),
+            Duration::ZERO,
+            "h".into(),
+            vec![key("k", false), TokenKey::new(verify_only(), false)],
+        );
+        assert_eq!(r.unwrap_err(), KeySetError::CannotSign("p".into()));
+        assert!(
+            settings(vec![key("k", false), TokenKey::new(verify_only(), true)])
+                .signer(NOW)
+                .is_some()
+        );
     }
 
     #[test]

@@ -11,16 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::dev_pki::{DEMO_PKI, DevPki};
 use common::procs::{Echo, Envoy, Sidecar, envoy_binary};
-use common::{Fixture, ListenAddr, Svc, tcp0, unix_now};
+use common::{Fixture, Svc, tcp0, unix_now};
 use serde::Deserialize;
 use serde_yaml::Value;
-use service_auth::config::{RegistryFile, StaticConfig, parse_yaml};
+use service_auth::config::{ListenAddr, RegistryFile, StaticConfig, parse_yaml};
 use service_auth::registry::Registry;
 use service_auth::token;
-
-/// Where the Compose file and the README expect `dev-pki` output.
-const DEMO_PKI: &str = "demo-pki";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -34,47 +32,6 @@ fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().expect("run service-auth")
 }
 
-/// `dev-pki` output in a temp dir, with the API keys it printed.
-struct DevPki {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    stdout: String,
-}
-
-impl DevPki {
-    fn generate() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join(DEMO_PKI);
-        let out = run(bin().arg("dev-pki").arg(&dir));
-        assert!(
-            out.status.success(),
-            "dev-pki failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        DevPki {
-            _tmp: tmp,
-            dir,
-            stdout: String::from_utf8(out.stdout).unwrap(),
-        }
-    }
-
-    /// The key printed as `export <SERVICE>_API_KEY=<key>  # ...`.
-    fn api_key(&self, service: &str) -> String {
-        let prefix = format!("export {}_API_KEY=", service.to_uppercase());
-        let line = self
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in dev-pki output:\n{}", self.stdout));
-        line.split_whitespace().next().unwrap().to_owned()
-    }
-
-    fn read(&self, relative: &str) -> String {
-        std::fs::read_to_string(self.dir.join(relative))
-            .unwrap_or_else(|e| panic!("dev-pki did not write {relative}: {e}"))
-    }
-}
-
 // ---------------------------------------------------------------------------
 // dev-pki
 // ---------------------------------------------------------------------------
@@ -84,7 +41,10 @@ fn dev_pki_keeps_secrets_private_and_refuses_to_overwrite() {
     let pki = DevPki::generate();
     for secret in [
         "ca/ca.key",
+        "ca/hop-ca.key",
         "certs/envoy.key",
+        "certs/envoy-client.key",
+        "sidecar/sidecar.key",
         "clients/api_service.key",
         "clients/billing.key",
         "secrets/jwt-signing.key",
@@ -138,19 +98,16 @@ async fn dev_pki_output_gives_an_allowed_call_through_real_envoy() {
 
     // The generated config, listening on a kernel-chosen port instead of
     // 9191 (its relative paths still resolve against the same directory).
-    let generated = pki.dir.join("service-auth.yaml");
-    let mut config: StaticConfig = parse_yaml(&generated, &pki.read("service-auth.yaml")).unwrap();
+    let mut config = pki.static_config();
     config.listen.grpc = tcp0();
-    let config_path = pki.dir.join("service-auth.test.yaml");
-    std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    let sidecar = Sidecar::start(&config_path).await;
+    let sidecar = Sidecar::start(&pki.write_config(&config)).await;
 
     let echo = Echo::start().await;
     // Envoy's working directory is the dev-pki output: certs/ as generated.
     let envoy = Envoy::shipped(&pki.dir, sidecar.addr(), echo.addr).await;
     let base = envoy.base_url();
-    let api = client(&pki, "api_service");
-    let billing = client(&pki, "billing");
+    let api = pki.client("api_service");
+    let billing = pki.client("billing");
 
     let resp = api
         .get(format!("{base}/orders"))
@@ -207,23 +164,6 @@ async fn dev_pki_output_gives_an_allowed_call_through_real_envoy() {
     );
     assert_eq!(status(api.get(format!("{base}/orders"))).await, 401);
     assert_eq!(echo.hits(), 2, "a denied call reached the upstream");
-}
-
-/// An mTLS client with a generated client certificate, trusting the dev CA.
-fn client(pki: &DevPki, service: &str) -> reqwest::Client {
-    let identity = format!(
-        "{}{}",
-        pki.read(&format!("clients/{service}.crt")),
-        pki.read(&format!("clients/{service}.key"))
-    );
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(pki.read("certs/ca.crt").as_bytes()).unwrap(),
-        )
-        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
-        .build()
-        .unwrap()
 }
 
 // ---------------------------------------------------------------------------
@@ -309,7 +249,7 @@ fn every_envoy_config_passes_envoy_validate() {
 }
 
 // ---------------------------------------------------------------------------
-// docker-compose.yml and the Dockerfile
+// docker-compose.yml
 // ---------------------------------------------------------------------------
 
 fn yaml_file(relative: &str) -> Value {
@@ -317,14 +257,16 @@ fn yaml_file(relative: &str) -> Value {
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{relative}: {e}"))
 }
 
-/// A bind mount: the file or directory on the host, where the container sees it.
+/// A mount: where the container sees it, and the file or directory on the
+/// host behind it (`None` for an empty tmpfs, which hides what is below).
 struct Mount {
-    host: PathBuf,
+    host: Option<PathBuf>,
     container: String,
 }
 
-/// The bind mounts of a Compose service, each checked to exist. Sources under
-/// `./demo-pki/` are looked up in `pki` (they are generated, never committed).
+/// The mounts of a Compose service; every bind mount is checked to exist.
+/// Sources under `./demo-pki/` are looked up in `pki` (they are generated,
+/// never committed).
 fn compose_mounts(name: &str, service: &Value, pki: &Path) -> Vec<Mount> {
     let volumes = service["volumes"]
         .as_sequence()
@@ -340,6 +282,12 @@ fn compose_mounts(name: &str, service: &Value, pki: &Path) -> Vec<Mount> {
                         parts.next().unwrap().to_owned(),
                         parts.next().expect("volume without target").to_owned(),
                     )
+                }
+                other if other["type"].as_str() == Some("tmpfs") => {
+                    return Mount {
+                        host: None,
+                        container: other["target"].as_str().expect("tmpfs target").to_owned(),
+                    };
                 }
                 other => (
                     other["source"].as_str().expect("volume source").to_owned(),
@@ -361,24 +309,60 @@ fn compose_mounts(name: &str, service: &Value, pki: &Path) -> Vec<Mount> {
                 host.display()
             );
             Mount {
-                host,
+                host: Some(host),
                 container: target,
             }
         })
         .collect()
 }
 
-/// The host file behind `container_path`, through the longest matching mount.
+/// The host file behind `container_path`: the deepest mount above it wins
+/// (Docker mounts parents first), and a tmpfs there hides everything.
 fn host_path(mounts: &[Mount], container_path: &str) -> Option<PathBuf> {
-    mounts
+    let (_, mount, rest) = mounts
         .iter()
         .filter_map(|m| {
             let rest = container_path.strip_prefix(&m.container)?;
-            (rest.is_empty() || rest.starts_with('/'))
-                .then(|| (m.container.len(), m.host.join(rest.trim_start_matches('/'))))
+            (rest.is_empty() || rest.starts_with('/')).then_some((m.container.len(), m, rest))
         })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, path)| path)
+        .max_by_key(|(len, _, _)| *len)?;
+    Some(mount.host.as_ref()?.join(rest.trim_start_matches('/')))
+}
+
+/// Every host file under `dir` that the container can read, through any mount.
+fn visible_files(mounts: &[Mount], dir: &Path) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|file| {
+            mounts.iter().any(|m| {
+                let Some(host) = &m.host else { return false };
+                let Ok(rest) = file.strip_prefix(host) else {
+                    return false;
+                };
+                let container = if rest.as_os_str().is_empty() {
+                    m.container.clone()
+                } else {
+                    format!("{}/{}", m.container, rest.display())
+                };
+                host_path(mounts, &container).as_deref() == Some(file.as_path())
+            })
+        })
+        .collect()
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -412,6 +396,19 @@ fn envoy_filenames(v: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// An image reference pinned to a release: a tag, and not a moving one.
+fn assert_pinned(image: &str) {
+    let tag = image
+        .rsplit_once(':')
+        .map(|(_, t)| t)
+        .filter(|t| !t.contains('/'))
+        .unwrap_or_else(|| panic!("image {image} has no tag"));
+    assert!(
+        tag != "latest" && !tag.ends_with("-latest"),
+        "image {image} is not pinned to a release"
+    );
+}
+
 #[test]
 fn compose_file_names_only_existing_files_and_runs_the_tested_envoy_config() {
     let pki = DevPki::generate();
@@ -425,6 +422,7 @@ fn compose_file_names_only_existing_files_and_runs_the_tested_envoy_config() {
     for (name, service) in services {
         let name = name.as_str().unwrap();
         compose_mounts(name, service, &pki.dir);
+        assert_pinned(service["image"].as_str().expect("image"));
         if let Some(build) = service.get("build") {
             let (context, dockerfile) = match build {
                 Value::String(c) => (c.clone(), "Dockerfile".to_owned()),
@@ -433,9 +431,12 @@ fn compose_file_names_only_existing_files_and_runs_the_tested_envoy_config() {
                     b["dockerfile"].as_str().unwrap_or("Dockerfile").to_owned(),
                 ),
             };
-            let context = repo().join(context);
-            assert!(context.is_dir(), "{name}: no build context");
-            check_dockerfile(&context, &context.join(dockerfile));
+            assert_eq!(
+                repo().join(&context).canonicalize().unwrap(),
+                repo().canonicalize().unwrap(),
+                "{name}: the build context is not the repository"
+            );
+            assert_eq!(dockerfile, "Dockerfile");
         }
         if let Some(mode) = service["network_mode"].as_str() {
             let target = mode.strip_prefix("service:").expect("network_mode");
@@ -483,47 +484,390 @@ fn compose_file_names_only_existing_files_and_runs_the_tested_envoy_config() {
         host_path(&mounts, &config),
         Some(pki.dir.join("service-auth.yaml"))
     );
-    let generated: StaticConfig = parse_yaml(
-        Path::new("service-auth.yaml"),
-        &pki.read("service-auth.yaml"),
-    )
-    .unwrap();
+    let generated = pki.static_config();
     assert_eq!(generated.listen.grpc.to_string(), "127.0.0.1:9191");
     let endpoint = generated.telemetry.otlp.and_then(|o| o.endpoint).unwrap();
     assert_eq!(endpoint, "http://otel-collector:4317");
 }
 
-/// The Dockerfile's build-context COPY sources exist and are not excluded.
-fn check_dockerfile(context: &Path, dockerfile: &Path) {
-    let text = std::fs::read_to_string(dockerfile).expect("Dockerfile");
-    let ignore = std::fs::read_to_string(context.join(".dockerignore")).unwrap_or_default();
-    let allowed: Vec<&str> = ignore
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix('!'))
-        .map(|l| l.trim_end_matches('/'))
-        .collect();
-    let mut copies = 0;
-    for line in text.lines().map(str::trim) {
-        let Some(args) = line.strip_prefix("COPY ") else {
-            continue;
-        };
-        if args.contains("--from=") {
+#[test]
+fn compose_mounts_only_what_each_container_needs() {
+    let pki = DevPki::generate();
+    let compose = yaml_file("docker-compose.yml");
+    let relative = |files: Vec<PathBuf>| -> Vec<String> {
+        files
+            .iter()
+            .map(|f| f.strip_prefix(&pki.dir).unwrap().display().to_string())
+            .collect()
+    };
+
+    // The sidecar: its config, the registry and everything the registry and
+    // an uncommented listen.tls name, its signing key and its own TLS key --
+    // and no other private key.
+    let sidecar = &compose["services"]["service-auth"];
+    let mounts = compose_mounts("service-auth", sidecar, &pki.dir);
+    let seen = relative(visible_files(&mounts, &pki.dir));
+    for needed in [
+        "service-auth.yaml",
+        "registry.yaml",
+        "secrets/jwt-signing.key",
+        "certs/ca.crt",
+        "certs/hop-ca.crt",
+        "sidecar/sidecar.crt",
+        "sidecar/sidecar.key",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == needed),
+            "the sidecar cannot read {needed}: {seen:?}"
+        );
+    }
+    let own_keys = ["secrets/jwt-signing.key", "sidecar/sidecar.key"];
+    for file in &seen {
+        assert!(
+            !file.ends_with(".key") || own_keys.contains(&file.as_str()),
+            "the sidecar container can read {file}"
+        );
+    }
+    // The registry's directory is mounted as a directory (hot reload
+    // survives editors that save by renaming), not the file alone.
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.host.as_deref() == Some(pki.dir.as_path())),
+        "the sidecar should mount the dev-pki directory, not single files"
+    );
+
+    // Envoy: certs/ only; never the CA keys or the clients' keys.
+    let envoy = &compose["services"]["envoy"];
+    let mounts = compose_mounts("envoy", envoy, &pki.dir);
+    for file in relative(visible_files(&mounts, &pki.dir)) {
+        assert!(file.starts_with("certs/"), "Envoy can read {file}");
+    }
+
+    // Nothing else sees dev-pki at all.
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        if name == "envoy" || name == "service-auth" {
             continue;
         }
-        let args: Vec<&str> = args.split_whitespace().collect();
-        for source in &args[..args.len() - 1] {
-            copies += 1;
+        let mounts = compose_mounts(name, service, &pki.dir);
+        assert!(
+            visible_files(&mounts, &pki.dir).is_empty(),
+            "{name} sees dev-pki"
+        );
+    }
+}
+
+#[test]
+fn compose_publishes_dashboards_on_loopback_only() {
+    let compose = yaml_file("docker-compose.yml");
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        for port in strings(&service["ports"]) {
+            // Envoy's mTLS listener is the demo's entrance; anything else
+            // (Grafana, Prometheus) answers without credentials.
+            if name == "envoy" {
+                continue;
+            }
             assert!(
-                context.join(source).exists(),
-                "Dockerfile copies missing {source}"
-            );
-            assert!(
-                allowed.contains(&source.trim_end_matches('/')),
-                ".dockerignore excludes {source}, which the Dockerfile copies"
+                port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} on every interface"
             );
         }
     }
-    assert!(copies > 0, "Dockerfile copies nothing from the context");
+    for name in ["grafana", "prometheus"] {
+        assert!(
+            !strings(&compose["services"][name]["ports"]).is_empty(),
+            "{name} is not published at all"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The Dockerfile and .dockerignore
+// ---------------------------------------------------------------------------
+
+/// One `COPY` from the build context: sources and destination, as written.
+struct Copy {
+    sources: Vec<String>,
+    dest: String,
+}
+
+/// The build stage of the Dockerfile: its WORKDIR and its COPY lines.
+/// Only what this parser understands is allowed: single-line, shell-form
+/// `COPY src... dest` without flags.
+fn build_stage(dockerfile: &str) -> (String, Vec<Copy>) {
+    let mut workdir = "/".to_owned();
+    let mut copies = Vec::new();
+    let mut stages = 0;
+    for line in dockerfile.lines().map(str::trim) {
+        if line.starts_with("FROM ") {
+            stages += 1;
+        }
+        if stages != 1 {
+            continue;
+        }
+        if let Some(dir) = line.strip_prefix("WORKDIR ") {
+            workdir = dir.trim().to_owned();
+        }
+        let Some(args) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        assert!(!args.ends_with('\\'), "a COPY line continues: {line}");
+        assert!(
+            !args.starts_with('['),
+            "a COPY line is not in shell form: {line}"
+        );
+        assert!(!args.starts_with("--"), "a COPY line has flags: {line}");
+        let mut args: Vec<String> = args.split_whitespace().map(str::to_owned).collect();
+        assert!(args.len() >= 2, "{line}");
+        let dest = args.pop().unwrap();
+        for source in &args {
+            assert!(
+                !source.contains(['*', '?', '[']) && !source.contains(".."),
+                "a COPY source this test cannot reproduce: {line}"
+            );
+        }
+        copies.push(Copy {
+            sources: args,
+            dest,
+        });
+    }
+    assert!(!copies.is_empty(), "the build stage copies nothing");
+    (workdir, copies)
+}
+
+/// `.dockerignore`: ordered patterns, `!` re-including; the last match wins,
+/// and a pattern that matches a directory matches everything in it.
+struct DockerIgnore {
+    rules: Vec<(bool, Vec<String>)>,
+}
+
+impl DockerIgnore {
+    fn parse(text: &str) -> Self {
+        let rules = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let (include, pattern) = match l.strip_prefix('!') {
+                    Some(p) => (true, p),
+                    None => (false, l),
+                };
+                assert!(!pattern.contains("**"), "unsupported pattern {l}");
+                let parts = pattern
+                    .trim_matches('/')
+                    .split('/')
+                    .filter(|p| !p.is_empty() && *p != ".")
+                    .map(str::to_owned)
+                    .collect();
+                (include, parts)
+            })
+            .collect();
+        DockerIgnore { rules }
+    }
+
+    /// Whether `relative` (a path in the context) reaches the build.
+    fn admits(&self, relative: &Path) -> bool {
+        let parts: Vec<String> = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let mut admitted = true;
+        for (include, pattern) in &self.rules {
+            let matches =
+                pattern.len() <= parts.len() && pattern.iter().zip(&parts).all(|(p, s)| glob(p, s));
+            if matches {
+                admitted = *include;
+            }
+        }
+        admitted
+    }
+
+    /// Whether a directory some pattern excludes may still hold admitted files.
+    fn may_admit_below(&self, relative: &Path) -> bool {
+        let parts: Vec<String> = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        self.rules.iter().any(|(include, pattern)| {
+            *include
+                && pattern.len() > parts.len()
+                && pattern.iter().zip(&parts).all(|(p, s)| glob(p, s))
+        })
+    }
+}
+
+/// One path component against a pattern with `*` and `?`.
+fn glob(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len()).any(|i| go(&p[1..], &n[i..])),
+            Some('?') => !n.is_empty() && go(&p[1..], &n[1..]),
+            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
+}
+
+/// Every context file `.dockerignore` lets through (relative paths).
+fn admitted_files(context: &Path, ignore: &DockerIgnore, relative: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(context.join(relative)).unwrap() {
+        let entry = entry.unwrap();
+        let rel = relative.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            if ignore.admits(&rel) || ignore.may_admit_below(&rel) {
+                out.extend(admitted_files(context, ignore, &rel));
+            }
+        } else if ignore.admits(&rel) {
+            out.push(rel);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn dockerfile() -> (String, Vec<Copy>, DockerIgnore) {
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).expect(".dockerignore");
+    let (workdir, copies) = build_stage(&text);
+    (workdir, copies, DockerIgnore::parse(&ignore))
+}
+
+/// Where each admitted context file lands in the build stage, relative to
+/// its WORKDIR (Docker: a directory source copies its contents into dest).
+fn build_stage_files(
+    workdir: &str,
+    copies: &[Copy],
+    ignore: &DockerIgnore,
+) -> Vec<(PathBuf, PathBuf)> {
+    let admitted = admitted_files(&repo(), ignore, Path::new(""));
+    let mut out = Vec::new();
+    for copy in copies {
+        let dest = copy.dest.strip_prefix(workdir).unwrap_or(&copy.dest);
+        let dest = Path::new(dest.trim_start_matches("./").trim_start_matches('/'));
+        let into_dir = copy.dest.ends_with('/') || copy.sources.len() > 1;
+        for source in &copy.sources {
+            let source = Path::new(source.trim_start_matches("./").trim_end_matches('/'));
+            assert!(
+                repo().join(source).exists(),
+                "the Dockerfile copies missing {}",
+                source.display()
+            );
+            let files: Vec<&PathBuf> = admitted.iter().filter(|f| f.starts_with(source)).collect();
+            assert!(
+                !files.is_empty(),
+                ".dockerignore excludes {}, which the Dockerfile copies",
+                source.display()
+            );
+            for file in files {
+                let target = if repo().join(source).is_dir() {
+                    dest.join(file.strip_prefix(source).unwrap())
+                } else if into_dir {
+                    dest.join(source.file_name().unwrap())
+                } else {
+                    dest.to_path_buf()
+                };
+                out.push((file.clone(), target));
+            }
+        }
+    }
+    out
+}
+
+/// The arguments of the build stage's `cargo build` (one line).
+fn dockerfile_cargo_build_args(dockerfile: &str) -> Vec<String> {
+    let line = dockerfile
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cargo build "))
+        .expect("no `cargo build` in the Dockerfile");
+    let line = line.split("&&").next().unwrap().trim_end_matches('\\');
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+#[test]
+fn dockerfile_build_stage_has_everything_cargo_reads() {
+    let (workdir, copies, ignore) = dockerfile();
+    let build = tempfile::tempdir().unwrap();
+    for (source, target) in build_stage_files(&workdir, &copies, &ignore) {
+        let target = build.path().join(target);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(repo().join(&source), &target).unwrap();
+    }
+    // The Dockerfile's own `cargo build`, offline, asked for a binary that
+    // does not exist: cargo parses the manifest (every declared bench, test
+    // and example must be there), resolves against Cargo.lock (`--locked`),
+    // and only then stops, at target selection, before compiling anything.
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let mut args = dockerfile_cargo_build_args(&text);
+    let bin = args
+        .iter()
+        .position(|a| a == "--bin")
+        .expect("cargo build --bin");
+    let binary = std::mem::replace(&mut args[bin + 1], "docker-build-stage-probe".into());
+    assert!(
+        args.contains(&"--locked".to_owned()),
+        "the image must build --locked"
+    );
+    let out = Command::new(env!("CARGO"))
+        .current_dir(build.path())
+        .arg("build")
+        .args(&args)
+        .arg("--offline")
+        .arg("--target-dir")
+        .arg(build.path().join("target"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cargo build");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no bin target named `docker-build-stage-probe`"),
+        "cargo cannot read the manifest in the Docker build stage:\n{stderr}"
+    );
+    assert!(
+        stderr.lines().any(|l| l.trim() == binary),
+        "the build stage has no `{binary}` binary to build:\n{stderr}"
+    );
+    assert!(
+        !build.path().join("target").exists(),
+        "cargo started building"
+    );
+}
+
+#[test]
+fn dockerignore_admits_exactly_what_the_dockerfile_copies() {
+    let (workdir, copies, ignore) = dockerfile();
+    let copied: Vec<PathBuf> = build_stage_files(&workdir, &copies, &ignore)
+        .into_iter()
+        .map(|(source, _)| source)
+        .collect();
+    let admitted = admitted_files(&repo(), &ignore, Path::new(""));
+    let extra: Vec<&PathBuf> = admitted.iter().filter(|f| !copied.contains(f)).collect();
+    assert!(
+        extra.is_empty(),
+        "in the build context but never copied: {extra:?}"
+    );
+    // Generated keys and build output never reach the context.
+    for never in [
+        "demo-pki/ca/ca.key",
+        "target/debug",
+        "config/secrets",
+        ".git/HEAD",
+    ] {
+        assert!(
+            !ignore.admits(Path::new(never)),
+            ".dockerignore admits {never}"
+        );
+    }
+}
+
+#[test]
+fn dockerfile_health_checks_with_the_binary() {
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     assert!(text.contains("HEALTHCHECK"));
     assert!(
         text.contains("\"health\""),
@@ -589,13 +933,12 @@ fn observability_configs_agree_with_compose_and_the_spec_metrics() {
 // Kubernetes example
 // ---------------------------------------------------------------------------
 
-fn kubernetes_docs() -> (String, Vec<Value>) {
+fn kubernetes_docs() -> Vec<Value> {
     let text = std::fs::read_to_string(repo().join("config/kubernetes/service-auth.yaml")).unwrap();
-    let docs = serde_yaml::Deserializer::from_str(&text)
+    serde_yaml::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).expect("Kubernetes YAML parses"))
         .filter(|d| !d.is_null())
-        .collect();
-    (text, docs)
+        .collect()
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -604,122 +947,152 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
+/// The Deployment's pod spec.
+fn pod_spec(docs: &[Value]) -> &Value {
+    &docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .expect("a Deployment")["spec"]["template"]["spec"]
+}
+
+/// A container of the pod, regular or init.
+fn pod_container<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    ["containers", "initContainers"]
+        .iter()
+        .filter_map(|list| pod[*list].as_sequence())
+        .flatten()
+        .find(|c| c["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn pod_volume<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+/// The volume a container mounts at `dir` exactly (never with subPath:
+/// such mounts receive no ConfigMap or Secret updates).
+fn volume_at<'a>(pod: &'a Value, container: &Value, dir: &str) -> &'a Value {
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(dir))
+        .unwrap_or_else(|| panic!("{:?} mounts nothing at {dir}", container["name"].as_str()));
+    assert!(
+        mount.get("subPath").is_none(),
+        "subPath mounts never update"
+    );
+    pod_volume(pod, mount["name"].as_str().unwrap())
+}
+
+/// (kind, name, key) of the ConfigMap or Secret entry behind `path`.
+fn mounted_source(pod: &Value, container: &Value, path: &str) -> (String, String, String) {
+    let (dir, file) = path.rsplit_once('/').unwrap();
+    let volume = volume_at(pod, container, dir);
+    if let Some(name) = volume["configMap"]["name"].as_str() {
+        ("ConfigMap".into(), name.into(), file.into())
+    } else {
+        let name = volume["secret"]["secretName"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{path} is neither in a ConfigMap nor a Secret"));
+        ("Secret".into(), name.into(), file.into())
+    }
+}
+
+/// The sidecar's static config, from its ConfigMap.
+fn kubernetes_static_config(docs: &[Value]) -> StaticConfig {
+    let pod = pod_spec(docs);
+    let sidecar = pod_container(pod, "service-auth");
+    let config_path = sidecar["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some("SERVICE_AUTH_CONFIG"))
+        .and_then(|e| e["value"].as_str())
+        .expect("SERVICE_AUTH_CONFIG");
+    let (kind, name, key) = mounted_source(pod, sidecar, config_path);
+    assert_eq!(kind, "ConfigMap");
+    let text = find(docs, &kind, &name)["data"][key.as_str()]
+        .as_str()
+        .unwrap();
+    parse_yaml(Path::new(&key), text).unwrap()
+}
+
+/// The socket the sidecar listens on, which Envoy's config must name.
+fn kubernetes_socket(docs: &[Value]) -> PathBuf {
+    match kubernetes_static_config(docs).listen.grpc {
+        ListenAddr::Unix(path) => path,
+        other => panic!("the sidecar listens on {other}: the app shares the pod's loopback"),
+    }
+}
+
 #[test]
 fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
-    let (text, docs) = kubernetes_docs();
+    let docs = kubernetes_docs();
     for kind in ["ConfigMap", "Deployment", "Service", "NetworkPolicy"] {
         assert!(
             docs.iter().any(|d| d["kind"].as_str() == Some(kind)),
             "no {kind}"
         );
     }
-    let deployment = docs
-        .iter()
-        .find(|d| d["kind"].as_str() == Some("Deployment"))
-        .unwrap();
-    let pod = &deployment["spec"]["template"]["spec"];
-    let containers = pod["containers"].as_sequence().unwrap();
-    let container = |name: &str| {
-        containers
-            .iter()
-            .find(|c| c["name"].as_str() == Some(name))
-            .unwrap_or_else(|| panic!("no container {name}"))
-    };
-    let volume = |name: &str| {
-        pod["volumes"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"].as_str() == Some(name))
-            .unwrap_or_else(|| panic!("no volume {name}"))
-    };
-    container("app");
+    let pod = pod_spec(&docs);
+    for name in ["app", "envoy", "service-auth"] {
+        assert_pinned(pod_container(pod, name)["image"].as_str().expect("image"));
+    }
 
-    // Envoy runs envoy/envoy.yaml from a ConfigMap made from that very file.
-    let envoy = container("envoy");
+    // Envoy's config and its SDS files are in the orders-envoy ConfigMap.
+    let envoy = pod_container(pod, "envoy");
     let config = flag_value(&strings(&envoy["command"]), "-c");
-    let (dir, file) = config.rsplit_once('/').unwrap();
-    let mount = envoy["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|m| m["mountPath"].as_str() == Some(dir))
-        .expect("Envoy config mount");
-    let configmap = volume(mount["name"].as_str().unwrap())["configMap"]["name"]
-        .as_str()
-        .unwrap();
+    let (kind, name, key) = mounted_source(pod, envoy, &config);
+    assert_eq!((kind.as_str(), key.as_str()), ("ConfigMap", "envoy.yaml"));
+    assert!(find(&docs, "ConfigMap", &name)["data"]["envoy.yaml"].is_string());
+
+    // The hop is a Unix socket in an emptyDir that only Envoy and the
+    // sidecar mount: the app shares the pod's loopback, not that volume.
+    let socket = kubernetes_socket(&docs);
+    let socket_dir = socket.parent().unwrap().to_str().unwrap();
+    let sidecar = pod_container(pod, "service-auth");
+    let volume = volume_at(pod, sidecar, socket_dir);
     assert!(
-        text.contains(&format!(
-            "kubectl create configmap {configmap} --from-file={file}=envoy/envoy.yaml"
-        )),
-        "the Envoy ConfigMap is not documented as made from envoy/envoy.yaml"
+        volume["emptyDir"].is_mapping(),
+        "the socket is not in an emptyDir"
     );
-
-    // service-auth: config and registry from ConfigMaps, probes via `health`.
-    let sidecar = container("service-auth");
-    let env = sidecar["env"].as_sequence().unwrap();
-    let config_path = env
+    assert!(std::ptr::eq(volume, volume_at(pod, envoy, socket_dir)));
+    let volume_name = volume["name"].as_str().unwrap();
+    let mounted_by: Vec<&str> = ["containers", "initContainers"]
         .iter()
-        .find(|e| e["name"].as_str() == Some("SERVICE_AUTH_CONFIG"))
-        .and_then(|e| e["value"].as_str())
-        .expect("SERVICE_AUTH_CONFIG");
-    let mounts: Vec<(String, &Value)> = sidecar["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            assert!(m.get("subPath").is_none(), "subPath mounts never update");
-            (
-                m["mountPath"].as_str().unwrap().to_owned(),
-                volume(m["name"].as_str().unwrap()),
-            )
+        .filter_map(|list| pod[*list].as_sequence())
+        .flatten()
+        .filter(|c| {
+            c["volumeMounts"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|m| m["name"].as_str() == Some(volume_name))
         })
+        .map(|c| c["name"].as_str().unwrap())
         .collect();
-    // The ConfigMap or Secret key behind a path inside the container.
-    let source = |path: &str| -> (String, String, String) {
-        let (dir, file) = path.rsplit_once('/').unwrap();
-        let (_, volume) = mounts
-            .iter()
-            .find(|(m, _)| m == dir)
-            .unwrap_or_else(|| panic!("{path} is not in a mounted volume"));
-        if let Some(name) = volume["configMap"]["name"].as_str() {
-            ("ConfigMap".into(), name.into(), file.into())
-        } else {
-            let name = volume["secret"]["secretName"]
-                .as_str()
-                .expect("volume kind");
-            ("Secret".into(), name.into(), file.into())
-        }
-    };
-    let (kind, name, key) = source(config_path);
-    assert_eq!(kind, "ConfigMap");
-    let static_config: StaticConfig = parse_yaml(
-        Path::new(&key),
-        find(&docs, &kind, &name)["data"][key.as_str()]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        static_config.listen.grpc.to_string(),
-        "127.0.0.1:9191",
-        "Check must not be reachable from outside the pod"
-    );
+    assert_eq!(mounted_by, vec!["envoy", "service-auth"]);
 
-    let registry_path = static_config.registry.main.to_str().unwrap();
-    let (kind, name, key) = source(registry_path);
+    // The registry is a ConfigMap; every file it names is in a Secret mount,
+    // and with dev-pki files in their place, it is valid as a whole.
+    let static_config = kubernetes_static_config(&docs);
+    let (kind, name, key) =
+        mounted_source(pod, sidecar, static_config.registry.main.to_str().unwrap());
     assert_eq!(kind, "ConfigMap", "the registry is a ConfigMap");
     let registry_text = find(&docs, &kind, &name)["data"][key.as_str()]
         .as_str()
         .unwrap()
         .to_owned();
     let registry: RegistryFile = parse_yaml(Path::new(&key), &registry_text).unwrap();
-
-    // Every file the registry names is in a Secret mount; with dev-pki files
-    // in their place, the registry is valid as a whole.
     let pki = DevPki::generate();
     let stand_in = |path: &mut PathBuf| {
-        let (kind, _, key) = source(path.to_str().unwrap());
+        let (kind, _, key) = mounted_source(pod, sidecar, path.to_str().unwrap());
         assert_eq!(
             kind,
             "Secret",
@@ -756,16 +1129,15 @@ fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
             errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()
         );
     }
+    // Envoy's private key never reaches the sidecar: its CA volume holds
+    // only ca.crt.
+    let ca_volume = volume_at(pod, sidecar, "/etc/service-auth/ca");
+    assert_eq!(
+        ca_volume["secret"]["items"][0]["key"].as_str(),
+        Some("ca.crt")
+    );
+    assert_eq!(ca_volume["secret"]["items"].as_sequence().unwrap().len(), 1);
 
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        let command = strings(&sidecar[probe]["exec"]["command"]);
-        assert_eq!(
-            command.get(1).map(String::as_str),
-            Some("health"),
-            "{probe}"
-        );
-        assert_eq!(flag_value(&command, "--addr"), "127.0.0.1:9191", "{probe}");
-    }
     for (what, value) in [
         ("requests", "cpu"),
         ("requests", "memory"),
@@ -777,4 +1149,408 @@ fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
             "no {what}.{value}"
         );
     }
+}
+
+#[test]
+fn kubernetes_sidecar_is_native_and_its_probes_outlast_their_command() {
+    let docs = kubernetes_docs();
+    let pod = pod_spec(&docs);
+    // A native sidecar: an init container that keeps running, so it serves
+    // before Envoy starts (its startupProbe gates the pod) and outlives it.
+    let sidecar = pod["initContainers"]
+        .as_sequence()
+        .expect("initContainers")
+        .iter()
+        .find(|c| c["name"].as_str() == Some("service-auth"))
+        .expect("service-auth is not an init container");
+    assert_eq!(sidecar["restartPolicy"].as_str(), Some("Always"));
+    assert!(
+        pod["containers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .all(|c| c["name"].as_str() != Some("service-auth"))
+    );
+
+    let socket = format!("unix:{}", kubernetes_socket(&docs).display());
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let command = strings(&sidecar[probe]["exec"]["command"]);
+        assert_eq!(
+            command.get(1).map(String::as_str),
+            Some("health"),
+            "{probe}"
+        );
+        assert_eq!(flag_value(&command, "--addr"), socket, "{probe}");
+        let own = humantime::parse_duration(&flag_value(&command, "--timeout")).unwrap();
+        // Kubernetes' default timeoutSeconds is 1.
+        let limit = sidecar[probe]["timeoutSeconds"].as_u64().unwrap_or(1);
+        assert!(
+            Duration::from_secs(limit) > own,
+            "{probe}: timeoutSeconds {limit} would kill `health --timeout {own:?}` mid-way"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_replicas_report_metrics_as_themselves() {
+    let docs = kubernetes_docs();
+    let sidecar = pod_container(pod_spec(&docs), "service-auth");
+    let env = sidecar["env"].as_sequence().unwrap();
+    let at = |name: &str| {
+        env.iter()
+            .position(|e| e["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    let pod_name = &env[at("POD_NAME")];
+    assert_eq!(
+        pod_name["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("metadata.name")
+    );
+    let attributes = env[at("OTEL_RESOURCE_ATTRIBUTES")]["value"]
+        .as_str()
+        .unwrap();
+    assert!(
+        attributes
+            .split(',')
+            .any(|kv| kv == "service.instance.id=$(POD_NAME)"),
+        "{attributes}"
+    );
+    // $(VAR) expands only variables defined earlier in the list.
+    assert!(at("POD_NAME") < at("OTEL_RESOURCE_ATTRIBUTES"));
+}
+
+#[test]
+fn kubernetes_envoy_drains_before_it_is_stopped() {
+    let docs = kubernetes_docs();
+    let pod = pod_spec(&docs);
+    let envoy = pod_container(pod, "envoy");
+    let script = strings(&envoy["lifecycle"]["preStop"]["exec"]["command"]).join(" ");
+    let config: Value = serde_yaml::from_str(
+        find(&docs, "ConfigMap", "orders-envoy")["data"]["envoy.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let admin = &config["admin"]["address"]["socket_address"];
+    let target = format!(
+        "/dev/tcp/{}/{}",
+        admin["address"].as_str().unwrap(),
+        admin["port_value"].as_u64().unwrap()
+    );
+    assert!(
+        script.contains(&target),
+        "preStop does not talk to Envoy's admin: {script}"
+    );
+    assert!(script.contains("POST /drain_listeners"), "{script}");
+    let sleep: u64 = script
+        .split("sleep ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("preStop waits while the drain runs");
+    let command = strings(&envoy["command"]);
+    assert_eq!(flag_value(&command, "--drain-strategy"), "immediate");
+    let drain: u64 = flag_value(&command, "--drain-time-s").parse().unwrap();
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        drain <= sleep && sleep < grace,
+        "drain {drain}s, sleep {sleep}s, grace {grace}s"
+    );
+}
+
+/// Moves every absolute path the Envoy container mounts (and the socket
+/// directory) under `root`: each mount path, whole, wherever it is a path
+/// or a path's prefix.
+fn rebase(text: &str, mount_paths: &[String], root: &Path) -> String {
+    let mut out = text.to_owned();
+    for m in mount_paths {
+        let mut rebased = String::new();
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(m.as_str()) {
+            let after = &rest[at + m.len()..];
+            let whole = after.is_empty() || after.starts_with(['/', ' ', '}', '\n', '"', '\'']);
+            rebased.push_str(&rest[..at]);
+            if whole {
+                rebased.push_str(&root.display().to_string());
+            }
+            rebased.push_str(m);
+            rest = after;
+        }
+        rebased.push_str(rest);
+        out = rebased;
+    }
+    out
+}
+
+/// Publishes `files` into `dir` the way the kubelet updates a Secret
+/// volume: a new `..<version>` directory, an atomic rename of the `..data`
+/// symlink onto it, and one `name -> ..data/name` symlink per file.
+fn kubelet_publish(dir: &Path, version: &str, files: &[(&str, String)]) {
+    let data = dir.join(format!("..{version}"));
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, contents) in files {
+        std::fs::write(data.join(name), contents).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for (name, _) in files {
+        let link = dir.join(name);
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), link).unwrap();
+        }
+    }
+}
+
+/// The example's Envoy, laid out under `root` as the pod's envoy container
+/// sees it (ConfigMap files, the TLS Secret from `pki`), with every path
+/// moved under `root`. Returns the config text.
+fn lay_out_kubernetes_envoy(docs: &[Value], root: &Path, pki: &DevPki) -> String {
+    let pod = pod_spec(docs);
+    let envoy = pod_container(pod, "envoy");
+    let mounts: Vec<String> = envoy["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap().to_owned())
+        .collect();
+    let config_path = flag_value(&strings(&envoy["command"]), "-c");
+    let (config_dir, config_file) = config_path.rsplit_once('/').unwrap();
+    let configmap = volume_at(pod, envoy, config_dir)["configMap"]["name"]
+        .as_str()
+        .unwrap();
+    for (dir, volume) in mounts.iter().map(|m| (m, volume_at(pod, envoy, m))) {
+        let local = root.join(dir.trim_start_matches('/'));
+        std::fs::create_dir_all(&local).unwrap();
+        if volume["configMap"]["name"].as_str() == Some(configmap) {
+            for (key, text) in find(docs, "ConfigMap", configmap)["data"]
+                .as_mapping()
+                .unwrap()
+            {
+                let text = rebase(text.as_str().unwrap(), &mounts, root);
+                std::fs::write(local.join(key.as_str().unwrap()), text).unwrap();
+            }
+        } else if volume["secret"].is_mapping() {
+            kubelet_publish(&local, "v1", &envoy_tls_secret(pki));
+        }
+    }
+    std::fs::read_to_string(
+        root.join(config_dir.trim_start_matches('/'))
+            .join(config_file),
+    )
+    .unwrap()
+}
+
+/// The orders-envoy-tls Secret's keys, filled from a dev-pki output.
+fn envoy_tls_secret(pki: &DevPki) -> Vec<(&'static str, String)> {
+    vec![
+        ("ca.crt", pki.read("certs/ca.crt")),
+        ("tls.crt", pki.read("certs/envoy.crt")),
+        ("tls.key", pki.read("certs/envoy.key")),
+    ]
+}
+
+#[test]
+fn kubernetes_envoy_config_is_the_uds_hop_file_with_certificates_from_sds() {
+    let docs = kubernetes_docs();
+    let pod = pod_spec(&docs);
+    let envoy = pod_container(pod, "envoy");
+    let data = &find(&docs, "ConfigMap", "orders-envoy")["data"];
+    let mut config: Value = serde_yaml::from_str(data["envoy.yaml"].as_str().unwrap()).unwrap();
+    let mut shipped: Value = yaml_file("envoy/envoy-uds-hop.yaml");
+
+    // Certificates, key and CA come from file-based SDS, each watching the
+    // directory the kubelet swaps, so rotation needs no restart.
+    let tls_path = ["static_resources", "listeners"];
+    let context = |doc: &mut Value| -> Value {
+        let mut v = &mut *doc;
+        for k in tls_path {
+            v = &mut v[k];
+        }
+        std::mem::take(
+            &mut v[0]["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"],
+        )
+    };
+    let sds = context(&mut config);
+    let files = context(&mut shipped);
+    assert!(files["tls_certificates"].is_sequence());
+    let sources = [
+        &sds["tls_certificate_sds_secret_configs"][0],
+        &sds["validation_context_sds_secret_config"],
+    ];
+    for source in sources {
+        let name = source["name"].as_str().expect("SDS secret name");
+        let path_source = &source["sds_config"]["path_config_source"];
+        let path = path_source["path"].as_str().expect("file-based SDS");
+        let (dir, key) = path.rsplit_once('/').unwrap();
+        assert_eq!(path_source["watched_directory"]["path"].as_str(), Some(dir));
+        let (kind, _, _) = mounted_source(pod, envoy, path);
+        assert_eq!(kind, "ConfigMap");
+        let secret: Value = serde_yaml::from_str(data[key].as_str().unwrap()).unwrap();
+        let resource = &secret["resources"][0];
+        assert_eq!(resource["name"].as_str(), Some(name), "{key}");
+        let body = resource
+            .get("tls_certificate")
+            .or_else(|| resource.get("validation_context"))
+            .expect("a certificate or a validation context");
+        let mut filenames = Vec::new();
+        envoy_filenames(body, &mut filenames);
+        assert!(!filenames.is_empty());
+        for file in filenames {
+            let (dir, _) = file.rsplit_once('/').unwrap();
+            assert_eq!(
+                body["watched_directory"]["path"].as_str(),
+                Some(dir),
+                "{file}"
+            );
+            let (kind, secret_name, _) = mounted_source(pod, envoy, &file);
+            assert_eq!(
+                (kind.as_str(), secret_name.as_str()),
+                ("Secret", "orders-envoy-tls")
+            );
+        }
+    }
+
+    // SDS needs a node; everything else is envoy-uds-hop.yaml, the file the
+    // tests run, socket path included.
+    config
+        .as_mapping_mut()
+        .unwrap()
+        .remove("node")
+        .expect("an SDS node");
+    assert_eq!(
+        config, shipped,
+        "the Kubernetes Envoy config drifted from envoy/envoy-uds-hop.yaml"
+    );
+
+    // And Envoy accepts it, laid out as in the pod.
+    let pki = DevPki::generate();
+    let root = tempfile::tempdir().unwrap();
+    let text = lay_out_kubernetes_envoy(&docs, root.path(), &pki);
+    let config_file = root.path().join("k8s-envoy.yaml");
+    std::fs::write(&config_file, text).unwrap();
+    let out = Command::new(envoy_binary())
+        .args(["--mode", "validate", "--log-level", "warn", "-c"])
+        .arg(&config_file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run envoy");
+    assert!(
+        out.status.success(),
+        "envoy rejects the Kubernetes config:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The leaf certificate Envoy presents to a new handshake made with `tls`.
+async fn presented_leaf(port: u16, tls: std::sync::Arc<rustls::ClientConfig>) -> Option<Vec<u8>> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, stream)
+        .await
+        .ok()?;
+    Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn kubernetes_envoy_serves_rotated_certificates_without_a_restart() {
+    let docs = kubernetes_docs();
+    let pki = DevPki::generate();
+    let root = tempfile::tempdir().unwrap();
+    let text = lay_out_kubernetes_envoy(&docs, root.path(), &pki);
+
+    // The sidecar on the example's socket, moved under root like Envoy's.
+    let socket = root
+        .path()
+        .join(kubernetes_socket(&docs).strip_prefix("/").unwrap());
+    let mut config = pki.static_config();
+    config.listen.grpc = ListenAddr::Unix(socket.clone());
+    let mut sidecar = Sidecar::spawn(&pki.write_config(&config), &[]);
+    let addr = sidecar.listening().await;
+    assert_eq!(addr, ListenAddr::Unix(socket.clone()));
+    common::procs::poll(
+        "the sidecar's socket to serve",
+        Duration::from_secs(30),
+        || {
+            sidecar.assert_running();
+            let addr = addr.clone();
+            async move {
+                service_auth::health::probe(&addr, None, Duration::from_secs(1))
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
+
+    // Envoy as laid out, on kernel-chosen ports, in front of the echo app.
+    // Its sidecar cluster is a pipe to the socket above: Envoy never dials a
+    // TCP address for it, so a loopback port that refuses connections fills
+    // the field.
+    let echo = Echo::start().await;
+    let (_refusing, unused) = common::procs::refusing_addr();
+    let ports = common::procs::EnvoyPorts {
+        sidecar: unused,
+        app: echo.addr,
+    };
+    let workdir = root.path().join("etc/envoy");
+    let envoy = Envoy::start(
+        &workdir,
+        &common::procs::envoy_config_text(&text, &ports, Some(&socket)),
+    )
+    .await;
+    let url = format!("{}/orders", envoy.base_url());
+    let key = pki.api_key("billing");
+    let status = pki
+        .client("billing")
+        .get(&url)
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+
+    // cert-manager renews: a new CA, certificate and key, published as the
+    // kubelet does. New handshakes get the new certificate...
+    let renewed = DevPki::generate();
+    let tls_dir = root.path().join("etc/envoy/tls");
+    kubelet_publish(&tls_dir, "v2", &envoy_tls_secret(&renewed));
+    let new_leaf = der(&renewed.read("certs/envoy.crt"));
+    let client =
+        renewed.rustls_client("certs/ca.crt", "clients/billing.crt", "clients/billing.key");
+    let listener = envoy.listener;
+    common::procs::poll(
+        "Envoy to serve the renewed certificate",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            let new_leaf = new_leaf.clone();
+            async move { (presented_leaf(listener, client).await? == new_leaf).then_some(()) }
+        },
+    )
+    .await;
+    // ...and callers are checked against the new CA: one from the old CA is
+    // refused at the handshake.
+    let old = pki
+        .client("billing")
+        .get(&url)
+        .header("x-api-key", &key)
+        .send()
+        .await;
+    assert!(
+        old.is_err(),
+        "a certificate from the replaced CA got in: {old:?}"
+    );
 }

@@ -400,3 +400,79 @@ fn header_names_that_would_clobber_are_rejected() {
     fixture.write_registry(&[Svc::new("a", A_URI, A_KEY)]);
     fixture.load();
 }
+
+/// Asserts the 400 denial every unreadable request gets, inside a CheckResponse.
+fn assert_bad_request(resp: &envoy_types::ext_authz::v3::pb::CheckResponse) {
+    assert_eq!(resp.status.as_ref().unwrap().code, 3, "INVALID_ARGUMENT");
+    let Some(HttpResponse::DeniedResponse(denied)) = &resp.http_response else {
+        panic!("expected a denial: {resp:?}");
+    };
+    assert_eq!(denied.status.as_ref().unwrap().code, 400);
+    assert_eq!(denied.body, r#"{"error":"bad_request"}"#);
+    let meta = format!("{:?}", resp.dynamic_metadata);
+    assert!(meta.contains("malformed_request"), "{meta}");
+}
+
+#[tokio::test]
+async fn an_undecodable_request_is_a_denial_not_a_grpc_error() {
+    use service_auth::testkit::grpc::{raw_check, with_invalid_utf8};
+    let ca = Ca::new("wire CA");
+    let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
+    let sidecar = InProcess::for_fixture(&fixture).await;
+    let cert = ca.client(&ClientSpec::uri(A_URI));
+    // Each marker sits in one string field the decision never reads.
+    let mut req = Req::cert(cert.forwarded())
+        .key(A_KEY)
+        .header("x-marker", "MARKER-HEADER")
+        .build();
+    let http = req
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .unwrap();
+    http.body = "MARKER-BODY".into();
+    http.path = "/MARKER-PATH".into();
+    // Control: the intact request is allowed.
+    let ok = raw_check(sidecar.addr, prost::Message::encode_to_vec(&req))
+        .await
+        .expect("a CheckResponse");
+    assert_eq!(ok.status.unwrap().code, 0);
+    for marker in ["MARKER-HEADER", "MARKER-BODY", "MARKER-PATH"] {
+        let resp = raw_check(sidecar.addr, with_invalid_utf8(&req, marker))
+            .await
+            .unwrap_or_else(|e| panic!("{marker}: a gRPC error instead of a denial: {e}"));
+        assert_bad_request(&resp);
+    }
+    // Not protobuf at all.
+    let resp = raw_check(sidecar.addr, vec![0xff; 64]).await.unwrap();
+    assert_bad_request(&resp);
+}
+
+#[tokio::test]
+async fn an_oversized_request_is_a_denial() {
+    let ca = Ca::new("wire CA");
+    let fixture = Fixture::new(&[Svc::new("a", A_URI, A_KEY)]);
+    let mut config = fixture.static_config(tcp0());
+    config.limits.max_message_bytes = 64 * 1024;
+    let sidecar = InProcess::start(&config).await;
+    let cert = ca.client(&ClientSpec::uri(A_URI));
+    let huge = Req::cert(cert.forwarded())
+        .key(A_KEY)
+        .header("x-padding", &"p".repeat(512 * 1024))
+        .build();
+    let mut client = sidecar.client().await;
+    let resp = client
+        .check(huge)
+        .await
+        .expect("a CheckResponse, not OUT_OF_RANGE")
+        .into_inner();
+    assert_bad_request(&resp);
+    // The connection still serves a normal Check afterwards.
+    let resp = client
+        .check(Req::cert(cert.forwarded()).key(A_KEY).build())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.status.unwrap().code, 0);
+}

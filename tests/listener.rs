@@ -53,6 +53,7 @@ fn tls_setup() -> TlsSetup {
         cert: "tls/sidecar.crt".into(),
         key: "tls/sidecar.key".into(),
         client_ca: "tls/ca.crt".into(),
+        allowed_sans: None,
     });
     let client = ca.client(&ClientSpec::empty().with_cn("envoy"));
     TlsSetup {

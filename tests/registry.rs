@@ -417,7 +417,7 @@ fn bundled_config_is_valid_and_flags_the_dev_secret() {
         registry
             .warnings()
             .iter()
-            .any(|w| matches!(w, Warning::DevSecret { kid, .. } if registry.token.keys().iter().any(|k| k.kid == *kid))),
+            .any(|w| matches!(w, Warning::DevSecret { kid, .. } if registry.token.keys().iter().any(|k| k.kid() == kid))),
         "{:?}",
         registry.warnings()
     );

@@ -421,7 +421,9 @@ fn enforcement_comes_from_the_route_then_the_service_then_the_registry() {
         let request = req.build();
         let decision = decide(&request, &registry, unix_now());
         assert!(matches!(decision, Decision::Deny(_)), "{req:?}");
-        let attributes = Attributes::from_request(&request);
+        let bytes = prost::Message::encode_to_vec(&request);
+        let view = service_auth::wire::CheckView::decode(&bytes).unwrap();
+        let attributes = Attributes::from_view(&view);
         assert_eq!(
             enforcement::disposition(&decision, &attributes, &registry),
             want,
@@ -452,4 +454,20 @@ async fn would_deny_is_logged() {
     assert_eq!(line["reason"], "invalid_api_key");
     assert_eq!(line["service"], "a");
     assert!(!sidecar.log_text().contains("check_denied"));
+}
+
+/// A request that cannot be read is refused in every mode.
+#[tokio::test]
+async fn a_malformed_request_is_denied_even_in_report_mode() {
+    let f = fixture(Enforcement::Report);
+    let sidecar = InProcess::for_fixture(&f).await;
+    let req = Req::principal(A_URI).key("marker-0123456789").build();
+    let resp = service_auth::testkit::grpc::raw_check(
+        sidecar.addr,
+        service_auth::testkit::grpc::with_invalid_utf8(&req, "marker-0123456789"),
+    )
+    .await
+    .expect("a CheckResponse, not a gRPC error");
+    assert_eq!(outcome(&resp), "deny:malformed_request");
+    sidecar.sidecar.shutdown().await.unwrap();
 }

@@ -79,6 +79,17 @@ fn retry_after(resp: &CheckResponse) -> u64 {
     header.value.parse().expect("whole seconds")
 }
 
+/// One Check through the server's handler (throttle, decision, answer),
+/// without the transport.
+fn check_now(server: &AuthzService, req: &Req) -> CheckResponse {
+    use service_auth::wire::{CheckHandler, CheckView};
+    let bytes = prost::Message::encode_to_vec(&req.build());
+    server
+        .check(CheckView::decode(&bytes))
+        .decode()
+        .expect("a CheckResponse")
+}
+
 #[tokio::test]
 async fn the_failure_after_the_limit_gets_429_with_retry_after_and_no_decision() {
     let f = fixture(|_| {});
@@ -181,7 +192,7 @@ async fn other_callers_are_unaffected() {
     sidecar.sidecar.shutdown().await.unwrap();
 }
 
-/// The server's Check path (throttle, decision, answer) with the throttle's
+/// The server's Check handler (throttle, decision, answer) with the throttle's
 /// clock in the test's hands: the window passes without waiting for it.
 #[test]
 fn after_the_window_the_caller_is_let_through_again() {
@@ -193,7 +204,7 @@ fn after_the_window_the_caller_is_let_through_again() {
     let server = AuthzService::new(snapshot, Observer::logs_only(), throttle.clone());
     let ca = Ca::new("throttle CA");
     let a = Req::cert(ca.client(&ClientSpec::uri(A_URI)).forwarded());
-    let check = |req: &Req| server.check_now(&req.build());
+    let check = |req: &Req| check_now(&server, req);
 
     for _ in 0..FAILURES {
         assert_eq!(status(&check(&a.clone().key(WRONG))), 401);
@@ -233,7 +244,7 @@ fn the_least_recently_seen_callers_are_forgotten_beyond_max_tracked() {
     let server = AuthzService::new(snapshot, Observer::logs_only(), throttle.clone());
     let guess = |ip: &str| {
         let req = Req::principal(A_URI).from_address(ip).key(WRONG);
-        status(&server.check_now(&req.build()))
+        status(&check_now(&server, &req))
     };
     // Without a certificate (require_certificate is on): missing_identity,
     // a 401 like any other failed authentication.

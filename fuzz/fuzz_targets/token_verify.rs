@@ -14,7 +14,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
-use service_auth::token::{self, SigningKey, TokenSettings};
+use service_auth::keys::{Algorithm, Key, KeySource};
+use service_auth::token::{self, TokenKey, TokenSettings};
 use service_auth_fuzz::{AUDIENCE, ISSUER, LEEWAY, NOW, SECRETS};
 
 #[derive(Arbitrary, Debug)]
@@ -156,7 +157,10 @@ fn settings() -> &'static TokenSettings {
         let keys = SECRETS
             .iter()
             .enumerate()
-            .map(|(i, (kid, secret))| SigningKey::new((*kid).into(), secret.as_bytes(), i > 0))
+            .map(|(i, (kid, secret))| {
+                let key = Key::load(*kid, Algorithm::Hs256, KeySource::Secret(secret.as_bytes()));
+                TokenKey::new(key.unwrap(), i > 0)
+            })
             .collect();
         TokenSettings::new(
             ISSUER.into(),

@@ -16,7 +16,7 @@ use service_auth::config::{
     TokenSection,
 };
 use service_auth::registry::Registry;
-use service_auth::response::Answer;
+use service_auth::response::{Answer, Responses};
 use service_auth::testkit::pki::{Ca, ClientSpec};
 use sha2::Digest;
 use time::macros::datetime;
@@ -255,7 +255,10 @@ pub fn assert_justified(req: &CheckRequest, decision: Decision<'static>) {
     }
     let allowed = matches!(decision, Decision::Allow(_));
     let registry = &world().registry;
-    let resp = Answer::sign(decision, registry, NOW).into_response(registry);
+    let resp = Responses::default()
+        .encode(Answer::sign(decision, registry, NOW), registry)
+        .decode()
+        .expect("the answer decodes");
     let code = resp.status.as_ref().map_or(-1, |s| s.code);
     use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
     match (allowed, &resp.http_response) {

@@ -11,15 +11,15 @@ use x509_parser::prelude::{parse_x509_crl, parse_x509_pem};
 
 use super::fragments::{self, Fragment};
 use super::{
-    ApiKey, KeyHash, MIN_SECRET_BYTES, Registry, RequestSettings, Service, ThrottleSettings,
-    next_generation,
+    ApiKey, KeyHash, Registry, RequestSettings, Service, ThrottleSettings, next_generation,
 };
 use crate::config::{
-    self, ConfigError, MAX_AUX_FILE_BYTES, RegistryFile, RegistryPaths, RevocationSection,
-    ServiceEntry,
+    self, ConfigError, KeyEntry, MAX_AUX_FILE_BYTES, RegistryFile, RegistryPaths,
+    RevocationSection, ServiceEntry,
 };
 use crate::identity::{self, AnchorError, San, SanKind, TrustAnchor};
-use crate::token::{KeySetError, SigningKey, TokenSettings};
+use crate::keys::{Algorithm, Key, KeyError, KeySource, MIN_SECRET_LEN};
+use crate::token::{KeySetError, TokenKey, TokenSettings};
 
 /// SHA-256 of the development signing secret shipped in `config/secrets/`.
 /// The sidecar warns loudly when it signs with it.
@@ -77,10 +77,13 @@ pub enum Problem {
     File(ConfigError),
     #[error("environment variable {0} is not set")]
     EnvNotSet(String),
-    #[error("set exactly one of secret_file and secret_env")]
-    KeySource,
-    #[error("the secret is {len} bytes; at least {MIN_SECRET_BYTES} are required")]
+    #[error("{}", key_source_rule(*.algorithm))]
+    KeySource { algorithm: Algorithm },
+    #[error("the secret is {len} bytes; at least {MIN_SECRET_LEN} are required")]
     SecretTooShort { len: usize },
+    /// The key material is unusable or not of the entry's algorithm.
+    #[error("{0}")]
+    Key(KeyError),
     #[error(transparent)]
     KeySet(#[from] KeySetError),
     #[error("{0:?} is not a hex serial")]
@@ -135,6 +138,16 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// Which files a key entry of `algorithm` must name.
+fn key_source_rule(algorithm: Algorithm) -> String {
+    match algorithm {
+        Algorithm::Hs256 => "an HS256 key needs exactly one of secret_file and secret_env".into(),
+        other => format!(
+            "an {other} key needs exactly one of private_key_file and public_key_file, and no secret"
+        ),
+    }
+}
+
 /// Why a CRL file cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CrlError {
@@ -155,6 +168,15 @@ pub enum Warning {
         "{at} (kid {kid:?}) is the bundled DEVELOPMENT secret: anyone with this repository can forge tokens it accepts; generate your own with `service-auth gen-secret`"
     )]
     DevSecret { at: String, kid: String },
+    #[error("{at} (kid {kid:?}) is past its not_after: it no longer verifies; remove it")]
+    KeyRetired { at: String, kid: String },
+    #[error(
+        "token.keys: from {at} no key may sign and Checks will fail; add a key (with not_before) before then"
+    )]
+    SigningEnds {
+        /// RFC 3339.
+        at: String,
+    },
 }
 
 /// Header names the registry may not give any role: the sidecar would
@@ -440,6 +462,8 @@ impl Builder {
             self.err("token.ttl", Problem::NotPositive);
         }
         let header = self.header_name("token.header", &t.header);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let before = self.errors.len();
         let mut keys = Vec::with_capacity(t.keys.len());
         let mut uses_dev_secret = false;
         for (i, k) in t.keys.iter().enumerate() {
@@ -447,49 +471,37 @@ impl Builder {
             if k.kid.is_empty() {
                 self.err(format!("{at}.kid"), Problem::Empty);
             }
-            let secret = match (&k.secret_file, &k.secret_env) {
-                (Some(file), None) => {
-                    let full = self.source(file);
-                    match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
-                        Ok(bytes) => Some(trim_trailing_newline(bytes)),
-                        Err(e) => {
-                            self.err(format!("{at}.secret_file"), Problem::File(e));
-                            None
-                        }
-                    }
-                }
-                (None, Some(var)) => match std::env::var_os(var) {
-                    Some(v) => Some(v.into_encoded_bytes()),
-                    None => {
-                        self.err(format!("{at}.secret_env"), Problem::EnvNotSet(var.clone()));
-                        None
-                    }
-                },
-                _ => {
-                    self.err(at.clone(), Problem::KeySource);
-                    None
-                }
-            };
-            let Some(secret) = secret else { continue };
-            if secret.len() < MIN_SECRET_BYTES {
-                self.err(at, Problem::SecretTooShort { len: secret.len() });
+            let not_before = self.time(format!("{at}.not_before"), k.not_before.as_deref());
+            let not_after = self.time(format!("{at}.not_after"), k.not_after.as_deref());
+            let Some((key, dev_secret)) = self.token_key(k, &at) else {
                 continue;
-            }
+            };
             // Any key, signing or verify-only: a verify-only dev secret still
             // lets anyone forge tokens this sidecar accepts.
-            if hex::encode(Sha256::digest(&secret)) == DEV_SECRET_SHA256 {
+            if dev_secret {
                 uses_dev_secret = true;
                 self.warnings.push(Warning::DevSecret {
                     at: at.clone(),
                     kid: k.kid.clone(),
                 });
             }
-            keys.push(SigningKey::new(k.kid.clone(), &secret, k.verify_only));
+            if not_after.is_some_and(|t| t <= now) {
+                self.warnings.push(Warning::KeyRetired {
+                    at,
+                    kid: k.kid.clone(),
+                });
+            }
+            keys.push(TokenKey {
+                key,
+                verify_only: k.verify_only,
+                not_before,
+                not_after,
+            });
         }
-        if keys.len() != t.keys.len() {
+        if self.errors.len() != before {
             return None;
         }
-        match TokenSettings::new(
+        let settings = match TokenSettings::new(
             t.issuer.clone(),
             t.audience.clone(),
             t.ttl,
@@ -497,9 +509,120 @@ impl Builder {
             header?,
             keys,
         ) {
-            Ok(settings) => Some((settings, uses_dev_secret)),
+            Ok(settings) => settings,
             Err(e) => {
                 self.err("token.keys", Problem::KeySet(e));
+                return None;
+            }
+        };
+        match settings.signing_gap(now) {
+            Some(gap) if gap <= now => {
+                self.err("token.keys", Problem::KeySet(KeySetError::NoSigningKeyNow));
+                return None;
+            }
+            Some(gap) => self
+                .warnings
+                .push(Warning::SigningEnds { at: rfc3339(gap) }),
+            None => {}
+        }
+        Some((settings, uses_dev_secret))
+    }
+
+    /// One key's material, read from the files (or variable) its entry
+    /// names and checked against its algorithm; and whether it is the
+    /// bundled development secret.
+    fn token_key(&mut self, k: &KeyEntry, at: &str) -> Option<(Key, bool)> {
+        let has_secret = k.secret_file.is_some() || k.secret_env.is_some();
+        let has_pem = k.private_key_file.is_some() || k.public_key_file.is_some();
+        let source_error = Problem::KeySource {
+            algorithm: k.algorithm,
+        };
+        if k.algorithm == Algorithm::Hs256 {
+            let (secret, field) = match (&k.secret_file, &k.secret_env) {
+                _ if has_pem => {
+                    self.err(at, source_error);
+                    return None;
+                }
+                (Some(file), None) => (
+                    self.key_file(&format!("{at}.secret_file"), file)
+                        .map(trim_trailing_newline)?,
+                    "secret_file",
+                ),
+                (None, Some(var)) => match std::env::var_os(var) {
+                    Some(v) => (v.into_encoded_bytes(), "secret_env"),
+                    None => {
+                        self.err(format!("{at}.secret_env"), Problem::EnvNotSet(var.clone()));
+                        return None;
+                    }
+                },
+                _ => {
+                    self.err(at, source_error);
+                    return None;
+                }
+            };
+            let dev_secret = hex::encode(Sha256::digest(&secret)) == DEV_SECRET_SHA256;
+            return match Key::load(&k.kid, Algorithm::Hs256, KeySource::Secret(&secret)) {
+                Ok(key) => Some((key, dev_secret)),
+                Err(KeyError::SecretTooShort { len }) => {
+                    self.err(at, Problem::SecretTooShort { len });
+                    None
+                }
+                Err(e) => {
+                    self.err(format!("{at}.{field}"), Problem::Key(e));
+                    None
+                }
+            };
+        }
+        let (path, field, private) = match (&k.private_key_file, &k.public_key_file) {
+            _ if has_secret => {
+                self.err(at, source_error);
+                return None;
+            }
+            (Some(path), None) => (path, "private_key_file", true),
+            (None, Some(path)) => (path, "public_key_file", false),
+            _ => {
+                self.err(at, source_error);
+                return None;
+            }
+        };
+        let field_at = format!("{at}.{field}");
+        if !private && !k.verify_only {
+            self.err(
+                field_at,
+                Problem::KeySet(KeySetError::CannotSign(k.kid.clone())),
+            );
+            return None;
+        }
+        let pem = self.key_file(&field_at, path)?;
+        let source = if private {
+            KeySource::PrivateKeyPem(&pem)
+        } else {
+            KeySource::PublicKeyPem(&pem)
+        };
+        match Key::load(&k.kid, k.algorithm, source) {
+            Ok(key) => Some((key, false)),
+            Err(e) => {
+                self.err(field_at, Problem::Key(e));
+                None
+            }
+        }
+    }
+
+    /// Reads a secret or key file the registry names (size-capped).
+    fn key_file(&mut self, at: &str, relative: &Path) -> Option<Vec<u8>> {
+        let full = self.source(relative);
+        config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES)
+            .map_err(|e| self.err(at, Problem::File(e)))
+            .ok()
+    }
+
+    /// An optional RFC 3339 time as Unix seconds; an error is recorded.
+    fn time(&mut self, at: String, value: Option<&str>) -> Option<i64> {
+        let value = value?;
+        match OffsetDateTime::parse(value, &Rfc3339) {
+            Ok(t) => Some(t.unix_timestamp()),
+            Err(_) => {
+                self.err(at, Problem::InvalidTime(value.to_owned()));
                 None
             }
         }
@@ -676,19 +799,7 @@ impl Builder {
             if k.id.is_empty() || entry.api_keys[..j].iter().any(|other| other.id == k.id) {
                 self.err(format!("{key_at}.id"), Problem::InvalidKeyId(k.id.clone()));
             }
-            let not_after = match &k.not_after {
-                Some(s) => match OffsetDateTime::parse(s, &Rfc3339) {
-                    Ok(t) => Some(t.unix_timestamp()),
-                    Err(_) => {
-                        self.err(
-                            format!("{key_at}.not_after"),
-                            Problem::InvalidTime(s.clone()),
-                        );
-                        None
-                    }
-                },
-                None => None,
-            };
+            let not_after = self.time(format!("{key_at}.not_after"), k.not_after.as_deref());
             match parse_sha256(&k.sha256) {
                 Some(sha256) => api_keys.push(ApiKey {
                     id: k.id.clone(),
@@ -802,6 +913,14 @@ fn read_crl(raw: Vec<u8>, anchors: &[&TrustAnchor]) -> Result<Crl, CrlError> {
             .collect(),
         next_update: crl.next_update().map(|t| t.timestamp()),
     })
+}
+
+/// Unix seconds as RFC 3339, for messages.
+fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
 }
 
 fn trim_trailing_newline(mut bytes: Vec<u8>) -> Vec<u8> {

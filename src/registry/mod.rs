@@ -33,9 +33,6 @@ pub use build::{CrlError, LoadError, Loaded, Origin, Problem, Warning};
 /// header may take its name.
 pub const SERVICE_ID_HEADER: &str = "x-service-id";
 
-/// Signing secrets shorter than this are refused (HS256 wants ≥ 256 bits).
-pub const MIN_SECRET_BYTES: usize = 32;
-
 /// SHA-256 of an API key: the only form in which keys are stored.
 pub type KeyHash = [u8; 32];
 

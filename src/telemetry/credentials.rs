@@ -5,9 +5,9 @@
 //! * `api_key` — every registry API key with a `not_after`
 //!   (`service` = its service id, `id` = the key id). Keys without one never
 //!   expire and are not reported.
-//! * `signing_key` — reported only for signing keys that carry an expiry
-//!   date. HS256 secrets in the registry have none, so this kind does not
-//!   appear for them.
+//! * `signing_key` — every `token.keys` entry with a `not_after`
+//!   (`service` = `"token"`, `id` = its kid), whatever its algorithm and
+//!   whether it signs or only verifies. Keys without one are not reported.
 //! * `listener_certificate` — the sidecar's own `listen.tls` certificate
 //!   (`service` = `"listener"`, `id` = the certificate file name), read from
 //!   the listener's live TLS state so a rotation shows at once.
@@ -49,18 +49,23 @@ impl ExpirySources {
 
 /// Every expiring credential in `registry`.
 pub fn expiries(registry: &Registry) -> Vec<Expiry> {
-    registry
-        .services()
-        .iter()
-        .flat_map(|service| {
-            service.api_keys.iter().filter_map(|key| {
-                key.not_after.map(|not_after| Expiry {
-                    kind: "api_key",
-                    service: service.id.clone(),
-                    id: key.id.clone(),
-                    not_after,
-                })
+    let api_keys = registry.services().iter().flat_map(|service| {
+        service.api_keys.iter().filter_map(|key| {
+            key.not_after.map(|not_after| Expiry {
+                kind: "api_key",
+                service: service.id.clone(),
+                id: key.id.clone(),
+                not_after,
             })
         })
-        .collect()
+    });
+    let token_keys = registry.token.keys().iter().filter_map(|key| {
+        key.not_after.map(|not_after| Expiry {
+            kind: "signing_key",
+            service: "token".to_owned(),
+            id: key.kid().to_owned(),
+            not_after,
+        })
+    });
+    api_keys.chain(token_keys).collect()
 }

@@ -64,12 +64,16 @@ pub fn init_logging(log: &Log) -> Result<(), LogError> {
 
 /// One decided Check, as telemetry sees it.
 pub struct CheckEvent<'a> {
-    pub attributes: &'a Attributes<'a>,
+    /// What the request said; `None` when it could not be read.
+    pub attributes: Option<&'a Attributes<'a>>,
     pub decision: &'a Decision<'a>,
     /// Whether a denial was refused or only reported (`would_deny`).
     pub disposition: Disposition,
     /// The kid that signed the issued token (issue mode, allowed).
     pub issued_kid: Option<&'a str>,
+    /// More about a denial decided outside the decision (why a request
+    /// could not be read), for the log line.
+    pub detail: Option<&'a dyn std::fmt::Display>,
     pub elapsed: Duration,
 }
 
@@ -115,20 +119,24 @@ impl Observer {
         let Decision::Deny(denial) = event.decision else {
             return;
         };
-        let attrs = event.attributes;
-        let (peer_address, peer_port) = attrs.source_address.unwrap_or(("", 0));
-        let (event, message) = match event.disposition {
+        let request_id = event.attributes.map_or("", |a| a.request_id);
+        let (peer_address, peer_port) = event
+            .attributes
+            .and_then(|a| a.source_address)
+            .unwrap_or(("", 0));
+        let (name, message) = match event.disposition {
             Disposition::Enforced => ("check_denied", "check denied"),
             Disposition::Reported => ("check_would_deny", "check would be denied (report mode)"),
         };
         tracing::warn!(
-            event,
+            event = name,
             reason = denial.reason.as_str(),
             mode = denial.mode.as_str(),
             service = denial.service.unwrap_or(metrics::UNKNOWN_SERVICE),
-            request_id = truncate(attrs.request_id, 128),
+            request_id = truncate(request_id, 128),
             peer_address = truncate(peer_address, 64),
             peer_port,
+            detail = event.detail.map(tracing::field::display),
             "{message}"
         );
     }

@@ -118,6 +118,7 @@ pub fn static_config(grpc: ListenAddr, registry: &Path) -> StaticConfig {
         telemetry: Default::default(),
         log: Log::default(),
         limits: Default::default(),
+        admin: None,
     }
 }
 

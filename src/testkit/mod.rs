@@ -17,6 +17,8 @@ mod fixture;
 #[cfg(feature = "test-util")]
 mod forge;
 #[cfg(feature = "test-util")]
+pub mod grpc;
+#[cfg(feature = "test-util")]
 mod request;
 
 #[cfg(feature = "test-util")]

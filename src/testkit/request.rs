@@ -13,6 +13,7 @@ use crate::check::{self, Decision, Input};
 use crate::evidence::Evidence;
 use crate::registry::Registry;
 use crate::request::Attributes;
+use crate::wire::CheckView;
 
 /// Builds a `CheckRequest` as Envoy would send it.
 #[derive(Default, Clone, Debug)]
@@ -137,10 +138,17 @@ impl Req {
 }
 
 /// The decision on `req` at `now`, exactly as the server reaches it but
-/// without its memo: parse the attributes, gather the certificate evidence,
-/// decide.
+/// without its memo: encode the request, read it back with the wire
+/// decoder, take its attributes, gather the certificate evidence, decide.
 pub fn decide<'r>(req: &CheckRequest, registry: &'r Registry, now: i64) -> Decision<'r> {
-    let attributes = Attributes::from_request(req);
+    use prost::Message;
+    let bytes = req.encode_to_vec();
+    let view = match CheckView::decode(&bytes) {
+        Ok(view) => view,
+        // A message prost encoded always decodes; if not, it is malformed.
+        Err(_) => return Decision::Deny(crate::check::Denial::malformed()),
+    };
+    let attributes = Attributes::from_view(&view);
     let evidence = (!attributes.certificate.is_empty())
         .then(|| Evidence::from_forwarded(attributes.certificate, registry));
     let input = Input {

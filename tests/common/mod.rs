@@ -3,6 +3,7 @@
 //! OTLP receiver (`otlp`), and the few helpers that need test-only crates.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod dev_pki;
 pub mod otlp;
 pub mod procs;
 
@@ -23,11 +24,14 @@ pub fn tcp0() -> ListenAddr {
 
 /// Writes what `envoy/envoy.yaml` reads from Envoy's working directory:
 /// `certs/ca.crt` (the mesh CA) and `certs/envoy.{crt,key}` (for `localhost`).
+/// Also `certs/hop-ca.crt` (the same CA again), which `envoy-mtls-hop.yaml`
+/// trusts for the sidecar: tests of the hop issue both ends from one CA.
 pub fn write_envoy_certs(ca: &Ca, workdir: &Path) {
     let certs = workdir.join("certs");
     std::fs::create_dir_all(&certs).unwrap();
     let server = ca.server(&["localhost"]);
     std::fs::write(certs.join("ca.crt"), ca.cert_pem()).unwrap();
+    std::fs::write(certs.join("hop-ca.crt"), ca.cert_pem()).unwrap();
     std::fs::write(certs.join("envoy.crt"), &server.cert_pem).unwrap();
     std::fs::write(certs.join("envoy.key"), &server.key_pem).unwrap();
 }

@@ -262,7 +262,15 @@ pub fn envoy_config_variant(
 ) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     let text = std::fs::read_to_string(&path).expect("read the envoy config");
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("parse envoy.yaml");
+    envoy_config_text(&text, ports, sidecar_socket)
+}
+
+/// Like [`envoy_config_variant`] for a config given as text (the Kubernetes
+/// example's, laid out on disk): admin and listener on `127.0.0.1:0`, the
+/// `app` and `service_auth` clusters pointed at `ports` (or, for a Unix
+/// socket cluster, at `sidecar_socket`); nothing else changes.
+pub fn envoy_config_text(text: &str, ports: &EnvoyPorts, sidecar_socket: Option<&Path>) -> String {
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(text).expect("parse the envoy config");
     let set_addr = |v: &mut serde_yaml::Value, ip: String, port: u16| {
         let sa = &mut v["socket_address"];
         sa["address"] = ip.into();
@@ -325,6 +333,9 @@ impl Envoy {
             .arg("--disable-hot-restart")
             .arg("--concurrency")
             .arg("1")
+            // Access logs reach their file within 100 ms, not Envoy's default 10 s.
+            .arg("--file-flush-interval-msec")
+            .arg("100")
             .arg("--admin-address-path")
             .arg(&admin_file)
             .stdin(Stdio::null())
@@ -401,7 +412,8 @@ impl Drop for Envoy {
 }
 
 /// An HTTP/1 upstream that answers every request with the request's headers
-/// as JSON (`{"name": ["value", ...]}`) and counts the requests it saw.
+/// as JSON (`{"name": ["value", ...]}`, plus the request target it received
+/// as `":path"`) and counts the requests it saw.
 pub struct Echo {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
@@ -427,6 +439,7 @@ impl Echo {
                     let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
                         counter.fetch_add(1, Ordering::SeqCst);
                         let mut headers = serde_json::Map::new();
+                        headers.insert(":path".into(), serde_json::json!([req.uri().to_string()]));
                         for (name, value) in req.headers() {
                             let entry = headers
                                 .entry(name.as_str().to_owned())
