@@ -587,12 +587,13 @@ fn kubernetes_example_projects_team_configmaps_beside_the_registry() {
     };
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     let pod = &deployment["spec"]["template"]["spec"];
-    let sidecar = pod["containers"]
-        .as_sequence()
-        .unwrap()
+    // A container, or a native sidecar (an init container that keeps running).
+    let sidecar = ["containers", "initContainers"]
         .iter()
+        .filter_map(|list| pod[*list].as_sequence())
+        .flatten()
         .find(|c| c["name"] == "service-auth")
-        .unwrap();
+        .expect("a service-auth container");
     let config_path = sidecar["env"]
         .as_sequence()
         .unwrap()
