@@ -64,6 +64,9 @@ pub enum Reason {
     ScopeNotAllowed,
     InvalidToken,
     ExpiredToken,
+    /// Refused before any decision: the caller failed too often lately
+    /// (`throttle`). Never returned by [`decide`].
+    TooManyFailures,
     /// The request itself could not be read (undecodable or too large).
     MalformedRequest,
     InternalError,
@@ -74,12 +77,14 @@ pub enum Reason {
 pub enum Outcome {
     Unauthenticated,
     Forbidden,
+    /// Throttled: 429 with `retry-after`.
+    TooManyRequests,
     BadRequest,
     Unavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::MissingIdentity,
         Reason::UnknownPrincipal,
         Reason::AmbiguousPrincipal,
@@ -96,6 +101,7 @@ impl Reason {
         Reason::ScopeNotAllowed,
         Reason::InvalidToken,
         Reason::ExpiredToken,
+        Reason::TooManyFailures,
         Reason::MalformedRequest,
         Reason::InternalError,
     ];
@@ -118,6 +124,7 @@ impl Reason {
             Reason::ScopeNotAllowed => "scope_not_allowed",
             Reason::InvalidToken => "invalid_token",
             Reason::ExpiredToken => "expired_token",
+            Reason::TooManyFailures => "too_many_failures",
             Reason::MalformedRequest => "malformed_request",
             Reason::InternalError => "internal_error",
         }
@@ -126,6 +133,7 @@ impl Reason {
     pub fn outcome(self) -> Outcome {
         match self {
             Reason::ScopeNotAllowed => Outcome::Forbidden,
+            Reason::TooManyFailures => Outcome::TooManyRequests,
             Reason::MalformedRequest => Outcome::BadRequest,
             Reason::InternalError => Outcome::Unavailable,
             _ => Outcome::Unauthenticated,
@@ -275,6 +283,16 @@ impl Denial<'_> {
         Denial {
             mode,
             reason,
+            service: None,
+            token: None,
+        }
+    }
+
+    /// The refusal of a throttled caller, made before any decision.
+    pub fn throttled(mode: Mode) -> Denial<'static> {
+        Denial {
+            mode,
+            reason: Reason::TooManyFailures,
             service: None,
             token: None,
         }

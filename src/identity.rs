@@ -125,6 +125,23 @@ impl PeerCertificate {
         })
     }
 
+    /// The SHA-256 of a forwarded certificate's DER (what [`Self::sha256`]
+    /// would be) without parsing it as X.509: one percent-decode, one PEM
+    /// decode and one hash, cheap enough to name the caller before any
+    /// decision work (the throttle). `None` when it is not one PEM
+    /// certificate block.
+    pub fn forwarded_sha256(forwarded: &str) -> Option<[u8; 32]> {
+        if forwarded.len() > MAX_FORWARDED_CERT_LEN {
+            return None;
+        }
+        let pem = percent_decode_strict(forwarded.as_bytes())?;
+        let (rest, block) = parse_x509_pem(&pem).ok()?;
+        if block.label != "CERTIFICATE" || !rest.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        Some(Sha256::digest(&block.contents).into())
+    }
+
     /// The certificate in DER.
     pub fn der(&self) -> &[u8] {
         &self.der

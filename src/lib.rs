@@ -15,8 +15,10 @@
 //!   snapshot and holds the shared `Snapshot` handle;
 //! * `request` reads a decoded request's attributes once; `evidence`
 //!   gathers (and memoizes) the costly certificate facts;
-//! * `check` decides, as a pure function; `response` turns the outcome into
-//!   Envoy's `CheckResponse`;
+//! * `check` decides, as a pure function; `enforcement` says whether a
+//!   denial is refused or only reported (report mode); `throttle` refuses
+//!   callers that failed too often, before any decision; `response` turns
+//!   the outcome into Envoy's `CheckResponse`;
 //! * `telemetry` observes decisions and reloads (logs, OTLP metrics);
 //! * `watch` tells when files change; `reload` rebuilds and swaps
 //!   snapshots; `listener` accepts connections; `server` runs the gRPC
@@ -34,6 +36,7 @@ pub mod app;
 pub mod check;
 pub mod config;
 pub mod devpki;
+pub mod enforcement;
 pub mod evidence;
 pub mod health;
 pub mod identity;
@@ -46,6 +49,7 @@ pub mod response;
 pub mod server;
 pub mod telemetry;
 pub mod testkit;
+pub mod throttle;
 pub mod token;
 pub mod trust;
 pub mod watch;

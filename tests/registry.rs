@@ -131,7 +131,7 @@ fn duplicate_service_id() {
         &rejected(&f, &file),
         &[(
             "services[1].id",
-            &|p| matches!(p, Problem::DuplicateServiceId(id) if id == "a"),
+            &|p| matches!(p, Problem::DuplicateServiceId { id, first } if id == "a" && first.at == "services[0].id"),
         )],
     );
 }
@@ -147,8 +147,8 @@ fn principal_claimed_twice() {
         &f,
         &rejected(&f, &file),
         &[("services[1].principals[0]", &|p| {
-            matches!(p, Problem::PrincipalClaimed { principal, owner }
-                if principal == A_URI && owner == "a")
+            matches!(p, Problem::PrincipalClaimed { principal, owner, first }
+                if principal == A_URI && owner == "a" && first.at == "services[0].principals[0]")
         })],
     );
 }
@@ -165,7 +165,7 @@ fn duplicate_api_key_hash() {
         &rejected(&f, &file),
         &[(
             "services[1].api_keys[0].sha256",
-            &|p| matches!(p, Problem::DuplicateKeyHash { key, owner } if key == "k1" && owner == "a"),
+            &|p| matches!(p, Problem::DuplicateKeyHash { key, owner, first } if key == "k1" && owner == "a" && first.at == "services[0].api_keys[0].sha256"),
         )],
     );
 }
@@ -386,15 +386,15 @@ fn every_error_is_reported_at_once() {
         &[
             (
                 "services[1].id",
-                &|p| matches!(p, Problem::DuplicateServiceId(id) if id == "a"),
+                &|p| matches!(p, Problem::DuplicateServiceId { id, first } if id == "a" && first.at == "services[0].id"),
             ),
             ("services[1].principals[0]", &|p| {
-                matches!(p, Problem::PrincipalClaimed { principal, owner }
-                    if principal == A_URI && owner == "a")
+                matches!(p, Problem::PrincipalClaimed { principal, owner, first }
+                    if principal == A_URI && owner == "a" && first.at == "services[0].principals[0]")
             }),
             (
                 "services[1].api_keys[0].sha256",
-                &|p| matches!(p, Problem::DuplicateKeyHash { key, owner } if key == "k1" && owner == "a"),
+                &|p| matches!(p, Problem::DuplicateKeyHash { key, owner, first } if key == "k1" && owner == "a" && first.at == "services[0].api_keys[0].sha256"),
             ),
             (
                 "revocation.serials[0]",
@@ -409,7 +409,7 @@ fn bundled_config_is_valid_and_flags_the_dev_secret() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config =
         service_auth::config::StaticConfig::load(&root.join("config/service-auth.yaml")).unwrap();
-    let registry = Registry::load(&config.registry).unwrap();
+    let registry = Registry::load_paths(&config.registry).unwrap();
     assert!(
         registry.uses_dev_secret,
         "the bundled secret must be recognised as the dev secret"

@@ -183,6 +183,8 @@ pub fn registry_file() -> RegistryFile {
             serials: vec!["0bad".into()],
             crl_files: Vec::new(),
         },
+        enforcement: Default::default(),
+        throttle: None,
         services: SERVICES
             .iter()
             .map(|s| ServiceEntry {

@@ -45,7 +45,7 @@ async fn shutdown_signal() {
 
 pub fn check_config(config_path: &Path) -> anyhow::Result<()> {
     let config = StaticConfig::load(config_path)?;
-    match Registry::load(&config.registry) {
+    match Registry::load_paths(&config.registry) {
         Ok(registry) => {
             for warning in registry.warnings() {
                 eprintln!("warning: {warning}");
@@ -62,7 +62,7 @@ pub fn check_config(config_path: &Path) -> anyhow::Result<()> {
             println!(
                 "ok: {} and {} ({} services)",
                 config_path.display(),
-                config.registry.display(),
+                config.registry,
                 registry.services().len()
             );
             Ok(())

@@ -9,8 +9,14 @@ use ::time::OffsetDateTime;
 use ::time::format_description::well_known::Rfc3339;
 use sha2::{Digest, Sha256};
 
-use super::{ApiKey, KeyHash, Registry, RequestSettings, Service, next_generation};
-use crate::config::{self, ConfigError, KeyEntry, MAX_AUX_FILE_BYTES, RegistryFile, ServiceEntry};
+use super::fragments::{self, Fragment};
+use super::{
+    ApiKey, KeyHash, Registry, RequestSettings, Service, ThrottleSettings, next_generation,
+};
+use crate::config::{
+    self, ConfigError, KeyEntry, MAX_AUX_FILE_BYTES, RegistryFile, RegistryPaths,
+    RevocationSection, ServiceEntry,
+};
 use crate::identity::{San, SanKind};
 use crate::keys::{Algorithm, Key, KeyError, KeySource, MIN_SECRET_LEN};
 use crate::token::{KeySetError, TokenKey, TokenSettings};
@@ -105,12 +111,36 @@ pub enum Problem {
     InvalidKeyId(String),
     #[error("{0:?} is not an RFC 3339 time")]
     InvalidTime(String),
-    #[error("duplicate service id {0:?}")]
-    DuplicateServiceId(String),
-    #[error("principal {principal:?} is already claimed by service {owner:?}")]
-    PrincipalClaimed { principal: String, owner: String },
-    #[error("api key {key:?} has the same hash as a key of service {owner:?}")]
-    DuplicateKeyHash { key: String, owner: String },
+    #[error("duplicate service id {id:?} (first at {first})")]
+    DuplicateServiceId { id: String, first: Origin },
+    #[error("principal {principal:?} is already claimed by service {owner:?} (at {first})")]
+    PrincipalClaimed {
+        principal: String,
+        owner: String,
+        first: Origin,
+    },
+    #[error("api key {key:?} has the same hash as a key of service {owner:?} (at {first})")]
+    DuplicateKeyHash {
+        key: String,
+        owner: String,
+        first: Origin,
+    },
+    #[error("a fragment must hold `services` and/or `revocation` (write `services: []` for none)")]
+    EmptyFragment,
+}
+
+/// Where the first copy of a duplicated value is: its file (the main
+/// registry or a fragment) and YAML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub at: String,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.at)
+    }
 }
 
 /// Which files a key entry of `algorithm` must name.
@@ -213,30 +243,49 @@ const RESERVED_HEADERS: [&str; 9] = [
 /// The outcome of one load attempt and the files it involved.
 pub struct Loaded {
     pub result: Result<Registry, Vec<LoadError>>,
-    /// Every file the attempt read or tried to read, so a reloader knows what
-    /// to watch even when the attempt failed because one was missing.
+    /// Every file (and fragment directory) the attempt read or tried to
+    /// read, so a reloader knows what to watch even when the attempt failed
+    /// because one was missing.
     pub sources: Vec<PathBuf>,
 }
 
 impl Registry {
     /// Reads and validates the registry file at `path`, returning every error found.
     pub fn load(path: &Path) -> Result<Registry, Vec<LoadError>> {
-        Registry::load_tracked(path).result
+        Registry::load_tracked(&RegistryPaths::file(path)).result
     }
 
-    /// Like [`Registry::load`], and also says which files the attempt read.
-    pub fn load_tracked(path: &Path) -> Loaded {
+    /// Reads and validates a registry and its fragments as one snapshot.
+    pub fn load_paths(paths: &RegistryPaths) -> Result<Registry, Vec<LoadError>> {
+        Registry::load_tracked(paths).result
+    }
+
+    /// Like [`Registry::load_paths`], and also says which files the attempt read.
+    pub fn load_tracked(paths: &RegistryPaths) -> Loaded {
         let mut builder = Builder {
-            path,
+            file: paths.main.clone(),
             errors: Vec::new(),
             warnings: Vec::new(),
-            sources: vec![path.to_path_buf()],
+            sources: vec![paths.main.clone()],
             bundles: HashMap::new(),
             now: OffsetDateTime::now_utc().unix_timestamp(),
         };
-        let result = match config::read_yaml::<RegistryFile>(path) {
-            Ok(file) => builder.build(file),
-            Err(e) => Err(vec![LoadError::File(e)]),
+        let main = config::read_yaml::<RegistryFile>(&paths.main).map_err(LoadError::File);
+        let mut errors = Vec::new();
+        let mut fragments = Vec::new();
+        match fragments::files(&paths.fragments, &mut builder.sources) {
+            Ok(files) => {
+                fragments.extend(files.iter().filter_map(|p| fragments::read(p, &mut errors)));
+            }
+            Err(e) => errors.extend(e),
+        }
+        let result = match main {
+            Ok(file) if errors.is_empty() => builder.build(paths, file, fragments),
+            Ok(_) => Err(errors),
+            Err(e) => {
+                errors.insert(0, e);
+                Err(errors)
+            }
         };
         Loaded {
             result,
@@ -245,8 +294,17 @@ impl Registry {
     }
 }
 
-struct Builder<'p> {
-    path: &'p Path,
+/// The services and revocations of one file, main or fragment.
+struct Document<'f> {
+    path: &'f Path,
+    services: &'f [ServiceEntry],
+    revocation: Option<&'f RevocationSection>,
+}
+
+struct Builder {
+    /// The file whose values are being checked: errors name it, relative
+    /// paths resolve against it.
+    file: PathBuf,
     errors: Vec<LoadError>,
     warnings: Vec<Warning>,
     sources: Vec<PathBuf>,
@@ -258,10 +316,10 @@ struct Builder<'p> {
     now: i64,
 }
 
-impl Builder<'_> {
+impl Builder {
     fn err(&mut self, at: impl Into<String>, problem: Problem) {
         self.errors.push(LoadError::Invalid {
-            file: self.path.to_path_buf(),
+            file: self.file.clone(),
             at: at.into(),
             problem,
         });
@@ -269,78 +327,136 @@ impl Builder<'_> {
 
     /// Resolves a path named by the registry and records it as a source.
     fn source(&mut self, relative: &Path) -> PathBuf {
-        let full = config::resolve(self.path, relative);
+        let full = config::resolve(&self.file, relative);
         self.sources.push(full.clone());
         full
     }
 
-    fn build(&mut self, file: RegistryFile) -> Result<Registry, Vec<LoadError>> {
+    fn build(
+        &mut self,
+        paths: &RegistryPaths,
+        file: RegistryFile,
+        fragments: Vec<Fragment>,
+    ) -> Result<Registry, Vec<LoadError>> {
         let token = self.token(&file);
         let request = self.request(&file);
+        let throttle = self.throttle(&file);
         let trust_domains = self.trust_domains(&file);
 
-        let mut services = Vec::with_capacity(file.services.len());
-        let mut by_id = HashMap::with_capacity(file.services.len());
-        let mut by_uri: HashMap<String, usize> = HashMap::new();
+        let documents: Vec<Document<'_>> = std::iter::once(Document {
+            path: &paths.main,
+            services: &file.services,
+            revocation: Some(&file.revocation),
+        })
+        .chain(fragments.iter().map(|f| Document {
+            path: &f.path,
+            services: f.file.services.as_deref().unwrap_or_default(),
+            revocation: f.file.revocation.as_ref(),
+        }))
+        .collect();
+        let total = documents.iter().map(|d| d.services.len()).sum();
+
+        let mut services = Vec::with_capacity(total);
+        let mut by_id = HashMap::with_capacity(total);
+        let mut by_uri: HashMap<String, usize> = HashMap::with_capacity(total);
         let mut by_dns: HashMap<String, usize> = HashMap::new();
-        let mut by_key_hash: HashMap<KeyHash, usize> = HashMap::new();
-        // Uniqueness is checked over every entry as written, valid or not, so
-        // a duplicate is reported even when one of its copies has other errors.
-        let mut owners: Vec<&str> = Vec::with_capacity(file.services.len());
-        let mut seen_ids: HashMap<&str, usize> = HashMap::new();
-        for (i, entry) in file.services.iter().enumerate() {
-            let at = format!("services[{i}]");
-            owners.push(&entry.id);
-            if seen_ids.insert(&entry.id, i).is_some() {
-                self.err(
-                    format!("{at}.id"),
-                    Problem::DuplicateServiceId(entry.id.clone()),
-                );
-            }
-            for (j, principal) in entry.principals.iter().enumerate() {
-                let Some(san) = normalize_principal(principal) else {
-                    continue;
-                };
-                let map = match san.kind {
-                    SanKind::Uri => &mut by_uri,
-                    SanKind::Dns => &mut by_dns,
-                };
-                match map.get(&san.value) {
-                    Some(&other) => self.err(
-                        format!("{at}.principals[{j}]"),
-                        Problem::PrincipalClaimed {
-                            principal: san.value,
-                            owner: owners[other].to_owned(),
+        let mut by_key_hash: HashMap<KeyHash, usize> = HashMap::with_capacity(total);
+        // Uniqueness is checked over every entry as written, valid or not and
+        // across every file, so a duplicate is reported even when one of its
+        // copies has other errors. `entries[g]` is entry `g` of the merged
+        // list: (document, index in it, the entry).
+        let mut entries: Vec<(usize, usize, &ServiceEntry)> = Vec::with_capacity(total);
+        let mut seen_ids: HashMap<&str, usize> = HashMap::with_capacity(total);
+        for (d, document) in documents.iter().enumerate() {
+            self.file = document.path.to_path_buf();
+            for (i, entry) in document.services.iter().enumerate() {
+                let g = entries.len();
+                entries.push((d, i, entry));
+                let at = format!("services[{i}]");
+                if let Some(&other) = seen_ids.get(entry.id.as_str()) {
+                    let first = origin(&documents, &entries, other, ".id");
+                    self.err(
+                        format!("{at}.id"),
+                        Problem::DuplicateServiceId {
+                            id: entry.id.clone(),
+                            first,
                         },
-                    ),
-                    None => {
-                        map.insert(san.value, i);
+                    );
+                } else {
+                    seen_ids.insert(&entry.id, g);
+                }
+                for (j, principal) in entry.principals.iter().enumerate() {
+                    let Some(san) = normalize_principal(principal) else {
+                        continue;
+                    };
+                    let map = match san.kind {
+                        SanKind::Uri => &mut by_uri,
+                        SanKind::Dns => &mut by_dns,
+                    };
+                    match map.get(&san.value) {
+                        Some(&other) => {
+                            let (_, _, owner) = entries[other];
+                            let k = owner
+                                .principals
+                                .iter()
+                                .position(|p| normalize_principal(p).as_ref() == Some(&san))
+                                .unwrap_or(0);
+                            let first =
+                                origin(&documents, &entries, other, &format!(".principals[{k}]"));
+                            self.err(
+                                format!("{at}.principals[{j}]"),
+                                Problem::PrincipalClaimed {
+                                    principal: san.value,
+                                    owner: owner.id.clone(),
+                                    first,
+                                },
+                            );
+                        }
+                        None => {
+                            map.insert(san.value, g);
+                        }
                     }
                 }
-            }
-            for (j, key) in entry.api_keys.iter().enumerate() {
-                let Some(hash) = parse_sha256(&key.sha256) else {
-                    continue;
-                };
-                match by_key_hash.get(&hash) {
-                    Some(&other) => self.err(
-                        format!("{at}.api_keys[{j}].sha256"),
-                        Problem::DuplicateKeyHash {
-                            key: key.id.clone(),
-                            owner: owners[other].to_owned(),
-                        },
-                    ),
-                    None => {
-                        by_key_hash.insert(hash, i);
+                for (j, key) in entry.api_keys.iter().enumerate() {
+                    let Some(hash) = parse_sha256(&key.sha256) else {
+                        continue;
+                    };
+                    match by_key_hash.get(&hash) {
+                        Some(&other) => {
+                            let (_, _, owner) = entries[other];
+                            let k = owner
+                                .api_keys
+                                .iter()
+                                .position(|k| parse_sha256(&k.sha256) == Some(hash))
+                                .unwrap_or(0);
+                            let first = origin(
+                                &documents,
+                                &entries,
+                                other,
+                                &format!(".api_keys[{k}].sha256"),
+                            );
+                            self.err(
+                                format!("{at}.api_keys[{j}].sha256"),
+                                Problem::DuplicateKeyHash {
+                                    key: key.id.clone(),
+                                    owner: owner.id.clone(),
+                                    first,
+                                },
+                            );
+                        }
+                        None => {
+                            by_key_hash.insert(hash, g);
+                        }
                     }
                 }
-            }
-            if let Some(service) = self.service(entry, &at) {
-                by_id.entry(service.id.clone()).or_insert(i);
-                services.push(service);
+                if let Some(service) = self.service(entry, &at) {
+                    by_id.entry(service.id.clone()).or_insert(g);
+                    services.push(service);
+                }
             }
         }
-        let revocations = self.revocations(&file);
+        let revocations = self.revocations(&documents);
+        self.file = paths.main.clone();
         self.header_roles(&file);
         self.principal_domains(&services, &trust_domains);
 
@@ -352,6 +468,8 @@ impl Builder<'_> {
                     token,
                     request,
                     require_certificate: file.identity.require_certificate,
+                    enforcement: file.enforcement,
+                    throttle,
                     generation: next_generation(),
                     services,
                     by_id,
@@ -367,6 +485,27 @@ impl Builder<'_> {
             }
             _ => Err(std::mem::take(&mut self.errors)),
         }
+    }
+
+    /// `throttle`, when set: every number must be positive.
+    fn throttle(&mut self, file: &RegistryFile) -> Option<ThrottleSettings> {
+        let t = file.throttle.as_ref()?;
+        let failures = std::num::NonZeroU32::new(t.failures);
+        let max_tracked = std::num::NonZeroUsize::new(t.max_tracked);
+        if failures.is_none() {
+            self.err("throttle.failures", Problem::NotPositive);
+        }
+        if t.window.is_zero() {
+            self.err("throttle.window", Problem::NotPositive);
+        }
+        if max_tracked.is_none() {
+            self.err("throttle.max_tracked", Problem::NotPositive);
+        }
+        Some(ThrottleSettings {
+            failures: failures?,
+            window: t.window,
+            max_tracked: max_tracked?,
+        })
     }
 
     fn token(&mut self, file: &RegistryFile) -> Option<(TokenSettings, bool)> {
@@ -652,15 +791,26 @@ impl Builder<'_> {
         }
     }
 
-    /// Revocations from the serial list (any issuer) and the CRL files (the
-    /// CA that signed each). A CRL whose issuer is in a loaded bundle must
-    /// carry the signature of a CA of that name there; a CRL no bundle
-    /// vouches for is matched by issuer name alone. A CRL past its
-    /// `nextUpdate` still revokes (stale revocations are still revocations)
-    /// but is reported.
-    fn revocations(&mut self, file: &RegistryFile) -> Revocations {
+    /// Revocations from the serial lists (any issuer) and the CRL files (the
+    /// CA that signed each) of every file, main and fragments. A CRL whose
+    /// issuer is in a loaded bundle must carry the signature of a CA of that
+    /// name there; a CRL no bundle vouches for is matched by issuer name
+    /// alone. A CRL past its `nextUpdate` still revokes (stale revocations
+    /// are still revocations) but is reported.
+    fn revocations(&mut self, documents: &[Document<'_>]) -> Revocations {
         let mut revocations = Revocations::new();
-        for (i, s) in file.revocation.serials.iter().enumerate() {
+        for document in documents {
+            if let Some(revocation) = document.revocation {
+                self.file = document.path.to_path_buf();
+                self.revocation(revocation, &mut revocations);
+            }
+        }
+        revocations
+    }
+
+    /// One file's `revocation` section, into `revocations`.
+    fn revocation(&mut self, revocation: &RevocationSection, revocations: &mut Revocations) {
+        for (i, s) in revocation.serials.iter().enumerate() {
             match trust::parse_serial(s) {
                 Some(serial) => revocations.revoke_serial(&serial),
                 None => self.err(
@@ -669,7 +819,7 @@ impl Builder<'_> {
                 ),
             }
         }
-        for (i, crl) in file.revocation.crl_files.iter().enumerate() {
+        for (i, crl) in revocation.crl_files.iter().enumerate() {
             let full = self.source(crl);
             let at = format!("revocation.crl_files[{i}]");
             let raw = match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
@@ -705,7 +855,6 @@ impl Builder<'_> {
             }
             revocations.add_crl(&crl);
         }
-        revocations
     }
 
     /// Warnings about SPIFFE principals (`check-config` shows them): a
@@ -813,6 +962,7 @@ impl Builder<'_> {
         }
         Some(Service {
             id: entry.id.clone(),
+            enforcement: entry.enforcement,
             principals,
             ca,
             pins,
@@ -820,6 +970,20 @@ impl Builder<'_> {
             scopes,
             api_keys,
         })
+    }
+}
+
+/// Where merged entry `g` is: its file and `services[i]` followed by `rest`.
+fn origin(
+    documents: &[Document<'_>],
+    entries: &[(usize, usize, &ServiceEntry)],
+    g: usize,
+    rest: &str,
+) -> Origin {
+    let (d, i, _) = entries[g];
+    Origin {
+        file: documents[d].path.to_path_buf(),
+        at: format!("services[{i}]{rest}"),
     }
 }
 

@@ -2,28 +2,34 @@
 //! validated once and indexed for hash lookups, and the handle through which
 //! Checks find the current one.
 //!
-//! A [`Registry`] is immutable. It is built from the registry file (plus the
-//! secret, CA bundle and CRL files it names) in one go by [`Registry::load`], and
-//! either the whole thing is valid or nothing replaces the snapshot that is
-//! serving. Each error carries the file and the YAML path it concerns as
+//! A [`Registry`] is immutable. It is built from the registry file, its
+//! fragments (`fragments`: more services and revocations, one file per team)
+//! and the secret, CA bundle and CRL files they name, in one go by
+//! [`Registry::load_paths`], and either the whole set is valid or nothing
+//! replaces the snapshot that is serving. Each error carries the file and the
+//! YAML path it concerns as
 //! data ([`LoadError`], [`Problem`]). A [`Snapshot`] is the one shared
 //! handle: Checks load from it, the reloader stores into it.
 
 mod build;
+mod fragments;
 
 use std::collections::{BTreeMap, HashMap};
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use sha2::{Digest, Sha256};
 
+use crate::config::Enforcement;
 use crate::identity::{PeerCertificate, SanKind};
 use crate::token::TokenSettings;
 use crate::trust::{self, Bundle, Revocations};
 
-pub use build::{CrlError, LoadError, Loaded, Problem, Warning};
+pub use build::{CrlError, LoadError, Loaded, Origin, Problem, Warning};
 
 /// The header verify mode sets to the verified token's subject; no registry
 /// header may take its name.
@@ -50,6 +56,8 @@ pub fn random_secret() -> String {
 #[derive(Debug)]
 pub struct Service {
     pub id: String,
+    /// Overrides the registry-wide enforcement for this caller's Checks.
+    pub enforcement: Option<Enforcement>,
     /// Normalised (see `identity::San::new`): what SANs are compared with.
     pub principals: Vec<String>,
     /// `ca_file`: the bundle its certificates must chain to, on top of any
@@ -106,6 +114,16 @@ pub struct RequestSettings {
     pub forward_api_key: bool,
 }
 
+/// Failed-authentication throttling, validated (`throttle` in the registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleSettings {
+    /// Failed Checks within `window` after which a caller is refused.
+    pub failures: NonZeroU32,
+    pub window: Duration,
+    /// Callers remembered at once; the least recently seen is forgotten first.
+    pub max_tracked: NonZeroUsize,
+}
+
 /// The immutable, indexed registry a Check reads.
 #[derive(Debug)]
 pub struct Registry {
@@ -114,6 +132,11 @@ pub struct Registry {
     /// Without a forwarded certificate, a Check fails (`missing_identity`)
     /// instead of trusting Envoy's `source.principal`.
     pub require_certificate: bool,
+    /// Whether denials are refused or only reported, unless a service or
+    /// route says otherwise (see `enforcement`).
+    pub enforcement: Enforcement,
+    /// Failed-authentication throttling; `None`: off.
+    pub throttle: Option<ThrottleSettings>,
     /// Distinct for every snapshot built by this process, so memos keyed by
     /// snapshot (certificate trust verdicts) never outlive the policy they
     /// were computed under.
@@ -140,7 +163,8 @@ fn next_generation() -> u64 {
 
 impl Registry {
     /// Every file this snapshot was built from: the registry file first,
-    /// then secret, CA bundle and CRL files.
+    /// then the fragment directories and files, then secret, CA bundle and
+    /// CRL files.
     pub fn sources(&self) -> &[PathBuf] {
         &self.sources
     }

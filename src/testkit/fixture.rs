@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{
-    ApiKeyEntry, KeyEntry, Listen, ListenAddr, Log, RegistryFile, Reload, RequestSection,
-    RevocationSection, ServiceEntry, StaticConfig, TokenSection,
+    ApiKeyEntry, Enforcement, KeyEntry, Listen, ListenAddr, Log, RegistryFile, RegistryFragment,
+    RegistryPaths, Reload, RequestSection, RevocationSection, ServiceEntry, StaticConfig,
+    TokenSection,
 };
 use crate::registry::Registry;
 
@@ -34,6 +35,8 @@ pub struct Svc {
     pub keys: Vec<(String, String, Option<String>)>,
     pub ca_file: Option<String>,
     pub pins: Vec<String>,
+    /// The service's own `enforcement`, when set.
+    pub enforcement: Option<Enforcement>,
 }
 
 impl Svc {
@@ -65,7 +68,16 @@ impl Svc {
                     not_after: not_after.clone(),
                 })
                 .collect(),
+            enforcement: self.enforcement,
         }
+    }
+}
+
+/// A registry fragment holding `services`.
+pub fn fragment(services: &[Svc]) -> RegistryFragment {
+    RegistryFragment {
+        services: Some(services.iter().map(Svc::entry).collect()),
+        revocation: None,
     }
 }
 
@@ -89,6 +101,8 @@ pub fn registry_file(services: &[Svc]) -> RegistryFile {
         trust_domains: BTreeMap::new(),
         request: RequestSection::default(),
         revocation: RevocationSection::default(),
+        enforcement: Enforcement::Enforce,
+        throttle: None,
         services: services.iter().map(Svc::entry).collect(),
     }
 }
@@ -98,7 +112,7 @@ pub fn registry_file(services: &[Svc]) -> RegistryFile {
 pub fn static_config(grpc: ListenAddr, registry: &Path) -> StaticConfig {
     StaticConfig {
         listen: Listen { grpc, tls: None },
-        registry: registry.to_path_buf(),
+        registry: RegistryPaths::file(registry),
         reload: Reload {
             poll_interval: Duration::from_millis(200),
             settle: Duration::from_millis(100),
@@ -161,6 +175,12 @@ impl Fixture {
     /// Writes `text` as the registry, verbatim (for broken files).
     pub fn write_text(&self, text: &str) {
         write(&self.registry_path(), text.as_bytes());
+    }
+
+    /// Writes `fragment` as a registry fragment at `relative` (e.g.
+    /// `registry.d/team-a.yaml`) and returns its path.
+    pub fn write_fragment(&self, relative: &str, fragment: &RegistryFragment) -> PathBuf {
+        self.write_file(relative, to_yaml(fragment))
     }
 
     /// Writes a file relative to the fixture directory.
