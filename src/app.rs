@@ -103,7 +103,7 @@ impl Sidecar {
                 tracing::info!(
                     event = "metrics_export",
                     protocol = ?settings.protocol,
-                    endpoint = settings.endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_* environment)"),
+                    endpoint = settings.endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT)"),
                     interval = ?settings.interval,
                     service_name = %settings.service_name,
                 );

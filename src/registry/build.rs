@@ -9,6 +9,7 @@ use ::time::OffsetDateTime;
 use ::time::format_description::well_known::Rfc3339;
 use sha2::{Digest, Sha256};
 
+use super::exposure::{self, Readers};
 use super::fragments::{self, Fragment};
 use super::{
     ApiKey, KeyHash, Registry, RequestSettings, Service, ThrottleSettings, next_generation,
@@ -215,6 +216,17 @@ pub enum Warning {
         "{at}: principal {principal:?} uses the spiffe scheme but is not a valid SPIFFE ID: with trust_domains set, no certificate can authenticate it"
     )]
     NotSpiffeId { at: String, principal: String },
+    /// A secret or private key file others can read (see `exposure`).
+    #[error(
+        "{at}: {}: mode {mode:04o} lets {readers} read this secret; make it readable by the sidecar alone (`chmod 600`)",
+        path.display()
+    )]
+    ReadableSecret {
+        at: String,
+        path: PathBuf,
+        mode: u32,
+        readers: Readers,
+    },
     #[error("{at} (kid {kid:?}) is past its not_after: it no longer verifies; remove it")]
     KeyRetired { at: String, kid: String },
     #[error(
@@ -602,7 +614,7 @@ impl Builder {
                     return None;
                 }
                 (Some(file), None) => (
-                    self.key_file(&format!("{at}.secret_file"), file)
+                    self.key_file(&format!("{at}.secret_file"), file, true)
                         .map(trim_trailing_newline)?,
                     "secret_file",
                 ),
@@ -651,7 +663,7 @@ impl Builder {
             );
             return None;
         }
-        let pem = self.key_file(&field_at, path)?;
+        let pem = self.key_file(&field_at, path, private)?;
         let source = if private {
             KeySource::PrivateKeyPem(&pem)
         } else {
@@ -666,12 +678,22 @@ impl Builder {
         }
     }
 
-    /// Reads a secret or key file the registry names (size-capped).
-    fn key_file(&mut self, at: &str, relative: &Path) -> Option<Vec<u8>> {
+    /// Reads a secret or key file the registry names (size-capped); a
+    /// `secret` one that others can read is a warning.
+    fn key_file(&mut self, at: &str, relative: &Path, secret: bool) -> Option<Vec<u8>> {
         let full = self.source(relative);
-        config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES)
+        let bytes = config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES)
             .map_err(|e| self.err(at, Problem::File(e)))
-            .ok()
+            .ok()?;
+        if let Some((mode, readers)) = secret.then(|| exposure::other_readers(&full)).flatten() {
+            self.warnings.push(Warning::ReadableSecret {
+                at: at.to_owned(),
+                path: full,
+                mode,
+                readers,
+            });
+        }
+        Some(bytes)
     }
 
     /// An optional RFC 3339 time as Unix seconds; an error is recorded.
