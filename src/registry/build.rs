@@ -782,10 +782,14 @@ impl Builder {
     /// Loads the CA bundle `relative` names (for the value at `at`). Its
     /// certificates that vouch for nothing at load time become warnings.
     fn bundle(&mut self, at: String, relative: &Path) -> Option<Arc<Bundle>> {
-        let full = self.source(relative);
+        // Looked up before it is recorded as a source: with `ca_file` on
+        // 50,000 services, `sources` (kept by the registry, and statted by
+        // every poll) would otherwise hold the same path 50,000 times.
+        let full = config::resolve(&self.file, relative);
         if let Some(bundle) = self.bundles.get(&full) {
             return Some(bundle.clone());
         }
+        self.sources.push(full.clone());
         let pem = match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
             Ok(pem) => pem,
             Err(e) => {
