@@ -65,7 +65,9 @@ fn reloads_logged(log: &Path) -> usize {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains(r#""event":"registry_reload""#) && l.contains(r#""result":"success""#))
+        .filter(|l| {
+            l.contains(r#""event":"registry_reload""#) && l.contains(r#""result":"success""#)
+        })
         .count()
 }
 

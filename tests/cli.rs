@@ -226,8 +226,9 @@ fn a_secret_others_can_read_is_a_warning_not_an_error() {
     let sidecar = runtime.block_on(common::procs::Sidecar::start(std::path::Path::new(&config)));
     let log = sidecar.log_text();
     assert!(
-        log.lines().any(|l| l.contains(r#""event":"registry_warning""#)
-            && l.contains("lets every user read this secret")),
+        log.lines()
+            .any(|l| l.contains(r#""event":"registry_warning""#)
+                && l.contains("lets every user read this secret")),
         "{log}"
     );
 }
@@ -245,7 +246,9 @@ fn gen_key_ids_are_dated_and_unique() {
     assert_ne!(first, second, "two keys made the same day");
     let today = time::OffsetDateTime::now_utc().date().to_string();
     for id in [&first, &second] {
-        let suffix = id.strip_prefix(&format!("{today}-")).unwrap_or_else(|| panic!("{id}"));
+        let suffix = id
+            .strip_prefix(&format!("{today}-"))
+            .unwrap_or_else(|| panic!("{id}"));
         assert!(
             suffix.len() == 8 && suffix.bytes().all(|b| b.is_ascii_hexdigit()),
             "{id}"
@@ -276,7 +279,10 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
 }

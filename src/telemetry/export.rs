@@ -100,11 +100,13 @@ impl ExportSettings {
         let endpoint = match (otlp.endpoint, from_env) {
             (Some(e), _) => Some(e),
             (None, true) => None,
-            (None, false) => Some(match protocol {
-                OtlpProtocol::Grpc => DEFAULT_GRPC_ENDPOINT,
-                OtlpProtocol::HttpProtobuf => DEFAULT_HTTP_ENDPOINT,
-            }
-            .to_owned()),
+            (None, false) => Some(
+                match protocol {
+                    OtlpProtocol::Grpc => DEFAULT_GRPC_ENDPOINT,
+                    OtlpProtocol::HttpProtobuf => DEFAULT_HTTP_ENDPOINT,
+                }
+                .to_owned(),
+            ),
         }
         .map(|e| match protocol {
             OtlpProtocol::Grpc => e,

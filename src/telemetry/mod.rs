@@ -145,7 +145,9 @@ impl Observer {
             peer_address = truncate(peer_address, 64),
             peer_port,
             detail = event.detail.map(tracing::field::display),
-            presented_sans = event.presented_sans.map(|s| tracing::field::display(SanList(s))),
+            presented_sans = event
+                .presented_sans
+                .map(|s| tracing::field::display(SanList(s))),
             "{message}"
         );
     }
@@ -250,16 +252,16 @@ mod tests {
             r#"uri "spiffe://mesh.test/ns/a/sa/b", dns "a.example""#
         );
         let hostile = [San::new(SanKind::Uri, "x\" forged=\"1\n")];
-        assert_eq!(
-            SanList(&hostile).to_string(),
-            r#"uri "x\" forged=\"1\n""#
-        );
+        assert_eq!(SanList(&hostile).to_string(), r#"uri "x\" forged=\"1\n""#);
         let many: Vec<San> = (0..10)
             .map(|i| San::new(SanKind::Dns, &format!("{}{i}", "a".repeat(1000))))
             .collect();
         let text = SanList(&many).to_string();
         assert!(text.ends_with(" and 6 more"), "{text}");
-        assert!(text.len() < MAX_LOGGED_SANS * (MAX_LOGGED_SAN + 10) + 20, "{text}");
+        assert!(
+            text.len() < MAX_LOGGED_SANS * (MAX_LOGGED_SAN + 10) + 20,
+            "{text}"
+        );
         assert_eq!(SanList(&[]).to_string(), "none");
     }
 }
