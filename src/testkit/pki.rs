@@ -136,16 +136,32 @@ impl Ca {
     /// A self-signed root CA, with an optional path length constraint.
     pub fn try_root(name: &str, path_len: Option<u8>) -> Result<Self, PkiError> {
         let now = OffsetDateTime::now_utc();
-        let key = KeyPair::generate()?;
-        let key_pem = key.serialize_pem();
-        let params = ca_params(
+        Self::root_from(ca_params(
             name,
             path_len,
             now - Duration::days(2),
             now + Duration::days(365),
-        );
+        ))
+    }
+
+    /// A self-signed root CA from `params` as the caller shaped them (see
+    /// [`ca_params`]): for tests of unusual CAs (fixed dates, name
+    /// constraints, missing key usages).
+    pub fn root_from(params: CertificateParams) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
         Ok(Ca {
             issuer: CertifiedIssuer::self_signed(params, key)?,
+            key_pem,
+        })
+    }
+
+    /// An intermediate CA from `params`, signed by this one.
+    pub fn intermediate_from(&self, params: CertificateParams) -> Result<Ca, PkiError> {
+        let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
+        Ok(Ca {
+            issuer: CertifiedIssuer::signed_by(params, key, &self.issuer)?,
             key_pem,
         })
     }
@@ -164,13 +180,7 @@ impl Ca {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Result<Ca, PkiError> {
-        let key = KeyPair::generate()?;
-        let key_pem = key.serialize_pem();
-        let params = ca_params(name, None, not_before, not_after);
-        Ok(Ca {
-            issuer: CertifiedIssuer::signed_by(params, key, &self.issuer)?,
-            key_pem,
-        })
+        self.intermediate_from(ca_params(name, None, not_before, not_after))
     }
 
     pub fn cert_pem(&self) -> String {
@@ -213,7 +223,7 @@ impl Ca {
         if let Some(serial) = &spec.serial {
             params.serial_number = Some(SerialNumber::from_slice(serial));
         }
-        self.sign(params)
+        self.issue(params)
     }
 
     /// A TLS server certificate for `names` (DNS names or IP addresses),
@@ -234,10 +244,12 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(days);
-        self.sign(params)
+        self.issue(params)
     }
 
-    fn sign(&self, params: CertificateParams) -> Result<Issued, PkiError> {
+    /// A certificate from `params` as the caller shaped them, signed by
+    /// this CA with a fresh key.
+    pub fn issue(&self, params: CertificateParams) -> Result<Issued, PkiError> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
@@ -263,10 +275,27 @@ impl Ca {
         serials: &[&[u8]],
         next_update: OffsetDateTime,
     ) -> Result<String, PkiError> {
-        use rcgen::{CertificateRevocationListParams, RevokedCertParams};
         let now = OffsetDateTime::now_utc();
+        self.try_crl_pem_at(
+            serials,
+            next_update.min(now) - Duration::days(1),
+            next_update,
+            now - Duration::minutes(5),
+        )
+    }
+
+    /// A PEM CRL with every date given: issued at `this_update`, valid
+    /// until `next_update`, each serial revoked at `revoked_at`.
+    pub fn try_crl_pem_at(
+        &self,
+        serials: &[&[u8]],
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+        revoked_at: OffsetDateTime,
+    ) -> Result<String, PkiError> {
+        use rcgen::{CertificateRevocationListParams, RevokedCertParams};
         let params = CertificateRevocationListParams {
-            this_update: next_update.min(now) - Duration::days(1),
+            this_update,
             next_update,
             crl_number: SerialNumber::from(1u64),
             issuing_distribution_point: None,
@@ -274,7 +303,7 @@ impl Ca {
                 .iter()
                 .map(|s| RevokedCertParams {
                     serial_number: SerialNumber::from_slice(s),
-                    revocation_time: now - Duration::minutes(5),
+                    revocation_time: revoked_at,
                     reason_code: None,
                     invalidity_date: None,
                 })
@@ -285,7 +314,9 @@ impl Ca {
     }
 }
 
-fn ca_params(
+/// The parameters of a CA certificate (key and CRL signing), for
+/// [`Ca::root_from`] and [`Ca::intermediate_from`] to start from.
+pub fn ca_params(
     name: &str,
     path_len: Option<u8>,
     not_before: OffsetDateTime,
