@@ -44,7 +44,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::keys::{self, Algorithm, KeyError};
 use crate::registry::{hash_api_key, random_secret};
-use crate::testkit::pki::{Ca, ClientSpec, Issued, PkiError};
+use crate::testkit::pki::{Ca, ClientSpec, Issued, PkiError, ca_params};
 
 /// The demo services' SPIFFE trust domain: the registry's `trust_domains`
 /// maps it to `certs/mesh-bundle.pem`.
@@ -168,12 +168,12 @@ pub fn generate(dir: &Path, force: bool) -> Result<Generated, DevPkiError> {
     // sees only the leaf Envoy forwards, so the trust domain's bundle holds
     // both CAs.
     let root = Ca::try_root("service-auth DEVELOPMENT root CA", Some(1))?;
-    let intermediate = root.try_intermediate_constrained(
+    let intermediate = root.intermediate_from(ca_params(
         "service-auth DEVELOPMENT intermediate CA",
         Some(0),
         now - Duration::days(1),
         now + Duration::days(INTERMEDIATE_DAYS),
-    )?;
+    ))?;
     out.secret("ca/ca.key", root.key_pem());
     out.secret("ca/intermediate.key", intermediate.key_pem());
     out.public("certs/ca.crt", root.cert_pem());

@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::load::AllowLoad;
 use common::procs::{Sidecar, poll};
 use common::{Ca, ClientSpec, Fixture, Req, Svc, tcp0};
 use envoy_types::ext_authz::v3::pb::HttpResponse;
@@ -393,31 +392,11 @@ async fn sighup_forces_a_reload() {
 async fn no_check_fails_while_the_registry_churns() {
     let h = start(&[Svc::new("a", A_URI, A_KEY)]).await;
     let a = h.cert_req(A_URI, A_KEY);
-    let stop = Arc::new(AtomicBool::new(false));
-    let checks = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let mut client = h.sidecar.client().await;
-        let (a, stop, checks) = (a.clone(), stop.clone(), checks.clone());
-        clients.push(tokio::spawn(async move {
-            let mut wrong = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match client.check(a.build()).await {
-                    Ok(resp) => {
-                        if !matches!(
-                            resp.into_inner().http_response,
-                            Some(HttpResponse::OkResponse(_))
-                        ) {
-                            wrong.push("denied".to_string());
-                        }
-                    }
-                    Err(e) => wrong.push(e.to_string()),
-                }
-                checks.fetch_add(1, Ordering::Relaxed);
-            }
-            wrong
-        }));
+        clients.push(h.sidecar.client().await);
     }
+    let load = AllowLoad::start(clients, a.build());
     let mut extra = Svc::new("c", "spiffe://mesh.test/c", "key-of-c-0123456789");
     for round in 0..40u32 {
         extra.scopes = vec![format!("scope{round}")];
@@ -432,15 +411,8 @@ async fn no_check_fails_while_the_registry_churns() {
         // Pace the rewrites by the reloader, not by a clock.
         h.until_reloads_any(before).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut wrong = Vec::new();
-    for c in clients {
-        wrong.extend(c.await.unwrap());
-    }
-    assert!(
-        checks.load(Ordering::Relaxed) > 100,
-        "the clients made too few Checks"
-    );
+    let (checks, wrong) = load.stop().await;
+    assert!(checks > 100, "the clients made too few Checks");
     assert!(
         wrong.is_empty(),
         "{} failed or wrongly denied Checks: {:?}",

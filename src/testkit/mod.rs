@@ -19,6 +19,8 @@ mod forge;
 #[cfg(feature = "test-util")]
 pub mod grpc;
 #[cfg(feature = "test-util")]
+mod memory;
+#[cfg(feature = "test-util")]
 mod request;
 
 #[cfg(feature = "test-util")]
@@ -29,6 +31,8 @@ pub use fixture::{
 };
 #[cfg(feature = "test-util")]
 pub use forge::{claims_json, forge_hs256};
+#[cfg(feature = "test-util")]
+pub use memory::Memory;
 #[cfg(feature = "test-util")]
 pub use request::{Req, decide, grpc_frame};
 

@@ -166,16 +166,32 @@ impl Ca {
     /// A self-signed root CA, with an optional path length constraint.
     pub fn try_root(name: &str, path_len: Option<u8>) -> Result<Self, PkiError> {
         let now = OffsetDateTime::now_utc();
-        let key = KeyPair::generate()?;
-        let key_pem = key.serialize_pem();
-        let params = ca_params(
+        Self::root_from(ca_params(
             name,
             path_len,
             now - Duration::days(2),
             now + Duration::days(365),
-        );
+        ))
+    }
+
+    /// A self-signed root CA from `params` as the caller shaped them (see
+    /// [`ca_params`]): for tests of unusual CAs (fixed dates, name
+    /// constraints, missing key usages).
+    pub fn root_from(params: CertificateParams) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
         Ok(Ca {
             issuer: CertifiedIssuer::self_signed(params, key)?,
+            key_pem,
+        })
+    }
+
+    /// An intermediate CA from `params`, signed by this one.
+    pub fn intermediate_from(&self, params: CertificateParams) -> Result<Ca, PkiError> {
+        let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
+        Ok(Ca {
+            issuer: CertifiedIssuer::signed_by(params, key, &self.issuer)?,
             key_pem,
         })
     }
@@ -194,25 +210,7 @@ impl Ca {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Result<Ca, PkiError> {
-        self.try_intermediate_constrained(name, None, not_before, not_after)
-    }
-
-    /// An intermediate CA with an optional path length constraint (`Some(0)`:
-    /// it issues leaf certificates only).
-    pub fn try_intermediate_constrained(
-        &self,
-        name: &str,
-        path_len: Option<u8>,
-        not_before: OffsetDateTime,
-        not_after: OffsetDateTime,
-    ) -> Result<Ca, PkiError> {
-        let key = KeyPair::generate()?;
-        let key_pem = key.serialize_pem();
-        let params = ca_params(name, path_len, not_before, not_after);
-        Ok(Ca {
-            issuer: CertifiedIssuer::signed_by(params, key, &self.issuer)?,
-            key_pem,
-        })
+        self.intermediate_from(ca_params(name, None, not_before, not_after))
     }
 
     pub fn cert_pem(&self) -> String {
@@ -255,7 +253,7 @@ impl Ca {
         if let Some(serial) = &spec.serial {
             params.serial_number = Some(SerialNumber::from_slice(serial));
         }
-        self.sign(params)
+        self.issue(params)
     }
 
     /// A TLS server certificate for `names` (DNS names or IP addresses),
@@ -276,10 +274,12 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(days);
-        self.sign(params)
+        self.issue(params)
     }
 
-    fn sign(&self, params: CertificateParams) -> Result<Issued, PkiError> {
+    /// A certificate from `params` as the caller shaped them, signed by
+    /// this CA with a fresh key.
+    pub fn issue(&self, params: CertificateParams) -> Result<Issued, PkiError> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
@@ -305,10 +305,27 @@ impl Ca {
         serials: &[&[u8]],
         next_update: OffsetDateTime,
     ) -> Result<String, PkiError> {
-        use rcgen::{CertificateRevocationListParams, RevokedCertParams};
         let now = OffsetDateTime::now_utc();
+        self.try_crl_pem_at(
+            serials,
+            next_update.min(now) - Duration::days(1),
+            next_update,
+            now - Duration::minutes(5),
+        )
+    }
+
+    /// A PEM CRL with every date given: issued at `this_update`, valid
+    /// until `next_update`, each serial revoked at `revoked_at`.
+    pub fn try_crl_pem_at(
+        &self,
+        serials: &[&[u8]],
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+        revoked_at: OffsetDateTime,
+    ) -> Result<String, PkiError> {
+        use rcgen::{CertificateRevocationListParams, RevokedCertParams};
         let params = CertificateRevocationListParams {
-            this_update: next_update.min(now) - Duration::days(1),
+            this_update,
             next_update,
             crl_number: SerialNumber::from(1u64),
             issuing_distribution_point: None,
@@ -316,7 +333,7 @@ impl Ca {
                 .iter()
                 .map(|s| RevokedCertParams {
                     serial_number: SerialNumber::from_slice(s),
-                    revocation_time: now - Duration::minutes(5),
+                    revocation_time: revoked_at,
                     reason_code: None,
                     invalidity_date: None,
                 })
@@ -327,7 +344,9 @@ impl Ca {
     }
 }
 
-fn ca_params(
+/// The parameters of a CA certificate (key and CRL signing), for
+/// [`Ca::root_from`] and [`Ca::intermediate_from`] to start from.
+pub fn ca_params(
     name: &str,
     path_len: Option<u8>,
     not_before: OffsetDateTime,
