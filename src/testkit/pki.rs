@@ -367,3 +367,22 @@ pub fn ca_params(
     params.not_after = not_after;
     params
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_is_the_leaf_then_its_issuers_and_leaf_pem_takes_the_leaf_back() {
+        let root = Ca::new("root");
+        let intermediate = root.intermediate("intermediate");
+        let leaf = intermediate.client(&ClientSpec::uri("spiffe://t/a"));
+        let chain = leaf.chain_pem(&[&intermediate]);
+        assert_eq!(
+            chain,
+            format!("{}{}", leaf.cert_pem, intermediate.cert_pem())
+        );
+        assert_eq!(leaf_pem(&chain), leaf.cert_pem);
+        assert_eq!(leaf_pem(&leaf.cert_pem), leaf.cert_pem);
+    }
+}
