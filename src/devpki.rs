@@ -162,7 +162,7 @@ pub fn generate(dir: &Path, force: bool) -> Result<Generated, DevPkiError> {
     let now = OffsetDateTime::now_utc();
     let mut out = Outputs::default();
 
-    // The mesh CA, as production meshes run it: an offline root that signs
+    // The mesh CA, shaped as production meshes run it: a root that signs
     // only the intermediate, which issues every workload certificate. Envoy
     // trusts the root alone, so each peer presents its chain; the sidecar
     // sees only the leaf Envoy forwards, so the trust domain's bundle holds
