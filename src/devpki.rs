@@ -6,7 +6,7 @@
 //! certificate, a client certificate and an API key for each demo service,
 //! the hop CA and its two certificates, token keys, and a registry and
 //! static config naming them. Every certificate comes from
-//! [`testkit::pki`](crate::testkit::pki), the one PKI builder tests share;
+//! [`pki`](crate::pki), the one PKI builder the tests share too;
 //! this module chooses what to issue and where it goes. Nothing here is fit
 //! for production (keys are generated on the developer's machine and the CA
 //! keys sit next to the certificates), but it is a real PKI, so the demo
@@ -43,8 +43,8 @@ use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
 use crate::keys::{self, Algorithm, KeyError};
+use crate::pki::{Ca, ClientSpec, Issued, PkiError, ca_params};
 use crate::registry::{hash_api_key, random_secret};
-use crate::testkit::pki::{Ca, ClientSpec, Issued, PkiError, ca_params};
 
 /// The demo services' SPIFFE trust domain: the registry's `trust_domains`
 /// maps it to `certs/mesh-bundle.pem`.

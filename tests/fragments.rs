@@ -10,14 +10,12 @@ use std::time::Duration;
 use common::load::AllowLoad;
 use common::procs::{Sidecar, poll};
 use common::{Ca, ClientSpec, Fixture, InProcess, Req, Svc, tcp0};
-use envoy_types::ext_authz::v3::pb::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::google::protobuf::value::Kind;
 use service_auth::config::{
     ConfigError, RegistryFile, RegistryFragment, RegistryPaths, RevocationSection, StaticConfig,
 };
 use service_auth::registry::{LoadError, Origin, Problem, Registry};
-use service_auth::testkit::{decide, fragment, unix_now};
+use service_auth::testkit::{decide, fragment, grpc, unix_now};
 use tonic::transport::Channel;
 
 const A_URI: &str = "spiffe://mesh.test/a";
@@ -301,17 +299,7 @@ fn fragment_paths_resolve_against_the_fragment_and_its_revocations_apply() {
 /// "allow", or the denial reason.
 async fn outcome(client: &mut AuthorizationClient<Channel>, req: &Req) -> String {
     let resp = client.check(req.build()).await.expect("Check").into_inner();
-    if let Some(HttpResponse::OkResponse(_)) = resp.http_response {
-        return "allow".into();
-    }
-    let meta = resp.dynamic_metadata.expect("metadata");
-    let Some(Kind::StructValue(inner)) = &meta.fields["service_auth"].kind else {
-        panic!("no service_auth metadata")
-    };
-    match &inner.fields["reason"].kind {
-        Some(Kind::StringValue(s)) => s.clone(),
-        other => panic!("reason {other:?}"),
-    }
+    grpc::outcome(&resp)
 }
 
 async fn until(client: &AuthorizationClient<Channel>, what: &str, req: &Req, want: &str) {

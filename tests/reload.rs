@@ -11,8 +11,8 @@ use common::procs::{Sidecar, poll};
 use common::{Ca, ClientSpec, Fixture, Req, Svc, tcp0};
 use envoy_types::ext_authz::v3::pb::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::google::protobuf::value::Kind;
 use service_auth::config::{KeyEntry, RegistryFile};
+use service_auth::testkit::grpc;
 use tonic::transport::Channel;
 
 const A_URI: &str = "spiffe://mesh.test/a";
@@ -44,17 +44,7 @@ async fn start(services: &[Svc]) -> Harness {
 /// "allow", or the denial reason.
 async fn outcome(client: &mut AuthorizationClient<Channel>, req: &Req) -> String {
     let resp = client.check(req.build()).await.expect("Check").into_inner();
-    if let Some(HttpResponse::OkResponse(_)) = resp.http_response {
-        return "allow".into();
-    }
-    let meta = resp.dynamic_metadata.expect("metadata");
-    let Some(Kind::StructValue(inner)) = &meta.fields["service_auth"].kind else {
-        panic!("no service_auth metadata")
-    };
-    match &inner.fields["reason"].kind {
-        Some(Kind::StringValue(s)) => s.clone(),
-        other => panic!("reason {other:?}"),
-    }
+    grpc::outcome(&resp)
 }
 
 impl Harness {
@@ -224,14 +214,7 @@ async fn signing_key_rotation_and_removal() {
         let req = issue.build();
         async move {
             let resp = client.check(req).await.ok()?.into_inner();
-            let meta = resp.dynamic_metadata?;
-            let Some(Kind::StructValue(inner)) = &meta.fields.get("service_auth")?.kind else {
-                return None;
-            };
-            let Some(Kind::StringValue(kid)) = &inner.fields.get("kid")?.kind else {
-                return None;
-            };
-            (kid == "test-2").then_some(())
+            (grpc::metadata(&resp, "kid")? == "test-2").then_some(())
         }
     })
     .await;

@@ -1,6 +1,6 @@
-//! The trust tests' PKI: the shared test-support builder
-//! (`testkit::pki`) with every certificate dated around a fixed instant, so
-//! verdict windows are exact.
+//! The trust tests' PKI (compiled only under #[cfg(test)], see `trust.rs`):
+//! the shared builder (`crate::pki`) with every certificate dated around a
+//! fixed instant, so verdict windows are exact.
 
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose, SanType};
 use time::OffsetDateTime;
@@ -8,7 +8,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 use super::Bundle;
-use crate::testkit::pki;
+use crate::pki;
 
 /// A fixed "now" so windows are exact; certificates are dated around it.
 pub(super) const NOW: i64 = 1_800_000_000;
