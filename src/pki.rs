@@ -1,7 +1,8 @@
 //! A PKI built with rcgen: CAs (roots and intermediates), client
 //! certificates of every shape the decision must judge, server
-//! certificates, CRLs, and the URL-encoding Envoy applies to a forwarded
-//! certificate.
+//! certificates, certificate chains as PEM files hold them, CRLs, and the
+//! URL-encoding Envoy applies to a forwarded certificate. Tests, benchmarks,
+//! fuzz targets and `dev-pki` all build their certificates here.
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -37,6 +38,28 @@ impl Issued {
 
     pub fn sha256_hex(&self) -> String {
         hex::encode(self.sha256())
+    }
+
+    /// This certificate followed by the CAs that issued it, leaf first: what
+    /// a TLS peer presents (`certificate_chain`, curl's `--cert`), so a
+    /// verifier that trusts only the root can build the path.
+    pub fn chain_pem(&self, issuers: &[&Ca]) -> String {
+        self.cert_pem.clone() + &Ca::bundle_pem(issuers)
+    }
+}
+
+/// The first PEM block of `pem` (with its END line and newline): the leaf
+/// of a chain file, which is all Envoy forwards of a peer's chain.
+#[cfg(feature = "test-util")]
+pub fn leaf_pem(pem: &str) -> &str {
+    const END: &str = "-----END CERTIFICATE-----";
+    match pem.find(END) {
+        Some(at) => {
+            let end = at + END.len();
+            let end = end + usize::from(pem[end..].starts_with('\n'));
+            &pem[..end]
+        }
+        None => pem,
     }
 }
 
@@ -85,9 +108,16 @@ impl ClientSpec {
         }
     }
 
-    pub fn with_uri(mut self, uri: &str) -> Self {
-        self.sans.push(SanType::URI(ia5(uri)));
-        self
+    pub fn with_uri(self, uri: &str) -> Self {
+        self.try_with_uri(uri)
+            .unwrap_or_else(|_| panic!("{uri:?} is not an IA5 (ASCII) string"))
+    }
+
+    /// Adds a URI SAN, refusing one that is not ASCII (IA5).
+    pub fn try_with_uri(mut self, uri: &str) -> Result<Self, PkiError> {
+        self.sans
+            .push(SanType::URI(rcgen::string::Ia5String::try_from(uri)?));
+        Ok(self)
     }
 
     pub fn with_cn(mut self, cn: &str) -> Self {
@@ -336,4 +366,23 @@ pub fn ca_params(
     params.not_before = not_before;
     params.not_after = not_after;
     params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_is_the_leaf_then_its_issuers_and_leaf_pem_takes_the_leaf_back() {
+        let root = Ca::new("root");
+        let intermediate = root.intermediate("intermediate");
+        let leaf = intermediate.client(&ClientSpec::uri("spiffe://t/a"));
+        let chain = leaf.chain_pem(&[&intermediate]);
+        assert_eq!(
+            chain,
+            format!("{}{}", leaf.cert_pem, intermediate.cert_pem())
+        );
+        assert_eq!(leaf_pem(&chain), leaf.cert_pem);
+        assert_eq!(leaf_pem(&leaf.cert_pem), leaf.cert_pem);
+    }
 }
