@@ -109,6 +109,7 @@ wait_for "Envoy" "$!" "$DIR/envoy.log" curl -fsS "http://127.0.0.1:$ADMIN_PORT/r
 
 api=(--cacert "$DIR/certs/ca.crt" --cert "$DIR/clients/api_service.crt" --key "$DIR/clients/api_service.key")
 billing=(--cacert "$DIR/certs/ca.crt" --cert "$DIR/clients/billing.crt" --key "$DIR/clients/billing.key")
+reports=(--cacert "$DIR/certs/ca.crt" --cert "$DIR/clients/reports.crt" --key "$DIR/clients/reports.key")
 
 failures=0
 # call EXPECTED DESCRIPTION CURL-ARGS...: prints the status code curl saw
@@ -134,6 +135,8 @@ call 200 "billing cert + billing key, GET /orders (read)" \
   "${billing[@]}" -H "x-api-key: $BILLING_API_KEY" "$BASE/orders"
 call 403 "billing cert + billing key, GET /write/orders (needs write)" \
   "${billing[@]}" -H "x-api-key: $BILLING_API_KEY" "$BASE/write/orders"
+call 200 "reports cert (trust domain partner.local) + reports key" \
+  "${reports[@]}" -H "x-api-key: $REPORTS_API_KEY" "$BASE/orders"
 call 000 "no client certificate (the TLS handshake is refused)" \
   --cacert "$DIR/certs/ca.crt" "$BASE/orders"
 

@@ -2,8 +2,9 @@
 //!
 //! This module owns generating, into one directory, everything the demos
 //! (and the tests that prove the demos work) need: a root CA and the
-//! intermediate CA that issues every workload certificate, Envoy's server
-//! certificate, a client certificate and an API key for each demo service,
+//! intermediate CA that issues every workload certificate, for each of two
+//! SPIFFE trust domains (a federated mesh), Envoy's server certificate, a
+//! client certificate and an API key for each demo service,
 //! the hop CA and its two certificates, token keys, and a registry and
 //! static config naming them. Every certificate comes from
 //! [`pki`](crate::pki), the one PKI builder the tests share too;
@@ -16,17 +17,21 @@
 //! Layout, relative to DIR (Envoy's working directory gets `certs/` only):
 //!
 //! ```text
-//! certs/ca.crt                      the root CA: Envoy's trusted_ca, curl's --cacert
+//! certs/ca.crt                      both domains' roots (mesh.local first): Envoy's
+//!                                   trusted_ca, curl's --cacert
 //! certs/mesh-bundle.pem             root + intermediate: the registry's bundle for
 //!                                   trust domain mesh.local
+//! certs/partner-bundle.pem          the same for trust domain partner.local
 //! certs/envoy.crt, certs/envoy.key  Envoy's server certificate, then the intermediate
 //! certs/hop-ca.crt                  the hop CA: signs only the two below
 //! certs/envoy-client.{crt,key}      Envoy's client certificate for the mTLS hop
 //!                                   (envoy/envoy-mtls-hop.yaml)
 //! sidecar/sidecar.{crt,key}         the sidecar's `listen.tls` certificate
-//! ca/{ca,intermediate,hop-ca}.key   to sign more certificates; mount them nowhere
+//! ca/*.key                          the CA keys (ca, intermediate, partner-ca,
+//!                                   partner-intermediate, hop-ca), to sign more
+//!                                   certificates; mount them nowhere
 //! clients/<service>.{crt,key}       for curl, one pair per demo service (the
-//!                                   certificate, then the intermediate)
+//!                                   certificate, then its domain's intermediate)
 //! secrets/jwt-signing.key           the HS256 secret that signs tokens
 //! keys/ed25519.pem, keys/ed25519.pub  an Ed25519 pair, published (verify-only)
 //! registry.yaml, service-auth.yaml  the sidecar's two files
@@ -46,9 +51,14 @@ use crate::keys::{self, Algorithm, KeyError};
 use crate::pki::{Ca, ClientSpec, Issued, PkiError, ca_params};
 use crate::registry::{hash_api_key, random_secret};
 
-/// The demo services' SPIFFE trust domain: the registry's `trust_domains`
-/// maps it to `certs/mesh-bundle.pem`.
+/// The main demo services' SPIFFE trust domain: the registry's
+/// `trust_domains` maps it to `certs/mesh-bundle.pem`.
 pub const TRUST_DOMAIN: &str = "mesh.local";
+
+/// A second, federated trust domain with its own CAs
+/// (`certs/partner-bundle.pem`): Envoy trusts both roots, and only the
+/// sidecar knows which CA may speak for which name.
+pub const PARTNER_TRUST_DOMAIN: &str = "partner.local";
 
 /// Where the demo's sidecar sends OTLP metrics: the collector in docker-compose.
 pub const DEMO_OTLP_ENDPOINT: &str = "http://otel-collector:4317";
@@ -67,22 +77,32 @@ const LEAF_DAYS: i64 = 90;
 /// Validity of the intermediate CA, from a day ago: longer than its leaves.
 const INTERMEDIATE_DAYS: i64 = 180;
 
-/// A demo service: its registry id and the scopes it is allowed.
+/// A demo service: its registry id, the scopes it is allowed and the trust
+/// domain its certificate comes from.
 pub struct DemoService {
     pub id: &'static str,
     pub scopes: &'static [&'static str],
+    pub trust_domain: &'static str,
 }
 
-/// Two services with different scopes, so the demo can show an allowed call
-/// and a forbidden one (billing may read but not write).
-pub const DEMO_SERVICES: [DemoService; 2] = [
+/// Services with different scopes, so the demo can show an allowed call and
+/// a forbidden one (billing may read but not write), and one from the
+/// federated domain.
+pub const DEMO_SERVICES: [DemoService; 3] = [
     DemoService {
         id: "api_service",
         scopes: &["read", "write"],
+        trust_domain: TRUST_DOMAIN,
     },
     DemoService {
         id: "billing",
         scopes: &["read"],
+        trust_domain: TRUST_DOMAIN,
+    },
+    DemoService {
+        id: "reports",
+        scopes: &["read"],
+        trust_domain: PARTNER_TRUST_DOMAIN,
     },
 ];
 
@@ -162,24 +182,28 @@ pub fn generate(dir: &Path, force: bool) -> Result<Generated, DevPkiError> {
     let now = OffsetDateTime::now_utc();
     let mut out = Outputs::default();
 
-    // The mesh CA, shaped as production meshes run it: a root that signs
-    // only the intermediate, which issues every workload certificate. Envoy
-    // trusts the root alone, so each peer presents its chain; the sidecar
-    // sees only the leaf Envoy forwards, so the trust domain's bundle holds
-    // both CAs.
-    let root = Ca::try_root("service-auth DEVELOPMENT root CA", Some(1))?;
-    let intermediate = root.intermediate_from(ca_params(
-        "service-auth DEVELOPMENT intermediate CA",
-        Some(0),
-        now - Duration::days(1),
-        now + Duration::days(INTERMEDIATE_DAYS),
-    ))?;
+    // Each trust domain's CA, shaped as production meshes run it: a root
+    // that signs only the intermediate, which issues every workload
+    // certificate. Envoy trusts the roots alone, so each peer presents its
+    // chain; the sidecar sees only the leaf Envoy forwards, so each domain's
+    // bundle holds both CAs.
+    let (root, intermediate) = domain_ca("", now)?;
+    let (partner_root, partner_intermediate) = domain_ca("partner ", now)?;
     out.secret("ca/ca.key", root.key_pem());
     out.secret("ca/intermediate.key", intermediate.key_pem());
-    out.public("certs/ca.crt", root.cert_pem());
+    out.secret("ca/partner-ca.key", partner_root.key_pem());
+    out.secret(
+        "ca/partner-intermediate.key",
+        partner_intermediate.key_pem(),
+    );
+    out.public("certs/ca.crt", Ca::bundle_pem(&[&root, &partner_root]));
     out.public(
         "certs/mesh-bundle.pem",
         Ca::bundle_pem(&[&root, &intermediate]),
+    );
+    out.public(
+        "certs/partner-bundle.pem",
+        Ca::bundle_pem(&[&partner_root, &partner_intermediate]),
     );
     let envoy = intermediate.try_server(&ENVOY_SERVER_NAMES, LEAF_DAYS)?;
     out.pair("certs/envoy", &envoy, &[&intermediate]);
@@ -199,11 +223,17 @@ pub fn generate(dir: &Path, force: bool) -> Result<Generated, DevPkiError> {
 
     let mut services = Vec::new();
     for service in &DEMO_SERVICES {
-        let principal = format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{}", service.id);
+        let domain = service.trust_domain;
+        let principal = format!("spiffe://{domain}/ns/default/sa/{}", service.id);
         // Its identity is the URI SAN; the CN repeats the id for humans only.
         let spec = leaf(service.id, now).try_with_uri(&principal)?;
         let stem = format!("clients/{}", service.id);
-        out.pair(&stem, &intermediate.try_client(&spec)?, &[&intermediate]);
+        let issuer = if domain == TRUST_DOMAIN {
+            &intermediate
+        } else {
+            &partner_intermediate
+        };
+        out.pair(&stem, &issuer.try_client(&spec)?, &[issuer]);
         services.push(GeneratedService {
             id: service.id.to_owned(),
             principal,
@@ -222,6 +252,22 @@ pub fn generate(dir: &Path, force: bool) -> Result<Generated, DevPkiError> {
 
     write_all(dir, &out.0, force)?;
     Ok(Generated { services })
+}
+
+/// A trust domain's root (path length 1) and the intermediate it signs
+/// (path length 0), named with `prefix`.
+fn domain_ca(prefix: &str, now: OffsetDateTime) -> Result<(Ca, Ca), PkiError> {
+    let root = Ca::try_root(
+        &format!("service-auth DEVELOPMENT {prefix}root CA"),
+        Some(1),
+    )?;
+    let intermediate = root.intermediate_from(ca_params(
+        &format!("service-auth DEVELOPMENT {prefix}intermediate CA"),
+        Some(0),
+        now - Duration::days(1),
+        now + Duration::days(INTERMEDIATE_DAYS),
+    ))?;
+    Ok((root, intermediate))
 }
 
 /// A client certificate (EKU clientAuth) named `cn`, valid for [`LEAF_DAYS`].
@@ -251,6 +297,7 @@ fn registry_yaml(services: &[GeneratedService], now: OffsetDateTime) -> String {
          \x20     verify_only: true\n\
          trust_domains:                      # a spiffe:// SAN must chain to its own domain's bundle\n\
          \x20 {TRUST_DOMAIN}: certs/mesh-bundle.pem # the development root and intermediate CA\n\
+         \x20 {PARTNER_TRUST_DOMAIN}: certs/partner-bundle.pem # a federated domain with CAs of its own\n\
          request:\n  api_key_header: x-api-key\n  scope_header: x-auth-scope\n  forward_api_key: false\n\
          revocation:\n  serials: []\n  crl_files: []\n\
          services:\n"

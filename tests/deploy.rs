@@ -49,12 +49,15 @@ fn dev_pki_keeps_secrets_private_and_refuses_to_overwrite() {
     for secret in [
         "ca/ca.key",
         "ca/intermediate.key",
+        "ca/partner-ca.key",
+        "ca/partner-intermediate.key",
         "ca/hop-ca.key",
         "certs/envoy.key",
         "certs/envoy-client.key",
         "sidecar/sidecar.key",
         "clients/api_service.key",
         "clients/billing.key",
+        "clients/reports.key",
         "secrets/jwt-signing.key",
         "keys/ed25519.pem",
     ] {
@@ -63,8 +66,10 @@ fn dev_pki_keeps_secrets_private_and_refuses_to_overwrite() {
     for public in [
         "certs/ca.crt",
         "certs/mesh-bundle.pem",
+        "certs/partner-bundle.pem",
         "certs/envoy.crt",
         "clients/billing.crt",
+        "clients/reports.crt",
         "keys/ed25519.pub",
         "registry.yaml",
         "service-auth.yaml",
@@ -75,7 +80,7 @@ fn dev_pki_keeps_secrets_private_and_refuses_to_overwrite() {
 
     // Only hashes reach the registry, and it is a valid one.
     let registry = pki.read("registry.yaml");
-    for service in ["api_service", "billing"] {
+    for service in ["api_service", "billing", "reports"] {
         let key = pki.api_key(service);
         assert!(key.len() >= 43, "{service} key too short");
         assert!(!registry.contains(&key), "plaintext key in registry.yaml");
@@ -125,14 +130,23 @@ fn dev_pki_workload_certificates_chain_root_intermediate_leaf() {
     use service_auth::trust::Bundle;
     let pki = DevPki::generate();
 
-    // The root: one self-signed CA, what Envoy and curl trust.
+    // The roots: one self-signed CA per trust domain, what Envoy and curl
+    // trust (a federated mesh: Envoy accepts either domain's workloads).
     let root_der = pki.certificates("certs/ca.crt");
-    assert_eq!(root_der.len(), 1, "certs/ca.crt is the root alone");
+    assert_eq!(root_der.len(), 2, "certs/ca.crt holds the two roots");
+    for der in &root_der {
+        let root = parse_cert(der);
+        assert!(root.is_ca());
+        assert_eq!(root.issuer().as_raw(), root.subject().as_raw());
+        root.verify_signature(None)
+            .expect("each root is self-signed");
+    }
     let root = parse_cert(&root_der[0]);
-    assert!(root.is_ca());
-    assert_eq!(root.issuer().as_raw(), root.subject().as_raw());
-    root.verify_signature(None)
-        .expect("the root is self-signed");
+    assert_eq!(
+        pki.certificates("certs/partner-bundle.pem")[0],
+        root_der[1],
+        "the partner bundle starts with the second root"
+    );
 
     // The bundle: the root, then the intermediate it signed, which may sign
     // only leaves.
@@ -151,6 +165,7 @@ fn dev_pki_workload_certificates_chain_root_intermediate_leaf() {
     // Every workload certificate: the leaf, signed by the intermediate, then
     // the intermediate (what a peer presents to an Envoy that trusts the root).
     let bundle = Bundle::from_pem(pki.read("certs/mesh-bundle.pem").as_bytes()).unwrap();
+    let partner = Bundle::from_pem(pki.read("certs/partner-bundle.pem").as_bytes()).unwrap();
     let root_only = Bundle::from_pem(pki.read("certs/ca.crt").as_bytes()).unwrap();
     for file in [
         "clients/api_service.crt",
@@ -177,8 +192,17 @@ fn dev_pki_workload_certificates_chain_root_intermediate_leaf() {
                 !root_only.verify(&chain[0], unix_now()).is_trusted(),
                 "{file}"
             );
+            assert!(
+                !partner.verify(&chain[0], unix_now()).is_trusted(),
+                "{file}: the partner domain's CAs do not vouch for mesh.local"
+            );
         }
     }
+    // The federated domain's workload chains to its own bundle only.
+    let chain = pki.certificates("clients/reports.crt");
+    assert_eq!(chain.len(), 2, "leaf, then the partner intermediate");
+    assert!(partner.verify(&chain[0], unix_now()).is_trusted());
+    assert!(!bundle.verify(&chain[0], unix_now()).is_trusted());
 }
 
 #[test]
@@ -190,13 +214,26 @@ fn dev_pki_registry_loads_with_its_trust_domain_and_publishes_an_ed25519_key() {
         file.trust_domains.get("mesh.local"),
         Some(&PathBuf::from("certs/mesh-bundle.pem"))
     );
+    assert_eq!(
+        file.trust_domains.get("partner.local"),
+        Some(&PathBuf::from("certs/partner-bundle.pem"))
+    );
     let registry = Registry::load(&pki.dir.join("registry.yaml"))
         .unwrap_or_else(|e| panic!("{:?}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>()));
     assert!(registry.warnings().is_empty(), "{:?}", registry.warnings());
-    assert_eq!(registry.services().len(), 2);
-    for service in registry.services() {
-        assert_eq!(service.trust_domains(), ["mesh.local"], "{}", service.id);
-    }
+    let domains: Vec<(&str, Vec<&str>)> = registry
+        .services()
+        .iter()
+        .map(|s| (s.id.as_str(), s.trust_domains()))
+        .collect();
+    assert_eq!(
+        domains,
+        [
+            ("api_service", vec!["mesh.local"]),
+            ("billing", vec!["mesh.local"]),
+            ("reports", vec!["partner.local"]),
+        ]
+    );
 
     // HS256 signs; the Ed25519 key only verifies, and is what the JWKS holds.
     let [hs256, ed25519] = file.token.keys.as_slice() else {
@@ -684,6 +721,7 @@ fn compose_mounts_only_what_each_container_needs() {
         "keys/ed25519.pub",
         "keys/ed25519.pem",
         "certs/mesh-bundle.pem",
+        "certs/partner-bundle.pem",
         "certs/hop-ca.crt",
         "sidecar/sidecar.crt",
         "sidecar/sidecar.key",
