@@ -89,13 +89,21 @@ pub struct GeneratedService {
 pub enum DevPkiError {
     #[error("refusing to overwrite existing files (use --force): {}", list(.0))]
     Exists(Vec<PathBuf>),
-    #[error("{path}: {source}")]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot generate a certificate: {0}")]
-    Certificate(#[from] rcgen::Error),
+    Certificate(rcgen::Error),
+}
+
+// By hand: `#[from]` would also make the error its source, and a caller
+// printing the chain would print it twice.
+impl From<rcgen::Error> for DevPkiError {
+    fn from(error: rcgen::Error) -> Self {
+        DevPkiError::Certificate(error)
+    }
 }
 
 fn list(paths: &[PathBuf]) -> String {
@@ -305,9 +313,9 @@ fn write_all(dir: &Path, outputs: &[Output], force: bool) -> Result<(), DevPkiEr
     }
     for output in outputs {
         let path = dir.join(&output.path);
-        let io_err = |source| DevPkiError::Io {
+        let io_err = |error| DevPkiError::Io {
             path: path.clone(),
-            source,
+            error,
         };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io_err)?;

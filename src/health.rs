@@ -32,7 +32,7 @@ pub struct ProbeTls {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("cannot connect to {0}: {1}")]
+    #[error("cannot connect to {}: {}", .0, Chain(.1))]
     Connect(String, tonic::transport::Error),
     #[error("cannot read {}: {error}", path.display())]
     TlsFile {
@@ -51,6 +51,27 @@ pub enum ProbeError {
     Timeout(String, Duration),
     #[error("{0} is {1}")]
     NotServing(String, String),
+}
+
+/// An error and its causes, each once: tonic's own message is only
+/// "transport error", and some causes repeat their source's text.
+struct Chain<'e>(&'e (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.to_string();
+        f.write_str(&shown)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !shown.contains(&text) {
+                write!(f, ": {text}")?;
+                shown = text;
+            }
+            cause = e.source();
+        }
+        Ok(())
+    }
 }
 
 /// Asks the server at `addr` for its overall health (service `""`), within
