@@ -95,21 +95,23 @@ impl Sidecar {
         let snapshot = Snapshot::default();
         let mut background = Vec::new();
         let mut expiries = ExpirySources::default();
-        let tls = match (&config.listen.tls, checked.tls) {
-            (Some(files), Some((tls_config, not_after))) => {
+        let tls = match checked.tls {
+            Some(tls) => {
                 let state = Arc::new(TlsState {
-                    config: ArcSwap::from_pointee(tls_config),
-                    not_after: not_after.into(),
+                    config: ArcSwap::from_pointee(tls.server),
+                    not_after: tls.not_after.into(),
                 });
-                expiries.0.push(listener_expiry(state.clone(), &files.cert));
+                expiries
+                    .0
+                    .push(listener_expiry(state.clone(), &tls.files.cert));
                 background.push(tokio::spawn(listener::watch_tls(
-                    files.clone(),
+                    tls.files,
                     state.clone(),
                     config.reload.poll_interval,
                 )));
                 Some(state)
             }
-            _ => None,
+            None => None,
         };
         let throttle = Arc::new(Throttle::new());
         let (metrics, observer) = match &checked.export {

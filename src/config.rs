@@ -128,35 +128,39 @@ fn lines(errors: &[ConfigError]) -> String {
 #[derive(Debug)]
 pub struct Partial<T> {
     pub errors: Vec<ConfigError>,
-    pub value: Option<T>,
+    /// Boxed: a whole static config would make every `Err` large.
+    pub value: Option<Box<T>>,
 }
 
 /// Reads a YAML file (size-capped) and deserializes it into `T`; the first
-/// error (see [`read_yaml_partial`] for all of them).
+/// error serde_yaml finds (see [`read_yaml_partial`] for all of them).
 pub fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    read_yaml_partial(path).map_err(first)
+    let text = read_capped(path, MAX_YAML_BYTES)?;
+    parse_yaml(path, &text)
 }
 
 /// Deserializes YAML text, attributing errors to `path` with line and
-/// column; the first error (see [`parse_yaml_partial`] for all of them).
+/// column; the first error serde_yaml finds (see [`parse_yaml_partial`] for
+/// all of them).
 pub fn parse_yaml<T: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
 ) -> Result<T, ConfigError> {
-    parse_yaml_partial(path, text).map_err(first)
+    serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))
 }
 
-fn first<T>(partial: Partial<T>) -> ConfigError {
-    partial
-        .errors
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| ConfigError::Yaml {
-            path: PathBuf::new(),
-            line: 0,
-            column: 0,
-            message: "refused without a reason".into(),
-        })
+/// A serde_yaml error, located; serde_yaml's own trailing copy of the
+/// location is dropped (it leads the line already).
+fn yaml_error(path: &Path, error: &serde_yaml::Error) -> ConfigError {
+    let (line, column) = error.location().map_or((0, 0), |l| (l.line(), l.column()));
+    let message = error.to_string();
+    let suffix = format!(" at line {line} column {column}");
+    ConfigError::Yaml {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message: message.strip_suffix(&suffix).unwrap_or(&message).to_owned(),
+    }
 }
 
 /// [`read_yaml`], with every error.
@@ -179,34 +183,24 @@ pub fn parse_yaml_partial<T: serde::de::DeserializeOwned>(
         Ok(value) => return Ok(value),
         Err(e) => e,
     };
-    let yaml_error = |line, column, message| ConfigError::Yaml {
-        path: path.to_path_buf(),
-        line,
-        column,
-        message,
-    };
     match located::diagnose::<T>(text) {
         Some(diagnosis) if !diagnosis.errors.is_empty() => Err(Partial {
             errors: diagnosis
                 .errors
                 .into_iter()
-                .map(|e| yaml_error(e.line, e.column, e.message))
+                .map(|e| ConfigError::Yaml {
+                    path: path.to_path_buf(),
+                    line: e.line,
+                    column: e.column,
+                    message: e.message,
+                })
                 .collect(),
-            value: diagnosis.value,
+            value: diagnosis.value.map(Box::new),
         }),
-        _ => {
-            let (line, column) = refused
-                .location()
-                .map_or((0, 0), |l| (l.line(), l.column()));
-            // The location leads the line already: drop serde_yaml's copy.
-            let message = refused.to_string();
-            let suffix = format!(" at line {line} column {column}");
-            let message = message.strip_suffix(&suffix).unwrap_or(&message).to_owned();
-            Err(Partial {
-                errors: vec![yaml_error(line, column, message)],
-                value: None,
-            })
-        }
+        _ => Err(Partial {
+            errors: vec![yaml_error(path, &refused)],
+            value: None,
+        }),
     }
 }
 
@@ -292,7 +286,7 @@ impl StaticConfig {
             Err(Partial {
                 errors,
                 value: Some(config),
-            }) => (config, errors),
+            }) => (*config, errors),
             Err(refused) => return Err(refused),
         };
         config.resolve_paths(path);
@@ -302,7 +296,7 @@ impl StaticConfig {
         } else {
             Err(Partial {
                 errors,
-                value: Some(config),
+                value: Some(Box::new(config)),
             })
         }
     }
@@ -329,7 +323,8 @@ impl StaticConfig {
     /// Every rule of the static config that a value alone decides.
     fn validate(&self, path: &Path) -> Vec<ConfigError> {
         let mut errors = Vec::new();
-        let mut invalid = |at: String, problem| errors.push(ConfigError::invalid(path, at, problem));
+        let mut invalid =
+            |at: String, problem| errors.push(ConfigError::invalid(path, at, problem));
         if self.reload.poll_interval.is_zero() {
             invalid("reload.poll_interval".into(), Invalid::NotPositive);
         }
@@ -1281,19 +1276,29 @@ mod tests {
     #[test]
     fn the_admin_listener_may_not_take_the_grpc_address() {
         let clash = |grpc: &str, admin: &str| {
-            let text = format!("listen:\n  grpc: {grpc}\nregistry: r.yaml\nadmin:\n  listen: {admin}\n");
+            let text =
+                format!("listen:\n  grpc: {grpc}\nregistry: r.yaml\nadmin:\n  listen: {admin}\n");
             let config: StaticConfig = serde_yaml::from_str(&text).unwrap();
             let errors = config.validate(Path::new("c.yaml"));
             match &errors[..] {
                 [] => false,
-                [ConfigError::Invalid { at, problem: Invalid::SameAddress, .. }] if at == "admin.listen" => true,
+                [
+                    ConfigError::Invalid {
+                        at,
+                        problem: Invalid::SameAddress,
+                        ..
+                    },
+                ] if at == "admin.listen" => true,
                 other => panic!("{other:?}"),
             }
         };
         assert!(clash("127.0.0.1:9191", "127.0.0.1:9191"));
         assert!(clash("0.0.0.0:9191", "127.0.0.1:9191"));
         assert!(clash("unix:/run/a.sock", "unix:/run/a.sock"));
-        assert!(!clash("127.0.0.1:0", "127.0.0.1:0"), "port 0: the kernel picks two ports");
+        assert!(
+            !clash("127.0.0.1:0", "127.0.0.1:0"),
+            "port 0: the kernel picks two ports"
+        );
         assert!(!clash("127.0.0.1:9191", "127.0.0.1:9192"));
         assert!(!clash("127.0.0.1:9191", "127.0.0.2:9191"));
     }
@@ -1304,11 +1309,25 @@ mod tests {
         let refused = parse_yaml_partial::<StaticConfig>(Path::new("c.yaml"), text).unwrap_err();
         let lines: Vec<String> = refused.errors.iter().map(ToString::to_string).collect();
         assert_eq!(lines.len(), 3, "{lines:?}");
-        assert!(lines[0].starts_with("c.yaml:5:3: reload: unknown field `pol_interval`, expected "), "{lines:?}");
-        assert!(lines[1].starts_with("c.yaml:7:3: limits: unknown field `max_conections`, expected one of "), "{lines:?}");
-        assert_eq!(lines[2], "c.yaml:10:1: duplicate key `log` (first at line 8 column 1)");
+        assert!(
+            lines[0].starts_with("c.yaml:5:3: reload: unknown field `pol_interval`, expected "),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "c.yaml:7:3: limits: unknown field `max_conections`, expected one of "
+            ),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[2],
+            "c.yaml:10:1: duplicate key `log` (first at line 8 column 1)"
+        );
         let config = refused.value.expect("read without the refused keys");
-        assert_eq!(config.log.level, "info", "the first copy of a duplicate key is kept");
+        assert_eq!(
+            config.log.level, "info",
+            "the first copy of a duplicate key is kept"
+        );
         // A syntax error is serde_yaml's, without its own copy of the
         // location at the end.
         let text = "listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\nlog: {level: info\n";

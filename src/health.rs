@@ -41,9 +41,7 @@ pub enum ProbeError {
     },
     #[error("TLS needs a TCP address, not {0}")]
     TlsOnUnixSocket(String),
-    #[error(
-        "{0} is a TLS listener (listen.tls): probe it with --tls-cert, --tls-key and --tls-ca"
-    )]
+    #[error("{0} is a TLS listener (listen.tls): probe it with --tls-cert, --tls-key and --tls-ca")]
     NeedsTls(String),
     #[error("health check on {0} failed: {1}")]
     Rpc(String, tonic::Status),
@@ -105,8 +103,9 @@ async fn check(addr: &ListenAddr, tls: Option<&ProbeTls>) -> Result<ServingStatu
         })
         .await;
     match response {
-        Ok(response) => Ok(ServingStatus::try_from(response.get_ref().status)
-            .unwrap_or(ServingStatus::Unknown)),
+        Ok(response) => Ok(
+            ServingStatus::try_from(response.get_ref().status).unwrap_or(ServingStatus::Unknown)
+        ),
         // A TLS listener answers a plaintext client's HTTP/2 preface with a
         // TLS alert, which the client reads as a bad frame or a reset
         // connection: ask the listener directly whether it speaks TLS.
@@ -137,7 +136,10 @@ async fn speaks_tls(socket: std::net::SocketAddr) -> bool {
         stream.read_exact(&mut header).await.ok()?;
         Some(matches!(header, [0x15 | 0x16, 0x03]))
     };
-    matches!(tokio::time::timeout(SNIFF_TIMEOUT, sniff).await, Ok(Some(true)))
+    matches!(
+        tokio::time::timeout(SNIFF_TIMEOUT, sniff).await,
+        Ok(Some(true))
+    )
 }
 
 async fn connect_tls(addr: &ListenAddr, tls: &ProbeTls) -> Result<Channel, ProbeError> {

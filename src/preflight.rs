@@ -11,7 +11,7 @@
 use rustls::ServerConfig;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::StaticConfig;
+use crate::config::{ListenTls, StaticConfig};
 use crate::listener::{self, TlsError};
 use crate::telemetry::export::{ExportSettings, TelemetryError};
 use crate::telemetry::{self, BadLogFilter};
@@ -20,11 +20,19 @@ use crate::telemetry::{self, BadLogFilter};
 pub struct Preflight {
     /// `RUST_LOG` when set, else `log.level`.
     pub log_filter: EnvFilter,
-    /// `listen.tls` loaded: the server configuration and the leaf
-    /// certificate's `notAfter` (Unix seconds).
-    pub tls: Option<(ServerConfig, i64)>,
+    /// `listen.tls`, loaded; `None`: plaintext.
+    pub tls: Option<CheckedTls>,
     /// OTLP export, the config merged with the environment; `None`: off.
     pub export: Option<ExportSettings>,
+}
+
+/// The listener's TLS files and what they hold: the listener serves
+/// these, and watches these files for changes.
+pub struct CheckedTls {
+    pub files: ListenTls,
+    pub server: ServerConfig,
+    /// The leaf certificate's `notAfter`, Unix seconds.
+    pub not_after: i64,
 }
 
 /// A setting `serve` would refuse.
@@ -33,7 +41,10 @@ pub enum PreflightError {
     #[error("log.level: {0}")]
     LogLevel(BadLogFilter),
     #[error("RUST_LOG={value:?}: {problem}")]
-    RustLog { value: String, problem: BadLogFilter },
+    RustLog {
+        value: String,
+        problem: BadLogFilter,
+    },
     #[error(transparent)]
     Tls(TlsError),
     #[error(transparent)]
@@ -72,7 +83,13 @@ pub fn check(
     };
     let tls = match &config.listen.tls {
         Some(files) => listener::load_tls(files)
-            .map(Some)
+            .map(|(server, not_after)| {
+                Some(CheckedTls {
+                    files: files.clone(),
+                    server,
+                    not_after,
+                })
+            })
             .map_err(|e| errors.extend(e.0.into_iter().map(PreflightError::Tls)))
             .ok(),
         None => Some(None),
@@ -121,13 +138,25 @@ mod tests {
             "service_auth=trace",
             " debug , h2=warn ",
         ] {
-            assert_eq!(errors(&config(&format!("log:\n  level: {ok:?}\n")), &[]), Vec::<String>::new(), "{ok}");
+            assert_eq!(
+                errors(&config(&format!("log:\n  level: {ok:?}\n")), &[]),
+                Vec::<String>::new(),
+                "{ok}"
+            );
         }
     }
 
     #[test]
     fn a_word_that_is_not_a_level_is_refused_in_the_file_and_in_rust_log() {
-        for bad in ["warning", "verbose", "info,verbose", "notalevel[[[", "", "off", "3"] {
+        for bad in [
+            "warning",
+            "verbose",
+            "info,verbose",
+            "notalevel[[[",
+            "",
+            "off",
+            "3",
+        ] {
             let got = errors(&config(&format!("log:\n  level: {bad:?}\n")), &[]);
             assert_eq!(got.len(), 1, "{bad}: {got:?}");
             assert!(got[0].starts_with("log.level: "), "{got:?}");
@@ -136,7 +165,9 @@ mod tests {
         let got = errors(&config(""), &[("RUST_LOG", "warning")]);
         assert_eq!(
             got,
-            ["RUST_LOG=\"warning\": \"warning\" is not a level, nor target=level: use error, warn, info, debug or trace, or directives such as info,service_auth=debug"]
+            [
+                "RUST_LOG=\"warning\": \"warning\" is not a level, nor target=level: use error, warn, info, debug or trace, or directives such as info,service_auth=debug"
+            ]
         );
         // An empty RUST_LOG is unset.
         assert!(errors(&config(""), &[("RUST_LOG", " ")]).is_empty());
@@ -158,7 +189,11 @@ mod tests {
                 PreflightError::RustLog { .. } => "env",
             })
             .collect();
-        assert_eq!(kinds, ["log", "tls", "tls", "tls", "otlp"], "each missing TLS file");
+        assert_eq!(
+            kinds,
+            ["log", "tls", "tls", "tls", "otlp"],
+            "each missing TLS file"
+        );
         assert!(errors.iter().all(PreflightError::in_config_file));
     }
 }

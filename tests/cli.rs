@@ -298,20 +298,30 @@ fn check_config_refuses_what_serve_refuses_and_binds_nothing() {
             format!("{c}: listen.tls.cert: {d}/tls/missing.crt: {no_file}"),
             format!("{c}: listen.tls.key: {d}/tls/missing.key: {no_file}"),
             format!("{c}: listen.tls.client_ca: {d}/tls/missing-ca.crt: {no_file}"),
-            format!("{c}: telemetry.otlp.endpoint: \"not a url\" is not a URL such as http://127.0.0.1:4317"),
+            format!(
+                "{c}: telemetry.otlp.endpoint: \"not a url\" is not a URL such as http://127.0.0.1:4317"
+            ),
             "service-auth: 5 error(s)".to_owned(),
         ]
     );
     // serve refuses the same settings, one problem at a time too.
     let err = serve_refuses(&c);
-    assert!(err.starts_with("service-auth: refusing to start:\n"), "{err}");
-    assert!(err.contains(&format!("\n  listen.tls.key: {d}/tls/missing.key: {no_file}\n")), "{err}");
+    assert!(
+        err.starts_with("service-auth: refusing to start:\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "\n  listen.tls.key: {d}/tls/missing.key: {no_file}\n"
+        )),
+        "{err}"
+    );
     for (setting, line) in [
         ("log:\n  level: verbose\n", format!("service-auth: log.level: \"verbose\" {LOG_LEVEL_RULE}")),
         ("telemetry:\n  otlp:\n    endpoint: https://collector:4317\n", "service-auth: telemetry.otlp.endpoint: \"https://collector:4317\" uses https, which this build's exporter cannot speak: use http:// (a collector on the node, or a TLS-terminating proxy beside the sidecar)".to_owned()),
     ] {
         let (_f, c) = configured(&format!("listen:\n  grpc: 127.0.0.1:0\nregistry: {{registry}}\n{setting}"));
-        assert_eq!(lines(&serve_refuses(&c)), [line.clone()]);
+        assert_eq!(lines(&serve_refuses(&c)), std::slice::from_ref(&line));
         let o = run(&["check-config", "--config", &c], "");
         assert_eq!(o.status.code(), Some(1));
         let expected = line.replace("service-auth: ", &format!("{c}: "));
@@ -366,7 +376,9 @@ fn check_config_loads_the_listener_certificate_key_and_ca() {
     assert_eq!(
         err[2..],
         [
-            format!("{c}: listen.tls.cert: {d}/tls/sidecar.crt: a PEM block has no END line: the file is truncated"),
+            format!(
+                "{c}: listen.tls.cert: {d}/tls/sidecar.crt: a PEM block has no END line: the file is truncated"
+            ),
             format!("{c}: listen.tls.client_ca: {d}/tls/ca.crt: no CERTIFICATE block in the file"),
             "service-auth: 2 error(s)".to_owned(),
         ]
@@ -380,7 +392,9 @@ fn check_config_loads_the_listener_certificate_key_and_ca() {
     assert_eq!(
         lines(&stderr(&o))[2..],
         [
-            format!("{c}: listen.tls.key: {d}/tls/sidecar.key: the private key does not belong to the certificate in {d}/tls/sidecar.crt"),
+            format!(
+                "{c}: listen.tls.key: {d}/tls/sidecar.key: the private key does not belong to the certificate in {d}/tls/sidecar.crt"
+            ),
             "service-auth: 1 error(s)".to_owned(),
         ]
     );
@@ -420,15 +434,23 @@ fn every_structural_and_validation_error_is_reported_in_one_run() {
     assert_eq!(
         lines(&stderr(&o)),
         [
-            format!("{c}:9:3: limits: unknown field `max_conections`, expected one of `max_message_bytes`, `max_header_list_bytes`, `max_concurrent_streams`, `max_connections`, `max_pending_handshakes`, `handshake_timeout`, `request_timeout`, `keepalive_interval`, `keepalive_timeout`"),
+            format!(
+                "{c}:9:3: limits: unknown field `max_conections`, expected one of `max_message_bytes`, `max_header_list_bytes`, `max_concurrent_streams`, `max_connections`, `max_pending_handshakes`, `handshake_timeout`, `request_timeout`, `keepalive_interval`, `keepalive_timeout`"
+            ),
             format!("{c}: limits.max_message_bytes: must be above zero"),
             format!("{c}: limits.max_connections: must be above zero"),
             format!("{c}: limits.request_timeout: must be above zero"),
             format!("{c}: limits.keepalive_timeout: must be above zero"),
-            format!("{r}:9:5: services[0]: unknown field `principal`, expected one of `id`, `principals`, `ca_file`, `certificate_sha256`, `scopes`, `api_keys`, `enforcement`"),
+            format!(
+                "{r}:9:5: services[0]: unknown field `principal`, expected one of `id`, `principals`, `ca_file`, `certificate_sha256`, `scopes`, `api_keys`, `enforcement`"
+            ),
             format!("{r}:14:1: duplicate key `token` (first at line 1 column 1)"),
-            format!("{r}: services[0].scopes[0]: scope \"wr ite\" must be printable ASCII without spaces or commas"),
-            format!("{r}: services[1].id: duplicate service id \"a\" (first at {r}: services[0].id)"),
+            format!(
+                "{r}: services[0].scopes[0]: scope \"wr ite\" must be printable ASCII without spaces or commas"
+            ),
+            format!(
+                "{r}: services[1].id: duplicate service id \"a\" (first at {r}: services[0].id)"
+            ),
             "service-auth: 9 error(s)".to_owned(),
         ]
     );
@@ -445,8 +467,12 @@ fn a_wrong_type_is_reported_with_the_keys_before_it() {
     assert_eq!(
         lines(&stderr(&o)),
         [
-            format!("{r}:5:3: token: unknown field `extra`, expected one of `issuer`, `audience`, `ttl`, `leeway`, `header`, `keys`"),
-            format!("{r}:8:17: services[0].principals: invalid type: string \"spiffe://mesh.test/a\", expected a sequence"),
+            format!(
+                "{r}:5:3: token: unknown field `extra`, expected one of `issuer`, `audience`, `ttl`, `leeway`, `header`, `keys`"
+            ),
+            format!(
+                "{r}:8:17: services[0].principals: invalid type: string \"spiffe://mesh.test/a\", expected a sequence"
+            ),
             "service-auth: 2 error(s)".to_owned(),
         ]
     );
@@ -470,8 +496,12 @@ fn each_file_kind_reports_its_own_limit_and_the_real_size() {
     assert_eq!(
         lines(&stderr(&o)),
         [
-            format!("{r}: token.keys[0].secret_file: {d}/secrets/jwt.key: 5000000 bytes is above the 1048576-byte limit"),
-            format!("{r}: services[0].ca_file: {d}/bigca.pem: 2000000 bytes is above the 1048576-byte limit"),
+            format!(
+                "{r}: token.keys[0].secret_file: {d}/secrets/jwt.key: 5000000 bytes is above the 1048576-byte limit"
+            ),
+            format!(
+                "{r}: services[0].ca_file: {d}/bigca.pem: 2000000 bytes is above the 1048576-byte limit"
+            ),
             "service-auth: 2 error(s)".to_owned(),
         ]
     );
@@ -495,16 +525,37 @@ fn hash_key_takes_off_one_newline_and_refuses_keys_no_check_accepts() {
         assert_eq!(stdout(&o), format!("{hash}\n"), "{input:?}");
     }
     let max = "k".repeat(512);
-    assert_eq!(stdout(&run(&["hash-key"], &max)), format!("{}\n", common::sha256_hex(&max)));
+    assert_eq!(
+        stdout(&run(&["hash-key"], &max)),
+        format!("{}\n", common::sha256_hex(&max))
+    );
     let refused = "service-auth: no Check would accept this key, so it is not hashed: ";
     let rule = "a key is printable ASCII without spaces or commas";
     for (input, why) in [
-        ("key-0123\n\n", format!("byte 9 of the key is a control character: {rule}")),
-        ("key-0123\r", format!("byte 9 of the key is a control character: {rule}")),
-        ("key 0123\n", format!("byte 4 of the key is a space: {rule}")),
-        ("key,0123\n", format!("byte 4 of the key is a comma: {rule}")),
-        ("kéy-0123\n", format!("byte 2 of the key is not ASCII: {rule}")),
-        (&"k".repeat(513), "the key is longer than 512 bytes".to_owned()),
+        (
+            "key-0123\n\n",
+            format!("byte 9 of the key is a control character: {rule}"),
+        ),
+        (
+            "key-0123\r",
+            format!("byte 9 of the key is a control character: {rule}"),
+        ),
+        (
+            "key 0123\n",
+            format!("byte 4 of the key is a space: {rule}"),
+        ),
+        (
+            "key,0123\n",
+            format!("byte 4 of the key is a comma: {rule}"),
+        ),
+        (
+            "kéy-0123\n",
+            format!("byte 2 of the key is not ASCII: {rule}"),
+        ),
+        (
+            &"k".repeat(513),
+            "the key is longer than 512 bytes".to_owned(),
+        ),
         ("\n", "the key is empty".to_owned()),
         ("", "the key is empty".to_owned()),
     ] {
@@ -522,12 +573,19 @@ fn errors_are_printed_once_each() {
     let o = run(&["check-config", "--config", missing], "");
     assert_eq!(
         lines(&stderr(&o)),
-        [format!("{missing}: {no_file}"), "service-auth: 1 error(s)".to_owned()]
+        [
+            format!("{missing}: {no_file}"),
+            "service-auth: 1 error(s)".to_owned()
+        ]
     );
     for command in ["serve", "jwks"] {
         let o = run(&[command, "--config", missing], "");
         assert_eq!(o.status.code(), Some(1));
-        assert_eq!(stderr(&o), format!("service-auth: {missing}: {no_file}\n"), "{command}");
+        assert_eq!(
+            stderr(&o),
+            format!("service-auth: {missing}: {no_file}\n"),
+            "{command}"
+        );
     }
     // Nothing listens there: the cause, once, after tonic's own words.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -537,7 +595,9 @@ fn errors_are_printed_once_each() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),
-        format!("service-auth: cannot connect to {addr}: transport error: tcp connect error: Connection refused (os error 111)\n")
+        format!(
+            "service-auth: cannot connect to {addr}: transport error: tcp connect error: Connection refused (os error 111)\n"
+        )
     );
 }
 
@@ -566,7 +626,11 @@ async fn health_says_a_tls_listener_needs_the_tls_options() {
         let mut args = vec!["health".to_owned(), "--addr".to_owned(), addr.clone()];
         if tls {
             let d = &dir;
-            for (option, file) in [("--tls-cert", "client.crt"), ("--tls-key", "client.key"), ("--tls-ca", "ca.crt")] {
+            for (option, file) in [
+                ("--tls-cert", "client.crt"),
+                ("--tls-key", "client.key"),
+                ("--tls-ca", "ca.crt"),
+            ] {
                 args.push(option.to_owned());
                 args.push(format!("{d}/tls/{file}"));
             }
@@ -589,7 +653,9 @@ async fn health_says_a_tls_listener_needs_the_tls_options() {
             sidecar.addr
         )
     );
-    let with_tls = tokio::task::spawn_blocking(move || probe(true)).await.unwrap();
+    let with_tls = tokio::task::spawn_blocking(move || probe(true))
+        .await
+        .unwrap();
     assert_eq!(with_tls.status.code(), Some(0), "{}", stderr(&with_tls));
     assert_eq!(stdout(&with_tls), "SERVING\n");
 }

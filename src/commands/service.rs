@@ -58,7 +58,7 @@ pub fn check_config(config_path: &Path) -> anyhow::Result<()> {
         Ok(config) => Some(config),
         Err(refused) => {
             errors.extend(refused.errors.iter().map(ToString::to_string));
-            refused.value
+            refused.value.map(|config| *config)
         }
     };
     // Without a static config there is no registry to check.
@@ -71,7 +71,12 @@ pub fn check_config(config_path: &Path) -> anyhow::Result<()> {
             false => e.to_string(),
         }));
     }
-    if let Some(warning) = config.listen.tls.as_ref().and_then(ListenTls::allow_list_warning) {
+    if let Some(warning) = config
+        .listen
+        .tls
+        .as_ref()
+        .and_then(ListenTls::allow_list_warning)
+    {
         eprintln!("warning: {warning}");
     }
     let services = match Registry::load_paths(&config.registry) {

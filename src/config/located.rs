@@ -103,7 +103,10 @@ struct Node<'t> {
 }
 
 enum Kind<'t> {
-    Scalar { text: std::borrow::Cow<'t, str>, plain: bool },
+    Scalar {
+        text: std::borrow::Cow<'t, str>,
+        plain: bool,
+    },
     Seq(Vec<Node<'t>>),
     Map(Vec<(Node<'t>, Node<'t>)>),
 }
@@ -462,7 +465,10 @@ struct Entries<'n, 't> {
 impl<'de> de::MapAccess<'de> for Entries<'_, '_> {
     type Error = Error;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
         for (key, value) in self.entries.by_ref() {
             let name = scalar_key(key);
             if let Some(name) = name {
@@ -514,7 +520,10 @@ struct Items<'n, 't> {
 impl<'de> de::SeqAccess<'de> for Items<'_, '_> {
     type Error = Error;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Error> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Error> {
         let Some((i, node)) = self.items.next() else {
             return Ok(None);
         };
@@ -548,11 +557,17 @@ impl<'de> de::VariantAccess<'de> for UnitVariant<'_> {
     }
 
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, _: T) -> Result<T::Value, Error> {
-        Err(de::Error::invalid_type(Unexpected::UnitVariant, &"a newtype variant"))
+        Err(de::Error::invalid_type(
+            Unexpected::UnitVariant,
+            &"a newtype variant",
+        ))
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, _: usize, _: V) -> Result<V::Value, Error> {
-        Err(de::Error::invalid_type(Unexpected::UnitVariant, &"a tuple variant"))
+        Err(de::Error::invalid_type(
+            Unexpected::UnitVariant,
+            &"a tuple variant",
+        ))
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -560,7 +575,10 @@ impl<'de> de::VariantAccess<'de> for UnitVariant<'_> {
         _: &'static [&'static str],
         _: V,
     ) -> Result<V::Value, Error> {
-        Err(de::Error::invalid_type(Unexpected::UnitVariant, &"a struct variant"))
+        Err(de::Error::invalid_type(
+            Unexpected::UnitVariant,
+            &"a struct variant",
+        ))
     }
 }
 
@@ -584,21 +602,37 @@ mod tests {
         let text = "listen:\n  grpc: 127.0.0.1:1\n  tsl: {}\nregistry: r.yaml\nreload:\n  pol_interval: 2s\nlimits:\n  max_conections: 3\n";
         let (errors, read) = report::<StaticConfig>(text);
         assert_eq!(errors.len(), 3, "{errors:?}");
-        assert!(errors[0].starts_with("3:3: listen: unknown field `tsl`, expected"), "{errors:?}");
-        assert!(errors[1].starts_with("6:3: reload: unknown field `pol_interval`, expected"), "{errors:?}");
-        assert!(errors[2].starts_with("8:3: limits: unknown field `max_conections`, expected one of"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("3:3: listen: unknown field `tsl`, expected"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("6:3: reload: unknown field `pol_interval`, expected"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[2].starts_with("8:3: limits: unknown field `max_conections`, expected one of"),
+            "{errors:?}"
+        );
         assert!(read, "only keys were left out: the rest can be validated");
     }
 
     #[test]
     fn duplicate_keys_are_reported_at_the_duplicate() {
-        let text = "token:\n  issuer: i\n  audience: a\n  keys: []\nservices: []\ntoken:\n  issuer: j\n";
+        let text =
+            "token:\n  issuer: i\n  audience: a\n  keys: []\nservices: []\ntoken:\n  issuer: j\n";
         let (errors, read) = report::<RegistryFile>(text);
-        assert_eq!(errors, ["6:1: duplicate key `token` (first at line 1 column 1)"]);
+        assert_eq!(
+            errors,
+            ["6:1: duplicate key `token` (first at line 1 column 1)"]
+        );
         assert!(read);
         let text = "token: {issuer: i, audience: a, keys: []}\nservices:\n  - id: a\n    principals: [x]\n    id: b\n";
         let (errors, _) = report::<RegistryFile>(text);
-        assert_eq!(errors, ["5:5: services[0]: duplicate key `id` (first at line 3 column 5)"]);
+        assert_eq!(
+            errors,
+            ["5:5: services[0]: duplicate key `id` (first at line 3 column 5)"]
+        );
     }
 
     #[test]
@@ -606,8 +640,16 @@ mod tests {
         let text = "token: {issuer: i, audience: a, keys: [], bogus: 1}\nservices:\n  - id: a\n    principals: x\n";
         let (errors, read) = report::<RegistryFile>(text);
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].starts_with("1:43: token: unknown field `bogus`"), "{errors:?}");
-        assert!(errors[1].starts_with("4:17: services[0].principals: invalid type: string \"x\", expected a sequence"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("1:43: token: unknown field `bogus`"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with(
+                "4:17: services[0].principals: invalid type: string \"x\", expected a sequence"
+            ),
+            "{errors:?}"
+        );
         assert!(!read);
     }
 
@@ -632,7 +674,12 @@ mod tests {
         let config = d.value.unwrap();
         assert_eq!(config.limits.max_connections, 16);
         assert_eq!(config.limits.max_message_bytes, 12);
-        let (errors, _) = report::<StaticConfig>("listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\nlimits:\n  max_connections: -1\n");
-        assert!(errors[0].starts_with("5:20: limits.max_connections: invalid value: integer `-1`"), "{errors:?}");
+        let (errors, _) = report::<StaticConfig>(
+            "listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\nlimits:\n  max_connections: -1\n",
+        );
+        assert!(
+            errors[0].starts_with("5:20: limits.max_connections: invalid value: integer `-1`"),
+            "{errors:?}"
+        );
     }
 }

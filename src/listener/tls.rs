@@ -101,7 +101,8 @@ pub struct TlsState {
 
 /// Reads one `listen.tls` file, size-capped like every file a config names.
 fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    config::read_capped_bytes(path, MAX_AUX_FILE_BYTES).map_err(|error| TlsError::Read { field, error })
+    config::read_capped_bytes(path, MAX_AUX_FILE_BYTES)
+        .map_err(|error| TlsError::Read { field, error })
 }
 
 /// Every CERTIFICATE block of a `listen.tls` file; at least one.
@@ -185,14 +186,13 @@ fn client_roots(tls: &ListenTls) -> Result<RootCertStore, TlsError> {
 /// allow-list. Client certificates are mandatory and must chain to
 /// `client_ca` (and, with `allowed_sans`, carry one of those SANs).
 pub fn load_tls(tls: &ListenTls) -> Result<(ServerConfig, i64), TlsErrors> {
-    let ((certs, not_after), key, roots) =
-        match (chain(tls), private_key(tls), client_roots(tls)) {
-            (Ok(chain), Ok(key), Ok(roots)) => (chain, key, roots),
-            (chain, key, roots) => {
-                let errors = [chain.err(), key.err(), roots.err()];
-                return Err(TlsErrors(errors.into_iter().flatten().collect()));
-            }
-        };
+    let ((certs, not_after), key, roots) = match (chain(tls), private_key(tls), client_roots(tls)) {
+        (Ok(chain), Ok(key), Ok(roots)) => (chain, key, roots),
+        (chain, key, roots) => {
+            let errors = [chain.err(), key.err(), roots.err()];
+            return Err(TlsErrors(errors.into_iter().flatten().collect()));
+        }
+    };
     let one = |e| TlsErrors(vec![e]);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut verifier =

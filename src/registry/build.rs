@@ -276,7 +276,7 @@ impl Registry {
         let (main, mut errors) = match config::read_yaml_partial::<RegistryFile>(&paths.main) {
             Ok(file) => (Some(file), Vec::new()),
             Err(refused) => (
-                refused.value,
+                refused.value.map(|file| *file),
                 refused.errors.into_iter().map(LoadError::File).collect(),
             ),
         };

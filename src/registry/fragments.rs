@@ -94,7 +94,7 @@ pub(super) fn read(path: &Path, errors: &mut Vec<LoadError>) -> Option<Fragment>
         Ok(file) => file,
         Err(refused) => {
             errors.extend(refused.errors.into_iter().map(LoadError::File));
-            refused.value?
+            *refused.value?
         }
     };
     if file.services.is_none() && file.revocation.is_none() {

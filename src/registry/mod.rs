@@ -78,10 +78,7 @@ pub fn check_api_key_shape(key: &[u8]) -> Result<(), MalformedApiKey> {
     if key.len() > MAX_API_KEY_LEN {
         return Err(MalformedApiKey::TooLong);
     }
-    match key
-        .iter()
-        .position(|&b| !b.is_ascii_graphic() || b == b',')
-    {
+    match key.iter().position(|&b| !b.is_ascii_graphic() || b == b',') {
         Some(position) => Err(MalformedApiKey::BadByte {
             position,
             byte: key[position],

@@ -172,8 +172,11 @@ fn env_endpoint(env: &impl Fn(&str) -> Option<String>) -> Result<(), TelemetryEr
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ] {
         if let Some(value) = env(var) {
-            return check_endpoint(&value)
-                .map_err(|problem| TelemetryError::EnvEndpoint { var, value, problem });
+            return check_endpoint(&value).map_err(|problem| TelemetryError::EnvEndpoint {
+                var,
+                value,
+                problem,
+            });
         }
     }
     Ok(())

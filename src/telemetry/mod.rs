@@ -62,7 +62,9 @@ pub fn log_filter(spec: &str) -> Result<tracing_subscriber::EnvFilter, BadLogFil
     }
     for directive in &directives {
         // The level is after the last `=`; without one, the whole directive.
-        let level = directive.rsplit_once('=').map_or(*directive, |(_, level)| level);
+        let level = directive
+            .rsplit_once('=')
+            .map_or(*directive, |(_, level)| level);
         if !is_level(level.trim()) {
             return Err(BadLogFilter::NoLevel((*directive).to_owned()));
         }
@@ -73,7 +75,10 @@ pub fn log_filter(spec: &str) -> Result<tracing_subscriber::EnvFilter, BadLogFil
 
 /// Installs the global `tracing` subscriber (JSON or text, to stderr) with
 /// `filter` (see [`log_filter`]).
-pub fn init_logging(filter: tracing_subscriber::EnvFilter, format: LogFormat) -> Result<(), LogError> {
+pub fn init_logging(
+    filter: tracing_subscriber::EnvFilter,
+    format: LogFormat,
+) -> Result<(), LogError> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
