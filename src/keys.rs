@@ -165,6 +165,8 @@ pub enum KeyError {
     Random,
     #[error("cannot encode the new key as PKCS#8 PEM")]
     Encode,
+    #[error("cannot encode the public key as SPKI PEM")]
+    EncodePublic,
 }
 
 /// A hint for the PEM blocks people commonly have instead of PKCS#8/SPKI.
@@ -518,6 +520,21 @@ pub fn generate(algorithm: Algorithm) -> Result<Zeroizing<String>, KeyError> {
     pem_rfc7468::encode_string("PRIVATE KEY", pem_rfc7468::LineEnding::LF, &der)
         .map(Zeroizing::new)
         .map_err(|_| KeyError::Encode)
+}
+
+/// A new key pair for `algorithm`: the private key as PKCS#8 PEM (for
+/// `private_key_file`) and its public key as SPKI PEM (for a verify-only
+/// `public_key_file`). The public half comes from loading the private key,
+/// which also proves the new key loads.
+pub fn generate_pair(algorithm: Algorithm) -> Result<(Zeroizing<String>, String), KeyError> {
+    let private = generate(algorithm)?;
+    let key = Key::load(
+        "new",
+        algorithm,
+        KeySource::PrivateKeyPem(private.as_bytes()),
+    )?;
+    let public = key.public_key_pem().ok_or(KeyError::EncodePublic)?;
+    Ok((private, public))
 }
 
 /// A parsed key file, or what it holds when that is not a key we sign with.

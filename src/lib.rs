@@ -28,8 +28,10 @@
 //!   alike; `app` wires it all together (`run`, `Sidecar`).
 //!
 //! Beside that flow: `health` probes a running sidecar, `devpki` generates
-//! the development-only demo PKI, `alloc` tunes the allocator, and
-//! `testkit` (feature `test-util`, plus its PKI builder) is shared by tests,
+//! the development-only demo PKI, `alloc` tunes the allocator, `pki` builds
+//! certificates and CRLs for `dev-pki` and the tests (it imports nothing
+//! from the crate, so any module's unit tests may use it), and `testkit`
+//! (feature `test-util`; it re-exports `pki`) is shared by tests,
 //! benchmarks, fuzz targets and `dev-pki`.
 
 pub mod admin;
@@ -44,6 +46,7 @@ pub mod health;
 pub mod identity;
 pub mod keys;
 pub mod listener;
+pub mod pki;
 pub mod preflight;
 pub mod registry;
 pub mod reload;

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 
 use service_auth::check::unix_now;
 use service_auth::config::StaticConfig;
-use service_auth::keys::{self, Algorithm, Key, KeySource};
+use service_auth::keys::{self, Algorithm};
 use service_auth::registry::{self, Registry};
 use service_auth::token;
 
@@ -107,20 +107,11 @@ pub fn token_verify(config_path: &Path, token: &str) -> anyhow::Result<()> {
 /// A new EdDSA or ES256 private key: on stdout, or into a new file `out`
 /// (mode 0600, never over an existing file) with its public key on stdout.
 pub fn gen_signing_key(algorithm: Algorithm, out: Option<&Path>) -> anyhow::Result<()> {
-    let private = keys::generate(algorithm)?;
     let Some(out) = out else {
-        print!("{}", private.as_str());
+        print!("{}", keys::generate(algorithm)?.as_str());
         return Ok(());
     };
-    // The public half, from the key just made: proves it loads, too.
-    let key = Key::load(
-        "new",
-        algorithm,
-        KeySource::PrivateKeyPem(private.as_bytes()),
-    )?;
-    let public = key
-        .public_key_pem()
-        .context("cannot encode the public key")?;
+    let (private, public) = keys::generate_pair(algorithm)?;
     write_private(out, private.as_bytes())?;
     print!("{public}");
     Ok(())
