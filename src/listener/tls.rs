@@ -139,12 +139,16 @@ fn joined(errors: &[TlsError]) -> String {
 /// The certificate chain and its leaf's `notAfter`.
 fn chain(tls: &ListenTls) -> Result<(Vec<CertificateDer<'static>>, i64), TlsError> {
     let certs = certificates("cert", &tls.cert)?;
-    let not_after = x509_parser::parse_x509_certificate(&certs[0])
-        .map_err(|_| TlsError::Content {
-            field: "cert",
-            path: tls.cert.clone(),
-            problem: PemProblem::BadCertificate { index: 1 },
-        })?
+    let content = |problem| TlsError::Content {
+        field: "cert",
+        path: tls.cert.clone(),
+        problem,
+    };
+    let leaf = certs
+        .first()
+        .ok_or_else(|| content(PemProblem::NoCertificate))?;
+    let not_after = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|_| content(PemProblem::BadCertificate { index: 1 }))?
         .1
         .validity()
         .not_after

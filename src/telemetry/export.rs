@@ -321,6 +321,47 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_the_exporter_cannot_use_are_refused_before_it_is_built() {
+        for ok in [
+            "http://127.0.0.1:4317",
+            "http://collector",
+            "http://c:4318/v1/metrics",
+        ] {
+            assert_eq!(check_endpoint(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("not a url", BadEndpoint::NotAUrl),
+            ("collector:4317", BadEndpoint::NotAUrl),
+            ("https://collector:4317", BadEndpoint::Https),
+            ("ftp://collector", BadEndpoint::Scheme),
+            ("/v1/metrics", BadEndpoint::NotAUrl),
+        ] {
+            assert_eq!(check_endpoint(bad), Err(why), "{bad}");
+        }
+        let err =
+            ExportSettings::resolve(&otlp(Some("https://c:4317"), None), env(&[])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TelemetryError::ConfigEndpoint {
+                    problem: BadEndpoint::Https,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The variable the exporter would read is checked; the file wins.
+        let vars = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url")]);
+        let err = ExportSettings::resolve(&Telemetry::default(), vars).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "OTEL_EXPORTER_OTLP_ENDPOINT=\"not a url\": the endpoint is not a URL such as http://127.0.0.1:4317"
+        );
+        let vars = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url")]);
+        assert!(ExportSettings::resolve(&otlp(Some("http://c:4317"), None), vars).is_ok());
+    }
+
+    #[test]
     fn no_config_and_no_endpoint_variable_means_no_export() {
         let none = Telemetry::default();
         assert_eq!(ExportSettings::resolve(&none, env(&[])).unwrap(), None);
