@@ -125,15 +125,29 @@ pub struct GeneratedService {
 pub enum DevPkiError {
     #[error("refusing to overwrite existing files (use --force): {}", list(.0))]
     Exists(Vec<PathBuf>),
-    #[error("{path}: {source}")]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot generate a certificate: {0}")]
-    Certificate(#[from] PkiError),
+    Certificate(PkiError),
     #[error("cannot generate the Ed25519 token key: {0}")]
-    TokenKey(#[from] KeyError),
+    TokenKey(KeyError),
+}
+
+// By hand: `#[from]` would also make the error its source, and a caller
+// printing the chain would print it twice.
+impl From<PkiError> for DevPkiError {
+    fn from(error: PkiError) -> Self {
+        DevPkiError::Certificate(error)
+    }
+}
+
+impl From<KeyError> for DevPkiError {
+    fn from(error: KeyError) -> Self {
+        DevPkiError::TokenKey(error)
+    }
 }
 
 fn list(paths: &[PathBuf]) -> String {
@@ -343,9 +357,9 @@ fn write_all(dir: &Path, outputs: &[Output], force: bool) -> Result<(), DevPkiEr
     }
     for output in outputs {
         let path = dir.join(&output.path);
-        let io_err = |source| DevPkiError::Io {
+        let io_err = |error| DevPkiError::Io {
             path: path.clone(),
-            source,
+            error,
         };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io_err)?;

@@ -23,7 +23,9 @@
 //! * `watch` tells when files change; `reload` rebuilds and swaps
 //!   snapshots; `listener` accepts connections; `server` runs the gRPC
 //!   services; `admin` serves the JWKS and probes over plain HTTP;
-//! * `app` wires it all together (`run`, `Sidecar`).
+//! * `preflight` checks what `serve` needs before it binds (log filter,
+//!   listener TLS files, OTLP settings), for `serve` and `check-config`
+//!   alike; `app` wires it all together (`run`, `Sidecar`).
 //!
 //! Beside that flow: `health` probes a running sidecar, `devpki` generates
 //! the development-only demo PKI, `alloc` tunes the allocator, `pki` builds
@@ -45,6 +47,7 @@ pub mod identity;
 pub mod keys;
 pub mod listener;
 pub mod pki;
+pub mod preflight;
 pub mod registry;
 pub mod reload;
 pub mod request;

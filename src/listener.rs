@@ -40,7 +40,7 @@ use crate::config::{Limits, ListenAddr};
 use pending::{Pending, Ticket};
 use preface::{PrefaceError, Rewind};
 
-pub use tls::{TlsError, TlsState, load_tls, watch_tls};
+pub use tls::{PemProblem, TlsError, TlsErrors, TlsState, load_tls, watch_tls};
 
 /// Connections that finished their handshake and wait for the gRPC server.
 pub type Incoming = ReceiverStream<io::Result<Conn>>;
@@ -49,8 +49,8 @@ pub type Incoming = ReceiverStream<io::Result<Conn>>;
 pub enum ListenError {
     #[error("cannot listen on {0}: {1}")]
     Bind(String, io::Error),
-    #[error("listen.tls: {0}")]
-    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Tls(#[from] TlsErrors),
 }
 
 /// Why a connection was closed before it was served.

@@ -284,13 +284,27 @@ pub struct Issued<'r> {
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
     #[error("cannot serialize the claims: {0}")]
-    Claims(#[from] serde_json::Error),
+    Claims(serde_json::Error),
     #[error(
         "no key may sign now (each is verify_only, before its not_before, or too close to its not_after)"
     )]
     NoSigningKey,
     #[error("cannot sign: {0}")]
-    Sign(#[from] SignError),
+    Sign(SignError),
+}
+
+// By hand: `#[from]` would also make the error its source, and a caller
+// printing the chain would print it twice.
+impl From<serde_json::Error> for IssueError {
+    fn from(error: serde_json::Error) -> Self {
+        IssueError::Claims(error)
+    }
+}
+
+impl From<SignError> for IssueError {
+    fn from(error: SignError) -> Self {
+        IssueError::Sign(error)
+    }
 }
 
 /// The claims as signed: borrowed, so issuing copies no strings.

@@ -227,18 +227,20 @@ fn a_fragment_holds_only_services_and_revocation() {
     );
     let empty = f.write_fragment("teams/empty.yaml", &RegistryFragment::default());
     let errors = rejected(&paths(&f, &["teams"]));
-    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(errors.len(), 4, "{errors:#?}");
     assert!(
         matches!(&errors[0], LoadError::Invalid { file, at, problem: Problem::EmptyFragment } if *file == empty && at == "services"),
         "{:?}",
         errors[0]
     );
-    assert!(
-        matches!(&errors[1], LoadError::File(ConfigError::Yaml { path, message, .. })
-            if *path == main_as_fragment && message.contains("unknown field `token`")),
-        "{:?}",
-        errors[1]
-    );
+    // Every key a fragment may not hold, each at its own line.
+    for (error, key) in errors[1..].iter().zip(["token", "identity", "request"]) {
+        assert!(
+            matches!(error, LoadError::File(ConfigError::Yaml { path, message, column: 1, .. })
+                if *path == main_as_fragment && message.contains(&format!("unknown field `{key}`"))),
+            "{error:?}"
+        );
+    }
 }
 
 #[test]
