@@ -609,7 +609,8 @@ fn kubernetes_example_projects_team_configmaps_beside_the_registry() {
     assert!(teams.len() >= 2, "{teams:?}");
 
     // Laid out as the kubelet would, with the main registry beside it, the
-    // set loads as one registry (secrets and CA replaced by stand-ins).
+    // set loads as one registry (secrets, CA files and trust bundles replaced
+    // by stand-ins).
     let f = Fixture::new(&[]);
     let ca = Ca::new("k8s example CA");
     let ca_file = f.write_file("ca.crt", ca.cert_pem());
@@ -635,6 +636,10 @@ fn kubernetes_example_projects_team_configmaps_beside_the_registry() {
         key.secret_file = Some(f.path().join("secrets/jwt.key"));
     }
     stand_in(&mut main.services);
+    let bundle = f.write_file("mesh-bundle.pem", ca.cert_pem());
+    for path in main.trust_domains.values_mut() {
+        *path = bundle.clone();
+    }
     f.write(&main);
     let mut fragment_services = 0;
     for team in &teams {
