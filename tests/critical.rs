@@ -1,0 +1,98 @@
+//! Security-critical lines of the decision that the rest of the suite let
+//! a mutation through (docs/TESTING.md lists each mutation and the test here
+//! that kills it). In-process and fast: these run in the mutation command.
+
+mod common;
+
+use common::{Ca, ClientSpec, Fixture, Req, Svc, unix_now};
+use service_auth::check::{Decision, Grant, Reason};
+use service_auth::registry::{Registry, hash_api_key};
+use service_auth::testkit::decide;
+use service_auth::token;
+
+const A_URI: &str = "spiffe://mesh.test/ns/default/sa/a";
+const A_KEY: &str = "key-of-service-a-0123456789";
+
+fn registry(services: &[Svc]) -> (Fixture, Registry) {
+    let fixture = Fixture::new(services);
+    let registry = fixture.load();
+    (fixture, registry)
+}
+
+fn reason(d: &Decision<'_>) -> Option<Reason> {
+    match d {
+        Decision::Deny(denial) => Some(denial.reason),
+        Decision::Allow(_) => None,
+    }
+}
+
+/// The first key of the form `probe-N` whose SHA-256 agrees with `target`'s
+/// on the bytes `at` selects (and differs somewhere else).
+fn colliding_key(target: &[u8; 32], at: std::ops::Range<usize>) -> String {
+    (0u64..)
+        .map(|i| format!("probe-{i}"))
+        .find(|k| {
+            let h = hash_api_key(k.as_bytes());
+            h[at.clone()] == target[at.clone()] && h != *target
+        })
+        .expect("an unbounded search ends")
+}
+
+/// A presented key whose hash shares its first (or last) two bytes with the
+/// registered key's hash is still a wrong key: the comparison covers all 32
+/// bytes. A comparison cut to a prefix or suffix would let it in.
+#[test]
+fn a_key_whose_hash_shares_a_prefix_or_suffix_with_the_registered_one_is_invalid() {
+    let (_fixture, registry) = registry(&[Svc::new("a", A_URI, A_KEY)]);
+    let ca = Ca::new("key compare CA");
+    let cert = ca.client(&ClientSpec::uri(A_URI)).forwarded();
+    let registered = hash_api_key(A_KEY.as_bytes());
+    let now = unix_now();
+
+    // The registered key itself is allowed, so a denial below is about the key.
+    let good = decide(&Req::cert(cert.clone()).key(A_KEY).build(), &registry, now);
+    assert!(matches!(good, Decision::Allow(_)), "{good:?}");
+
+    for (what, at) in [("first", 0..2), ("last", 30..32)] {
+        let probe = colliding_key(&registered, at);
+        let d = decide(&Req::cert(cert.clone()).key(&probe).build(), &registry, now);
+        assert_eq!(
+            reason(&d),
+            Some(Reason::InvalidApiKey),
+            "{probe:?} shares the {what} two bytes of the registered key's hash"
+        );
+    }
+}
+
+/// Verify mode: the token must carry every scope the route asks for, not
+/// just one of them.
+#[test]
+fn verify_mode_needs_every_route_scope_in_the_token() {
+    let (_fixture, registry) = registry(&[Svc::new("a", A_URI, A_KEY)]);
+    let ca = Ca::new("verify scope CA");
+    let cert = ca.client(&ClientSpec::uri(A_URI)).forwarded();
+    let now = unix_now();
+    let d = decide(&Req::cert(cert.clone()).key(A_KEY).build(), &registry, now);
+    let Decision::Allow(Grant::Issue(grant)) = &d else {
+        panic!("issue mode should allow: {d:?}")
+    };
+    let jwt = token::issue(&registry.token, &grant.subject(), now)
+        .expect("sign the token")
+        .token;
+    let claims = token::verify(&registry.token, &jwt, now).unwrap().claims;
+    assert_eq!(claims.scope, "read write");
+
+    let verify_on = |route_scope: &str| {
+        let req = Req::cert(cert.clone())
+            .header("x-service-jwt", &jwt)
+            .ext("mode", "verify")
+            .ext("scope", route_scope);
+        reason(&decide(&req.build(), &registry, now))
+    };
+    // Every route scope is in the token: allowed.
+    assert_eq!(verify_on("read"), None);
+    assert_eq!(verify_on("write read"), None);
+    // One of two route scopes is in the token, the other is not.
+    assert_eq!(verify_on("read admin"), Some(Reason::ScopeNotAllowed));
+    assert_eq!(verify_on("admin read"), Some(Reason::ScopeNotAllowed));
+}
