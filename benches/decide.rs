@@ -2,11 +2,20 @@
 //! lookup, API-key check, token signing, and a whole Check's work (parse the
 //! attributes, gather evidence with or without the server's memo, decide,
 //! sign). Run: `cargo bench --bench decide`.
+//!
+//! Wall-clock figures move ±10 % on a shared machine; instruction counts do
+//! not. `DECIDE_CALLGRIND=<case>:<n>` skips criterion and runs one case `n`
+//! times, with the caller's certificate issued by an intermediate CA (a
+//! 3-certificate chain): `uncached` and `cached` judge it against the
+//! service's `ca_file` (root + intermediate), `uncached-domain` and
+//! `cached-domain` against its SPIFFE trust domain's bundle. Under
+//! `valgrind --tool=callgrind`, (Ir at n2 - Ir at n1) / (n2 - n1) is the
+//! per-Check cost; `benches/callgrind.sh` does that arithmetic.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use prost::Message;
 use service_auth::check::{self, Decision, Grant, Input};
 use service_auth::evidence::{Evidence, EvidenceCache};
@@ -30,8 +39,8 @@ fn check_once(req: &[u8], registry: &Registry, cache: Option<&EvidenceCache>, no
     };
     let attributes = Attributes::from_view(&view);
     let evidence = match cache {
-        Some(cache) => cache.resolve(attributes.certificate, registry),
-        None => Evidence::from_forwarded(attributes.certificate, registry).map(Arc::new),
+        Some(cache) => cache.resolve(attributes.certificate, registry, now),
+        None => Evidence::from_forwarded(attributes.certificate, registry, now).map(Arc::new),
     };
     let input = Input {
         attributes,
@@ -55,15 +64,16 @@ fn bench(c: &mut Criterion) {
             )
         })
         .collect();
-    let ca = Ca::new("bench CA");
+    let root = Ca::new("bench root");
+    let inter = root.intermediate("bench intermediate");
     let mut caller = Svc::new("caller", URI, KEY);
     let fixture = Fixture::new(&[]);
-    fixture.write_file("ca.crt", ca.cert_pem());
+    fixture.write_file("ca.crt", Ca::bundle_pem(&[&root, &inter]));
     caller.ca_file = Some("ca.crt".into());
     services.push(caller);
     fixture.write_registry(&services);
     let registry = fixture.load();
-    let cert = ca.client(&ClientSpec::uri(URI));
+    let cert = inter.client(&ClientSpec::uri(URI));
     let forwarded = cert.forwarded();
     let request = Req::typical(forwarded.clone(), KEY).build().encode_to_vec();
     let now = unix_now();
@@ -93,7 +103,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| token::issue(&registry.token, black_box(&subject), now).unwrap())
     });
     c.bench_function(
-        "check, allow, uncached (parse + CA signature every time)",
+        "check, allow, uncached (parse + 3-certificate chain every time)",
         |b| b.iter(|| assert!(check_once(black_box(&request), &registry, None, now))),
     );
     let cache = EvidenceCache::new(1024);
@@ -120,9 +130,59 @@ fn bench(c: &mut Criterion) {
     });
 }
 
+/// The caller's registry and request for the callgrind cases: the caller's
+/// certificate comes from an intermediate; the bundle (intermediate, then
+/// root) is its service's `ca_file`, or with `domain` its trust domain's.
+fn chain_world(domain: bool) -> (Fixture, Registry, Vec<u8>) {
+    let root = Ca::new("bench root");
+    let inter = root.intermediate("bench intermediate");
+    let mut fixture = Fixture::new(&[]);
+    fixture.write_file("bundle.pem", Ca::bundle_pem(&[&inter, &root]));
+    let mut caller = Svc::new("caller", URI, KEY);
+    if domain {
+        fixture
+            .trust_domains
+            .insert("mesh.bench".into(), "bundle.pem".into());
+    } else {
+        caller.ca_file = Some("bundle.pem".into());
+    }
+    fixture.write_registry(&[caller]);
+    let registry = fixture.load();
+    let cert = inter.client(&ClientSpec::uri(URI));
+    let request = Req::typical(cert.forwarded(), KEY).build().encode_to_vec();
+    (fixture, registry, request)
+}
+
+fn callgrind(spec: &str) {
+    let (case, n) = spec.split_once(':').unwrap_or((spec, "1"));
+    let n: u64 = n.parse().expect("DECIDE_CALLGRIND=<case>:<n>");
+    let (cached, domain) = match case {
+        "uncached" => (false, false),
+        "cached" => (true, false),
+        "uncached-domain" => (false, true),
+        "cached-domain" => (true, true),
+        other => panic!("unknown case {other:?}"),
+    };
+    let (_fixture, registry, request) = chain_world(domain);
+    let now = unix_now();
+    let cache = EvidenceCache::new(1024);
+    let cache = cached.then_some(&cache);
+    for _ in 0..n {
+        assert!(check_once(black_box(&request), &registry, cache, now));
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
     targets = bench
 }
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("DECIDE_CALLGRIND") {
+        callgrind(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

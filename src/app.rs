@@ -8,7 +8,6 @@
 //! [`run`] does that and serves until a shutdown future resolves.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::admin;
-use crate::config::{ListenAddr, StaticConfig};
+use crate::config::{ListenAddr, RegistryPaths, StaticConfig};
 use crate::listener::{self, ListenError, TlsError, TlsState};
 use crate::registry::{LoadError, Registry, Snapshot};
 use crate::reload::Reloader;
@@ -25,6 +24,7 @@ use crate::server::{self, AuthzService, Readiness};
 use crate::telemetry::credentials::{Expiry, ExpirySource, ExpirySources};
 use crate::telemetry::export::{ExportSettings, MetricsExport, TelemetryError};
 use crate::telemetry::{self, Observer};
+use crate::throttle::Throttle;
 
 /// How long shutdown waits for the last metrics export: a dead or hanging
 /// collector must not keep a terminating pod alive.
@@ -89,11 +89,17 @@ impl Sidecar {
             }
             None => None,
         };
+        let throttle = Arc::new(Throttle::new());
         let export = ExportSettings::resolve(&config.telemetry, |var| std::env::var(var).ok())?;
         let (metrics, observer) = match &export {
             Some(settings) => {
                 let metrics = MetricsExport::start(settings)?;
-                let observer = Observer::with_metrics(&metrics.meter(), snapshot.clone(), expiries);
+                let observer = Observer::with_metrics(
+                    &metrics.meter(),
+                    snapshot.clone(),
+                    expiries,
+                    throttle.clone(),
+                );
                 tracing::info!(
                     event = "metrics_export",
                     protocol = ?settings.protocol,
@@ -129,7 +135,7 @@ impl Sidecar {
         let readiness = Readiness::new().await;
         let (stop, stopped) = oneshot::channel::<()>();
         let limits = config.limits.clone();
-        let authz = AuthzService::new(snapshot.clone(), observer.clone());
+        let authz = AuthzService::new(snapshot.clone(), observer.clone(), throttle);
         let server_readiness = readiness.clone();
         let server = tokio::spawn(async move {
             let stopped = async {
@@ -251,15 +257,15 @@ pub async fn run(
 /// Loads the registry off the workers, installs it and reports SERVING,
 /// then keeps it current.
 async fn load_then_reload(
-    path: PathBuf,
+    paths: RegistryPaths,
     reload: crate::config::Reload,
     snapshot: Snapshot,
     readiness: Readiness,
     observer: Observer,
     loaded: oneshot::Sender<Result<(), Vec<LoadError>>>,
 ) {
-    let load_path = path.clone();
-    let attempt = tokio::task::spawn_blocking(move || Registry::load_tracked(&load_path)).await;
+    let load_paths = paths.clone();
+    let attempt = tokio::task::spawn_blocking(move || Registry::load_tracked(&load_paths)).await;
     let Ok(attempt) = attempt else {
         // Dropping `loaded` reports the panic.
         return;
@@ -274,11 +280,11 @@ async fn load_then_reload(
     telemetry::log_registry_warnings(&registry);
     tracing::info!(
         event = "registry_loaded",
-        path = %path.display(),
+        path = %paths,
         services = registry.services().len(),
     );
     snapshot.store(Arc::new(registry));
-    let reloader = Reloader::start(path, attempt.sources, snapshot, observer, &reload);
+    let reloader = Reloader::start(paths, attempt.sources, snapshot, observer, &reload);
     readiness.serving().await;
     let _ = loaded.send(Ok(()));
     reloader.run().await;

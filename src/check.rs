@@ -15,6 +15,7 @@ use crate::identity::{CertError, PeerCertificate, San};
 use crate::registry::{self, Registry, Service};
 use crate::request::{Attributes, Header, Headers, RouteMode};
 use crate::token::{self, Subject, VerifyError};
+use crate::trust;
 
 /// API keys longer than this are refused without hashing. Generated keys
 /// are 43 characters.
@@ -63,6 +64,9 @@ pub enum Reason {
     ScopeNotAllowed,
     InvalidToken,
     ExpiredToken,
+    /// Refused before any decision: the caller failed too often lately
+    /// (`throttle`). Never returned by [`decide`].
+    TooManyFailures,
     /// The request itself could not be read (undecodable or too large).
     MalformedRequest,
     InternalError,
@@ -73,12 +77,14 @@ pub enum Reason {
 pub enum Outcome {
     Unauthenticated,
     Forbidden,
+    /// Throttled: 429 with `retry-after`.
+    TooManyRequests,
     BadRequest,
     Unavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::MissingIdentity,
         Reason::UnknownPrincipal,
         Reason::AmbiguousPrincipal,
@@ -95,6 +101,7 @@ impl Reason {
         Reason::ScopeNotAllowed,
         Reason::InvalidToken,
         Reason::ExpiredToken,
+        Reason::TooManyFailures,
         Reason::MalformedRequest,
         Reason::InternalError,
     ];
@@ -117,6 +124,7 @@ impl Reason {
             Reason::ScopeNotAllowed => "scope_not_allowed",
             Reason::InvalidToken => "invalid_token",
             Reason::ExpiredToken => "expired_token",
+            Reason::TooManyFailures => "too_many_failures",
             Reason::MalformedRequest => "malformed_request",
             Reason::InternalError => "internal_error",
         }
@@ -125,6 +133,7 @@ impl Reason {
     pub fn outcome(self) -> Outcome {
         match self {
             Reason::ScopeNotAllowed => Outcome::Forbidden,
+            Reason::TooManyFailures => Outcome::TooManyRequests,
             Reason::MalformedRequest => Outcome::BadRequest,
             Reason::InternalError => Outcome::Unavailable,
             _ => Outcome::Unauthenticated,
@@ -279,6 +288,16 @@ impl Denial<'_> {
         }
     }
 
+    /// The refusal of a throttled caller, made before any decision.
+    pub fn throttled(mode: Mode) -> Denial<'static> {
+        Denial {
+            mode,
+            reason: Reason::TooManyFailures,
+            service: None,
+            token: None,
+        }
+    }
+
     /// The security-alert kind this denial raises, if any.
     pub fn alert(&self) -> Option<&'static str> {
         match self.token {
@@ -376,7 +395,7 @@ fn issue<'r>(input: &Input<'_>, registry: &'r Registry, now: i64) -> Decision<'r
     };
     let principal = service.principals.get(principal).map_or("", String::as_str);
 
-    if let Err(reason) = check_trust(service, peer.evidence()) {
+    if let Err(reason) = check_trust(service, peer.evidence(), now) {
         return deny(mode, reason, Some(service));
     }
 
@@ -427,11 +446,13 @@ impl Peer<'_> {
 }
 
 /// Step 1: establish the peer identity and check what does not depend on
-/// which service it claims (shape, validity window, revocation).
+/// which service it claims (shape, validity window, revocation, trust
+/// domain).
 fn peer_identity<'q>(input: &Input<'q>, registry: &Registry, now: i64) -> Result<Peer<'q>, Reason> {
     if let Some(certificate) = input.certificate {
         let evidence = certificate.map_err(cert_reason)?;
         check_certificate(&evidence.certificate, registry, now)?;
+        check_trust_domain(evidence, registry, now)?;
         return Ok(Peer::Certificate(evidence));
     }
     // Envoy's principal is only its guess at the peer (first URI SAN, else
@@ -439,6 +460,11 @@ fn peer_identity<'q>(input: &Input<'q>, registry: &Registry, now: i64) -> Result
     // certificate factor must be there.
     let principal = input.attributes.principal;
     if !principal.is_empty() && !registry.require_certificate {
+        // Without a certificate no chain can be checked: a SPIFFE ID cannot
+        // be vouched for by its trust domain.
+        if registry.has_trust_domains() && trust::has_spiffe_scheme(principal) {
+            return Err(Reason::CertificateUntrusted);
+        }
         return Ok(Peer::Principal(San::from_principal(principal)));
     }
     Err(Reason::MissingIdentity)
@@ -453,10 +479,28 @@ fn check_certificate(cert: &PeerCertificate, registry: &Registry, now: i64) -> R
     if now > cert.not_after {
         return Err(Reason::CertificateExpired);
     }
-    if registry.is_revoked(&cert.serial) {
+    if registry.is_revoked(cert) {
         return Err(Reason::CertificateRevoked);
     }
     Ok(())
+}
+
+/// With `trust_domains`: a certificate with a `spiffe://` SAN must be an
+/// X509-SVID (exactly one URI SAN, a valid SPIFFE ID) of a listed trust
+/// domain, and chain to that domain's bundle now. A certificate without a
+/// SPIFFE ID is left to the services' own `ca_file`.
+fn check_trust_domain(evidence: &Evidence, registry: &Registry, now: i64) -> Result<(), Reason> {
+    if !registry.has_trust_domains() {
+        return Ok(());
+    }
+    match evidence.svid_trust_domain() {
+        Ok(None) => Ok(()),
+        Ok(Some(domain)) => match registry.trust_domain(domain) {
+            Some(bundle) if evidence.trusted_by(bundle, now) => Ok(()),
+            _ => Err(Reason::CertificateUntrusted),
+        },
+        Err(_) => Err(Reason::CertificateUntrusted),
+    }
 }
 
 fn cert_reason(e: CertError) -> Reason {
@@ -466,12 +510,12 @@ fn cert_reason(e: CertError) -> Reason {
     }
 }
 
-/// Per-service trust: the issuing CA and certificate pins. A service that
-/// requires either cannot be authenticated by a bare principal.
-fn check_trust(service: &Service, evidence: Option<&Evidence>) -> Result<(), Reason> {
-    if let Some(anchor) = &service.ca {
+/// Per-service trust: the service's CA bundle and certificate pins. A
+/// service that requires either cannot be authenticated by a bare principal.
+fn check_trust(service: &Service, evidence: Option<&Evidence>, now: i64) -> Result<(), Reason> {
+    if let Some(bundle) = &service.ca {
         match evidence {
-            Some(e) if e.issued_by(anchor) => {}
+            Some(e) if e.trusted_by(bundle, now) => {}
             _ => return Err(Reason::CertificateUntrusted),
         }
     }
@@ -612,7 +656,8 @@ fn verify<'r>(input: &Input<'_>, registry: &'r Registry, now: i64) -> Decision<'
             return refuse(Reason::InvalidToken, id, TokenCheck::Unbound);
         }
         let still_good = check_certificate(&evidence.certificate, registry, now)
-            .and_then(|()| check_trust(service, Some(evidence)));
+            .and_then(|()| check_trust_domain(evidence, registry, now))
+            .and_then(|()| check_trust(service, Some(evidence), now));
         if let Err(reason) = still_good {
             return refuse(reason, id, TokenCheck::Unbound);
         }

@@ -7,6 +7,7 @@
 //! Turning a parsed registry into something a Check can use is `registry`'s
 //! job.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -180,7 +181,7 @@ pub fn resolve(base_file: &Path, relative: &Path) -> PathBuf {
 #[serde(deny_unknown_fields)]
 pub struct StaticConfig {
     pub listen: Listen,
-    pub registry: PathBuf,
+    pub registry: RegistryPaths,
     #[serde(default)]
     pub reload: Reload,
     #[serde(default)]
@@ -205,7 +206,10 @@ impl StaticConfig {
 
     /// Makes every path relative to `path` (the file this config came from).
     pub fn resolve_paths(&mut self, path: &Path) {
-        self.registry = resolve(path, &self.registry);
+        self.registry.main = resolve(path, &self.registry.main);
+        for fragment in &mut self.registry.fragments {
+            *fragment = resolve(path, fragment);
+        }
         if let Some(tls) = &mut self.listen.tls {
             tls.cert = resolve(path, &tls.cert);
             tls.key = resolve(path, &tls.key);
@@ -387,6 +391,100 @@ impl ListenTls {
             Some(san) => Err(Invalid::NotASan(san.escape_debug().to_string())),
             None => Ok(()),
         }
+    }
+}
+
+/// `registry`: one file, or a list whose first entry is the main registry
+/// file and whose further entries are fragment files or directories of
+/// fragments (`registry: [registry.yaml, registry.d/]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryPaths {
+    /// The file holding everything (token, request, identity, ...).
+    pub main: PathBuf,
+    /// Fragment files and directories, in the order listed; each holds only
+    /// `services` and/or `revocation`.
+    pub fragments: Vec<PathBuf>,
+}
+
+impl RegistryPaths {
+    /// A registry that is one file.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        RegistryPaths {
+            main: path.into(),
+            fragments: Vec::new(),
+        }
+    }
+}
+
+impl From<PathBuf> for RegistryPaths {
+    fn from(path: PathBuf) -> Self {
+        RegistryPaths::file(path)
+    }
+}
+
+impl From<&Path> for RegistryPaths {
+    fn from(path: &Path) -> Self {
+        RegistryPaths::file(path)
+    }
+}
+
+impl From<&str> for RegistryPaths {
+    fn from(path: &str) -> Self {
+        RegistryPaths::file(path)
+    }
+}
+
+impl fmt::Display for RegistryPaths {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.main.display())?;
+        for fragment in &self.fragments {
+            write!(f, ", {}", fragment.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for RegistryPaths {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        if self.fragments.is_empty() {
+            return self.main.serialize(s);
+        }
+        let mut seq = s.serialize_seq(Some(1 + self.fragments.len()))?;
+        seq.serialize_element(&self.main)?;
+        for fragment in &self.fragments {
+            seq.serialize_element(fragment)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for RegistryPaths {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Paths;
+        impl<'de> serde::de::Visitor<'de> for Paths {
+            type Value = RegistryPaths;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a path, or a non-empty list of paths")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RegistryPaths, E> {
+                Ok(RegistryPaths::file(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RegistryPaths, A::Error> {
+                let main: PathBuf = seq.next_element()?.ok_or_else(|| {
+                    serde::de::Error::custom("the list is empty: name the main registry file first")
+                })?;
+                let mut fragments = Vec::new();
+                while let Some(path) = seq.next_element()? {
+                    fragments.push(path);
+                }
+                Ok(RegistryPaths { main, fragments })
+            }
+        }
+        d.deserialize_any(Paths)
     }
 }
 
@@ -584,13 +682,83 @@ pub struct RegistryFile {
     pub token: TokenSection,
     #[serde(default)]
     pub identity: IdentitySection,
+    /// SPIFFE trust domain -> CA bundle file (PEM roots and intermediates).
+    /// When set, a certificate with a `spiffe://` SAN must chain to its own
+    /// domain's bundle.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_keys::deserialize"
+    )]
+    pub trust_domains: BTreeMap<String, PathBuf>,
     #[serde(default)]
     pub request: RequestSection,
     #[serde(default)]
     pub revocation: RevocationSection,
+    /// Registry-wide: whether a denied Check is refused or only reported.
+    /// Services and routes may override it.
+    #[serde(default, skip_serializing_if = "Enforcement::is_enforce")]
+    pub enforcement: Enforcement,
+    /// Failed-authentication throttling; absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<ThrottleSection>,
     /// Required (`services: []` for none): a truncated file must not read
     /// as an empty registry.
     pub services: Vec<ServiceEntry>,
+}
+
+/// A registry fragment: a file after the first in a `registry` list, or in
+/// a listed directory. It holds only services and revocations; everything
+/// else lives in the main file. At least one of the two keys is required
+/// (`services: []` for none), so an emptied or truncated fragment is an
+/// error, not a team's services silently gone.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFragment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<ServiceEntry>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<RevocationSection>,
+}
+
+/// Whether a denied Check is refused (`enforce`) or answered OK and only
+/// reported as `would_deny` (`report`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    #[default]
+    Enforce,
+    Report,
+}
+
+impl Enforcement {
+    pub fn is_enforce(&self) -> bool {
+        *self == Enforcement::Enforce
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Enforce => "enforce",
+            Enforcement::Report => "report",
+        }
+    }
+}
+
+/// `throttle`: a caller with `failures` failed Checks within `window` is
+/// refused until the window passes; at most `max_tracked` callers are
+/// remembered at once.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleSection {
+    pub failures: u32,
+    #[serde(with = "duration")]
+    pub window: Duration,
+    #[serde(default = "default_max_tracked")]
+    pub max_tracked: usize,
+}
+
+fn default_max_tracked() -> usize {
+    100_000
 }
 
 /// How the caller's identity may be established.
@@ -715,6 +883,9 @@ pub struct ServiceEntry {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyEntry>,
+    /// Overrides the registry-wide `enforcement` for this caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<Enforcement>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -738,6 +909,43 @@ mod duration {
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
+    }
+}
+
+/// A map whose keys must be unique: serde's maps keep the last duplicate
+/// silently, and a registry must not pick one of two values for a key.
+mod unique_keys {
+    use std::collections::BTreeMap;
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{Deserialize, Deserializer, Error, MapAccess, Visitor};
+
+    pub fn deserialize<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        V: Deserialize<'de>,
+    {
+        struct Unique<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Unique<V> {
+            type Value = BTreeMap<String, V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((key, value)) = map.next_entry::<String, V>()? {
+                    if out.contains_key(&key) {
+                        return Err(A::Error::custom(format!("duplicate key {key:?}")));
+                    }
+                    out.insert(key, value);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Unique(PhantomData))
     }
 }
 
@@ -805,6 +1013,10 @@ mod tests {
     fn duplicate_keys_are_rejected() {
         let text = "id: a\nid: b\nprincipals: []\n";
         assert!(serde_yaml::from_str::<ServiceEntry>(text).is_err());
+        // Also among trust domains: which bundle would a domain get?
+        let text = "token: {issuer: i, audience: a, keys: []}\nservices: []\n\
+                    trust_domains:\n  a.test: one.pem\n  a.test: two.pem\n";
+        assert!(serde_yaml::from_str::<RegistryFile>(text).is_err());
     }
 
     #[test]
@@ -899,6 +1111,46 @@ mod tests {
             matches!(&err, ConfigError::Invalid { at, problem: Invalid::AboveMaximum(_), .. } if at == "limits.max_connections"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn registry_is_a_file_or_a_list_of_files_and_directories() {
+        let one: StaticConfig =
+            serde_yaml::from_str("listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\n").unwrap();
+        assert_eq!(one.registry, RegistryPaths::file("r.yaml"));
+        let text = "listen:\n  grpc: 127.0.0.1:1\nregistry: [r.yaml, teams/, /abs/x.yaml]\n";
+        let mut many: StaticConfig = serde_yaml::from_str(text).unwrap();
+        many.resolve_paths(Path::new("/etc/sa/config.yaml"));
+        assert_eq!(
+            many.registry,
+            RegistryPaths {
+                main: "/etc/sa/r.yaml".into(),
+                fragments: vec!["/etc/sa/teams/".into(), "/abs/x.yaml".into()],
+            }
+        );
+        for config in [one, many] {
+            let again: StaticConfig =
+                serde_yaml::from_str(&serde_yaml::to_string(&config).unwrap()).unwrap();
+            assert_eq!(again.registry, config.registry);
+        }
+        let err = parse_yaml::<StaticConfig>(
+            Path::new("c.yaml"),
+            "listen:\n  grpc: 127.0.0.1:1\nregistry: []\n",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Yaml { line: 3, message, .. } if message.contains("the list is empty")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn fragments_hold_only_services_and_revocation() {
+        let ok: RegistryFragment = serde_yaml::from_str("services: []\n").unwrap();
+        assert!(ok.services.is_some() && ok.revocation.is_none());
+        let err =
+            serde_yaml::from_str::<RegistryFragment>("token: {}\nservices: []\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `token`"), "{err}");
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! Envoy forwards the caller's leaf certificate as URL-encoded PEM. This module
 //! turns that untrusted string into a [`PeerCertificate`]: the SANs that may
 //! name a service (URI first, then DNS; never the CN), the facts the decision
-//! checks against policy (validity window, serial, thumbprint), and nothing
-//! else. Whether those facts are *acceptable* is `check`'s business; this
-//! module only refuses what is malformed or cannot be a client certificate.
+//! checks against policy (validity window, serial and issuer, thumbprint), and
+//! nothing else. Whether those facts are *acceptable* is `check`'s business
+//! (with `trust` judging chains); this module only refuses what is malformed
+//! or cannot be a client certificate.
 
 use std::borrow::Cow;
 
@@ -69,6 +70,9 @@ pub struct PeerCertificate {
     pub sans: Vec<San>,
     /// Serial number, big-endian, without leading zero bytes.
     pub serial: Vec<u8>,
+    /// The issuer's DER `Name`: a serial is only unique per issuer, so
+    /// revocation lists are matched on both.
+    pub issuer: Vec<u8>,
     /// Validity window, Unix seconds.
     pub not_before: i64,
     pub not_after: i64,
@@ -106,12 +110,14 @@ impl PeerCertificate {
         let sans = identity_sans(&cert)?;
         let validity = cert.validity();
         let serial = normalize_serial(cert.raw_serial()).to_vec();
+        let issuer = cert.issuer().as_raw().to_vec();
         let not_before = validity.not_before.timestamp();
         let not_after = validity.not_after.timestamp();
         let sha256 = Sha256::digest(&der).into();
         Ok(PeerCertificate {
             sans,
             serial,
+            issuer,
             not_before,
             not_after,
             sha256,
@@ -119,72 +125,34 @@ impl PeerCertificate {
         })
     }
 
+    /// The SHA-256 of a forwarded certificate's DER (what [`Self::sha256`]
+    /// would be) without parsing it as X.509: one percent-decode, one PEM
+    /// decode and one hash, cheap enough to name the caller before any
+    /// decision work (the throttle). `None` when it is not one PEM
+    /// certificate block.
+    pub fn forwarded_sha256(forwarded: &str) -> Option<[u8; 32]> {
+        if forwarded.len() > MAX_FORWARDED_CERT_LEN {
+            return None;
+        }
+        let pem = percent_decode_strict(forwarded.as_bytes())?;
+        let (rest, block) = parse_x509_pem(&pem).ok()?;
+        if block.label != "CERTIFICATE" || !rest.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        Some(Sha256::digest(&block.contents).into())
+    }
+
     /// The certificate in DER.
     pub fn der(&self) -> &[u8] {
         &self.der
     }
 
-    /// True when this certificate was issued and signed by `anchor`. This
-    /// verifies a signature, which costs far more than the rest of a Check:
-    /// the server memoizes verdicts (see `evidence`).
-    pub fn is_issued_by(&self, anchor: &TrustAnchor) -> bool {
-        let Ok((_, cert)) = X509Certificate::from_der(&self.der) else {
-            return false;
-        };
-        let Ok((_, ca_cert)) = X509Certificate::from_der(&anchor.der) else {
-            return false;
-        };
-        cert.issuer().as_raw() == ca_cert.subject().as_raw()
-            && cert.verify_signature(Some(ca_cert.public_key())).is_ok()
-    }
-}
-
-/// A CA certificate that a service's certificates must be signed by.
-#[derive(Debug, Clone)]
-pub struct TrustAnchor {
-    der: Vec<u8>,
-    /// SHA-256 of `der`: identifies the anchor in verdict memos, so a CA
-    /// replaced on reload is verified afresh.
-    pub id: [u8; 32],
-}
-
-/// Why a CA file cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AnchorError {
-    #[error("not a PEM certificate")]
-    NotPem,
-    #[error("not an X.509 certificate")]
-    NotCertificate,
-    #[error("the certificate is not a CA (basicConstraints cA is not set)")]
-    NotCa,
-}
-
-impl TrustAnchor {
-    /// Parses one PEM CA certificate; it must be a CA (basicConstraints cA).
-    pub fn from_pem(pem: &[u8]) -> Result<Self, AnchorError> {
-        let (_, block) = parse_x509_pem(pem).map_err(|_| AnchorError::NotPem)?;
-        let (_, cert) =
-            X509Certificate::from_der(&block.contents).map_err(|_| AnchorError::NotCertificate)?;
-        let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
-        if !is_ca {
-            return Err(AnchorError::NotCa);
-        }
-        let id = Sha256::digest(&block.contents).into();
-        Ok(TrustAnchor {
-            der: block.contents,
-            id,
-        })
-    }
-}
-
-impl TrustAnchor {
-    /// `Some(valid)` when this CA issued `crl` (same name), `None` otherwise.
-    pub fn verifies_crl(&self, crl: &CertificateRevocationList<'_>) -> Option<bool> {
-        let (_, ca) = X509Certificate::from_der(&self.der).ok()?;
-        if ca.subject().as_raw() != crl.issuer().as_raw() {
-            return None;
-        }
-        Some(crl.verify_signature(ca.public_key()).is_ok())
+    /// The URI SANs, in certificate order (what the X509-SVID rules read).
+    pub fn uri_sans(&self) -> impl Iterator<Item = &str> {
+        self.sans
+            .iter()
+            .take_while(|san| san.kind == SanKind::Uri)
+            .map(|san| san.value.as_str())
     }
 }
 

@@ -8,14 +8,17 @@
 //! * `config` parses the two YAML files into typed structs; `wire` owns the
 //!   Check method's gRPC wire format (framing with bounded reads, a
 //!   borrowing partial decode of the request, pre-encoded responses);
-//! * `identity` parses the forwarded peer certificate; `token` issues and
-//!   verifies mesh tokens;
+//! * `identity` parses the forwarded peer certificate; `trust` validates
+//!   certificate chains, CRLs and SPIFFE IDs against CA bundles; `token`
+//!   issues and verifies mesh tokens;
 //! * `registry` validates a registry file into an immutable, indexed
 //!   snapshot and holds the shared `Snapshot` handle;
 //! * `request` reads a decoded request's attributes once; `evidence`
 //!   gathers (and memoizes) the costly certificate facts;
-//! * `check` decides, as a pure function; `response` turns the outcome into
-//!   Envoy's `CheckResponse`;
+//! * `check` decides, as a pure function; `enforcement` says whether a
+//!   denial is refused or only reported (report mode); `throttle` refuses
+//!   callers that failed too often, before any decision; `response` turns
+//!   the outcome into Envoy's `CheckResponse`;
 //! * `telemetry` observes decisions and reloads (logs, OTLP metrics);
 //! * `watch` tells when files change; `reload` rebuilds and swaps
 //!   snapshots; `listener` accepts connections; `server` runs the gRPC
@@ -33,6 +36,7 @@ pub mod app;
 pub mod check;
 pub mod config;
 pub mod devpki;
+pub mod enforcement;
 pub mod evidence;
 pub mod health;
 pub mod identity;
@@ -45,7 +49,9 @@ pub mod response;
 pub mod server;
 pub mod telemetry;
 pub mod testkit;
+pub mod throttle;
 pub mod token;
+pub mod trust;
 pub mod watch;
 pub mod wire;
 

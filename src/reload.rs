@@ -1,7 +1,8 @@
 //! Keeping the registry snapshot current without a restart.
 //!
 //! The [`Reloader`] waits for `watch` to report a change in any file the
-//! serving registry was built from, builds a complete new snapshot on a
+//! serving registry was built from (its fragments and fragment directories
+//! included, so a file added to a directory counts), builds a complete new snapshot on a
 //! blocking thread (off the request path), and swaps it in only if it is
 //! valid; in-flight Checks finish on the snapshot they loaded. It only
 //! builds and swaps: what a reload means is reported through the
@@ -10,31 +11,33 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::config::RegistryPaths;
 use crate::registry::{Registry, Snapshot};
 use crate::telemetry::Observer;
 use crate::watch::FileWatch;
 
-/// Reloads the registry at `path` into a snapshot whenever it changes.
+/// Reloads the registry (main file and fragments) into a snapshot whenever
+/// any of its files changes; the whole set is swapped at once.
 pub struct Reloader {
-    path: PathBuf,
+    paths: RegistryPaths,
     snapshot: Snapshot,
     observer: Observer,
     watch: FileWatch,
 }
 
 impl Reloader {
-    /// `snapshot` already holds the registry loaded at start from `path`,
+    /// `snapshot` already holds the registry loaded at start from `paths`,
     /// built from `sources`. Must be called within a Tokio runtime (see
     /// [`FileWatch::new`]).
     pub fn start(
-        path: PathBuf,
+        paths: RegistryPaths,
         sources: Vec<PathBuf>,
         snapshot: Snapshot,
         observer: Observer,
         settings: &crate::config::Reload,
     ) -> Self {
         Reloader {
-            path,
+            paths,
             snapshot,
             observer,
             watch: FileWatch::new(sources, settings.poll_interval).with_settle(settings.settle),
@@ -45,8 +48,8 @@ impl Reloader {
     pub async fn run(mut self) {
         loop {
             let before = self.watch.changed().await;
-            let path = self.path.clone();
-            let attempt = tokio::task::spawn_blocking(move || Registry::load_tracked(&path)).await;
+            let paths = self.paths.clone();
+            let attempt = tokio::task::spawn_blocking(move || Registry::load_tracked(&paths)).await;
             let Ok(loaded) = attempt else {
                 // The load panicked: a bug, and no reason to drop the good snapshot.
                 tracing::error!(

@@ -7,6 +7,8 @@
 
 use crate::wire::{CheckView, Port};
 
+use crate::config::Enforcement;
+
 /// The per-route mode, from `context_extensions["mode"]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteMode {
@@ -24,6 +26,10 @@ pub struct Attributes<'q> {
     pub mode: RouteMode,
     /// `context_extensions["scope"]`: scopes the route requires ("" if none).
     pub route_scope: &'q str,
+    /// `context_extensions["enforcement"]`: the route's override of the
+    /// registry's and the service's enforcement. A value other than
+    /// `report` reads as `enforce`: a misspelt opt-out fails closed.
+    pub route_enforcement: Option<Enforcement>,
     /// `source.certificate`: the URL-encoded PEM leaf ("" if none forwarded).
     pub certificate: &'q str,
     /// `source.principal`: Envoy's idea of the peer ("" if none).
@@ -46,6 +52,10 @@ impl<'q> Attributes<'q> {
         Attributes {
             mode,
             route_scope: view.context_extension("scope").unwrap_or(""),
+            route_enforcement: view.context_extension("enforcement").map(|e| match e {
+                "report" => Enforcement::Report,
+                _ => Enforcement::Enforce,
+            }),
             certificate: view.certificate(),
             principal: view.principal(),
             headers: Headers { view },

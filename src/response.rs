@@ -7,15 +7,21 @@
 //! carries the HTTP status, a generic JSON body and the gRPC code, while the
 //! precise reason goes only to Envoy's dynamic metadata (for its access log).
 //! The bytes come from `wire`: denials are encoded once per reason, and OK
-//! responses from a template per registry snapshot.
+//! responses from a template per registry snapshot. A denial only reported
+//! (report mode, see `enforcement`) is an OK that adds nothing and says
+//! `would_deny` in the metadata; a throttled caller gets 429 with
+//! `retry-after`.
 
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwapOption;
-use envoy_types::ext_authz::v3::pb::HttpStatusCode;
+use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse, HttpStatusCode, OkHttpResponse};
 
 use crate::check::{Decision, Denial, Grant, Mode, Outcome, Reason, SERVICE_ID_HEADER};
+use crate::enforcement::{self, Disposition};
 use crate::registry::Registry;
+use crate::request::Attributes;
+use crate::throttle::Throttled;
 use crate::token::{self, Issued};
 use crate::wire::{self, EncodedResponse, OkFields, OkTemplate};
 
@@ -25,6 +31,8 @@ pub struct Answer<'r> {
     pub decision: Decision<'r>,
     /// The token signed for an issue-mode grant.
     pub issued: Option<Issued<'r>>,
+    /// Whether a denial is refused or only reported.
+    pub disposition: Disposition,
 }
 
 impl<'r> Answer<'r> {
@@ -37,6 +45,7 @@ impl<'r> Answer<'r> {
                     Ok(issued) => Answer {
                         decision: Decision::Allow(Grant::Issue(grant)),
                         issued: Some(issued),
+                        disposition: Disposition::Enforced,
                     },
                     Err(_) => Answer::denied(Denial::internal(Mode::Issue)),
                 }
@@ -44,6 +53,7 @@ impl<'r> Answer<'r> {
             decision => Answer {
                 decision,
                 issued: None,
+                disposition: Disposition::Enforced,
             },
         }
     }
@@ -53,7 +63,15 @@ impl<'r> Answer<'r> {
         Answer {
             decision: Decision::Deny(denial),
             issued: None,
+            disposition: Disposition::Enforced,
         }
+    }
+
+    /// Applies report mode: a denial that `enforcement` says is only
+    /// reported for this Check is answered OK, without a token.
+    pub fn enforced(mut self, attributes: &Attributes<'_>, registry: &Registry) -> Answer<'r> {
+        self.disposition = enforcement::disposition(&self.decision, attributes, registry);
+        self
     }
 
     /// The kid that signed the issued token, if one was.
@@ -74,6 +92,11 @@ pub fn denial(reason: Reason) -> wire::Denial {
             tonic::Code::PermissionDenied,
             HttpStatusCode::Forbidden,
             r#"{"error":"forbidden"}"#,
+        ),
+        Outcome::TooManyRequests => (
+            tonic::Code::ResourceExhausted,
+            HttpStatusCode::TooManyRequests,
+            r#"{"error":"too_many_requests"}"#,
         ),
         Outcome::BadRequest => (
             tonic::Code::InvalidArgument,
@@ -102,6 +125,45 @@ pub fn denied(reason: Reason) -> EncodedResponse {
         Some(i) => all[i].clone(),
         None => denial(reason).encode(),
     }
+}
+
+/// The refusal of a throttled caller: 429 (`too_many_failures`) and
+/// `retry-after` in seconds. Encoded per Check (the seconds vary); a
+/// throttled Check does nothing else.
+pub fn throttled(throttled: &Throttled) -> EncodedResponse {
+    let mut message = denial(Reason::TooManyFailures).message();
+    if let Some(HttpResponse::DeniedResponse(denied)) = &mut message.http_response {
+        // The same overwriting header shape as the denial's content-type.
+        let mut retry_after = denied.headers[0].clone();
+        if let Some(header) = &mut retry_after.header {
+            header.key = "retry-after".into();
+            header.value = throttled.retry_after_secs().to_string();
+        }
+        denied.headers.push(retry_after);
+    }
+    EncodedResponse::from_message(&message)
+}
+
+/// OK for a denial that report mode only reports: no token, and the
+/// headers an upstream could take for verified identity (the token header,
+/// `x-service-id`) removed along with the API key header, so nothing
+/// unverified reaches the upstream looking verified.
+pub fn would_deny(registry: &Registry, reason: Reason) -> EncodedResponse {
+    let mut remove = vec![registry.token.header.clone(), SERVICE_ID_HEADER.to_owned()];
+    if !registry.request.forward_api_key {
+        remove.push(registry.request.api_key_header.clone());
+    }
+    EncodedResponse::from_message(&CheckResponse {
+        status: Some(wire::ok_status()),
+        dynamic_metadata: Some(wire::service_auth_metadata([(
+            "would_deny",
+            reason.as_str(),
+        )])),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers_to_remove: remove,
+            ..Default::default()
+        })),
+    })
 }
 
 /// The OK templates of one registry snapshot.
@@ -134,6 +196,11 @@ pub struct Responses {
 impl Responses {
     /// Envoy's response to `answer`, decided under `registry`.
     pub fn encode(&self, answer: Answer<'_>, registry: &Registry) -> EncodedResponse {
+        if let (Decision::Deny(denial), Disposition::Reported) =
+            (&answer.decision, answer.disposition)
+        {
+            return would_deny(registry, denial.reason);
+        }
         let templates = self.templates(registry);
         match (answer.decision, answer.issued) {
             (Decision::Allow(Grant::Issue(grant)), Some(token)) => {
@@ -183,6 +250,7 @@ mod tests {
             let (grpc, http, body) = match reason {
                 Reason::ScopeNotAllowed => (7, 403, "forbidden"),
                 Reason::MalformedRequest => (3, 400, "bad_request"),
+                Reason::TooManyFailures => (8, 429, "too_many_requests"),
                 Reason::InternalError => (14, 503, "unavailable"),
                 _ => (16, 401, "unauthenticated"),
             };

@@ -1,9 +1,11 @@
 //! The gRPC transport: Envoy's `Authorization/Check` and `grpc.health.v1`.
 //!
 //! This layer only translates and sequences. For each Check it parses the
-//! request's attributes once, gathers the certificate evidence (memoized),
-//! calls the pure `check::decide`, signs a token when the decision grants
-//! one (`response::Answer`), reports to telemetry, and answers.
+//! request's attributes once, asks the `throttle` whether the caller may be
+//! heard at all, gathers the certificate evidence (memoized), calls the pure
+//! `check::decide`, signs a token when the decision grants one and applies
+//! report mode (`response::Answer`), tells the throttle the outcome, reports
+//! to telemetry, and answers.
 //! Every outcome, including a panic, is an answer inside a `CheckResponse`:
 //! a gRPC error would let the request through wherever Envoy runs with
 //! `failure_mode_allow: true`.
@@ -18,12 +20,14 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::check::{self, Decision, Denial, Input, Mode, Reason, unix_now};
 use crate::config::Limits;
+use crate::enforcement::Disposition;
 use crate::evidence::EvidenceCache;
 use crate::listener::Incoming;
 use crate::registry::{Registry, Snapshot};
-use crate::request::Attributes;
+use crate::request::{Attributes, RouteMode};
 use crate::response::{self, Answer, Responses};
 use crate::telemetry::{CheckEvent, Observer};
+use crate::throttle::{Throttle, Throttled};
 use crate::wire::{CheckHandler, CheckService, CheckView, EncodedResponse, Malformed};
 
 /// How long SIGTERM waits for in-flight Checks. Envoy gives up on a Check
@@ -41,15 +45,19 @@ pub struct AuthzService {
     evidence: EvidenceCache,
     responses: Responses,
     observer: Observer,
+    throttle: Arc<Throttle>,
 }
 
 impl AuthzService {
-    pub fn new(snapshot: Snapshot, observer: Observer) -> Self {
+    /// `throttle` keeps its failure counts across registry reloads; the
+    /// serving registry's `throttle` settings apply to each Check.
+    pub fn new(snapshot: Snapshot, observer: Observer, throttle: Arc<Throttle>) -> Self {
         AuthzService {
             snapshot,
             evidence: EvidenceCache::new(EVIDENCE_CACHE_ENTRIES),
             responses: Responses::default(),
             observer,
+            throttle,
         }
     }
 
@@ -83,18 +91,26 @@ impl AuthzService {
         started: Instant,
     ) -> EncodedResponse {
         let now = unix_now();
+        // A throttled caller is refused before any hashing or signature work.
+        let admitted = match self.throttle.admit(attributes, registry.throttle.as_ref()) {
+            Ok(admitted) => admitted,
+            Err(throttled) => return self.throttled(attributes, &throttled, started),
+        };
         let evidence = (!attributes.certificate.is_empty())
-            .then(|| self.evidence.resolve(attributes.certificate, registry));
+            .then(|| self.evidence.resolve(attributes.certificate, registry, now));
         let input = Input {
             attributes: *attributes,
             certificate: evidence
                 .as_ref()
                 .map(|e| e.as_ref().map(Arc::as_ref).map_err(|e| *e)),
         };
-        let answer = Answer::sign(check::decide(&input, registry, now), registry, now);
+        let answer = Answer::sign(check::decide(&input, registry, now), registry, now)
+            .enforced(attributes, registry);
+        admitted.record(&answer.decision, answer.disposition);
         self.observer.check(&CheckEvent {
             attributes: Some(attributes),
             decision: &answer.decision,
+            disposition: answer.disposition,
             issued_kid: answer.kid(),
             detail: None,
             elapsed: started.elapsed(),
@@ -115,11 +131,33 @@ impl AuthzService {
         self.observer.check(&CheckEvent {
             attributes,
             decision: &Decision::Deny(denial),
+            disposition: Disposition::Enforced,
             issued_kid: None,
             detail,
             elapsed: started.elapsed(),
         });
         response::denied(reason)
+    }
+
+    fn throttled(
+        &self,
+        attributes: &Attributes<'_>,
+        throttled: &Throttled,
+        started: Instant,
+    ) -> EncodedResponse {
+        let mode = match attributes.mode {
+            RouteMode::Verify => Mode::Verify,
+            RouteMode::Issue | RouteMode::Unknown => Mode::Issue,
+        };
+        self.observer.check(&CheckEvent {
+            attributes: Some(attributes),
+            decision: &Decision::Deny(Denial::throttled(mode)),
+            disposition: Disposition::Enforced,
+            issued_kid: None,
+            detail: None,
+            elapsed: started.elapsed(),
+        });
+        response::throttled(throttled)
     }
 }
 

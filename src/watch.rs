@@ -6,8 +6,10 @@
 //! watched files (directories, not inodes: Kubernetes updates ConfigMap and
 //! Secret volumes by swapping a `..data` symlink, and editors save by
 //! renaming), a poll that compares file fingerprints (catches what events
-//! miss), and SIGHUP (always reloads). What to do about a change is the
-//! caller's business.
+//! miss), and SIGHUP (always reloads). A watched *directory* (registry
+//! fragments) is watched itself as well, and its fingerprint changes when an
+//! entry is added, removed or renamed, so a new file in it counts as a
+//! change. What to do about a change is the caller's business.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -165,7 +167,8 @@ impl FileWatch {
         self.watch_dirs();
     }
 
-    /// Watches the parent directory of every source (non-recursively).
+    /// Watches the parent directory of every source, and every source that
+    /// is a directory itself (non-recursively).
     fn watch_dirs(&mut self) {
         let Some(watcher) = &mut self.watcher else {
             return;
@@ -173,7 +176,12 @@ impl FileWatch {
         let wanted: BTreeSet<PathBuf> = self
             .sources
             .iter()
-            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .flat_map(|p| {
+                let itself = std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_dir())
+                    .then(|| p.clone());
+                p.parent().map(Path::to_path_buf).into_iter().chain(itself)
+            })
             .map(|d| {
                 if d.as_os_str().is_empty() {
                     PathBuf::from(".")

@@ -105,7 +105,10 @@ fn check_config_reports_every_error_with_location() {
         matches!(
             kinds.as_slice(),
             [
-                (Some("services[1].id"), Some(Problem::DuplicateServiceId(_))),
+                (
+                    Some("services[1].id"),
+                    Some(Problem::DuplicateServiceId { .. })
+                ),
                 (
                     Some("services[1].principals[0]"),
                     Some(Problem::PrincipalClaimed { .. })

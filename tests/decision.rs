@@ -361,12 +361,11 @@ fn revoked_serials_and_crls() {
         Decision::Allow(_)
     ));
 
-    // The same through a CRL file.
-    let ca = Ca::new("crl CA");
+    // The same through a CRL file of the CA that issued it.
     let fixture = Fixture::new(&[]);
     std::fs::write(
         fixture.path().join("mesh.crl.pem"),
-        ca.crl_pem(&[&[0x4f, 0x1a, 0x78]]),
+        w.ca.crl_pem(&[&[0x4f, 0x1a, 0x78]]),
     )
     .unwrap();
     let mut fixture = fixture;

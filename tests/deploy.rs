@@ -920,6 +920,7 @@ fn observability_configs_agree_with_compose_and_the_spec_metrics() {
         "service_auth_registry_reloads_total",
         "service_auth_registry_services",
         "service_auth_credentials_expiry_seconds",
+        "service_auth_throttle_tracked",
     ] {
         assert!(
             exprs.iter().any(|e| e.contains(metric)),
@@ -1081,7 +1082,8 @@ fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
     // The registry is a ConfigMap; every file it names is in a Secret mount,
     // and with dev-pki files in their place, it is valid as a whole.
     let static_config = kubernetes_static_config(&docs);
-    let (kind, name, key) = mounted_source(pod, sidecar, static_config.registry.to_str().unwrap());
+    let (kind, name, key) =
+        mounted_source(pod, sidecar, static_config.registry.main.to_str().unwrap());
     assert_eq!(kind, "ConfigMap", "the registry is a ConfigMap");
     let registry_text = find(&docs, &kind, &name)["data"][key.as_str()]
         .as_str()

@@ -8,9 +8,10 @@ use std::path::Path;
 
 use common::{Ca, ClientSpec, Fixture, Svc, registry_file, tcp0};
 use service_auth::config::{ConfigError, RegistryFile};
-use service_auth::identity::{AnchorError, SanKind};
+use service_auth::identity::{PeerCertificate, SanKind};
 use service_auth::registry::{CrlError, LoadError, Problem, Registry, Warning};
 use service_auth::token::KeySetError;
+use service_auth::trust::BundleError;
 
 const A_URI: &str = "spiffe://mesh.test/a";
 const B_URI: &str = "spiffe://mesh.test/b";
@@ -130,7 +131,7 @@ fn duplicate_service_id() {
         &rejected(&f, &file),
         &[(
             "services[1].id",
-            &|p| matches!(p, Problem::DuplicateServiceId(id) if id == "a"),
+            &|p| matches!(p, Problem::DuplicateServiceId { id, first } if id == "a" && first.at == "services[0].id"),
         )],
     );
 }
@@ -146,8 +147,8 @@ fn principal_claimed_twice() {
         &f,
         &rejected(&f, &file),
         &[("services[1].principals[0]", &|p| {
-            matches!(p, Problem::PrincipalClaimed { principal, owner }
-                if principal == A_URI && owner == "a")
+            matches!(p, Problem::PrincipalClaimed { principal, owner, first }
+                if principal == A_URI && owner == "a" && first.at == "services[0].principals[0]")
         })],
     );
 }
@@ -164,7 +165,7 @@ fn duplicate_api_key_hash() {
         &rejected(&f, &file),
         &[(
             "services[1].api_keys[0].sha256",
-            &|p| matches!(p, Problem::DuplicateKeyHash { key, owner } if key == "k1" && owner == "a"),
+            &|p| matches!(p, Problem::DuplicateKeyHash { key, owner, first } if key == "k1" && owner == "a" && first.at == "services[0].api_keys[0].sha256"),
         )],
     );
 }
@@ -315,7 +316,7 @@ fn unreadable_ca_and_crl_files() {
         &rejected(&f, &f.registry_file(&[svc])),
         &[(
             "services[0].ca_file",
-            &|p| matches!(p, Problem::Anchor { path, error: AnchorError::NotCa } if *path == leaf),
+            &|p| matches!(p, Problem::Bundle { path, error: BundleError::NotCa { index: 1, .. } } if *path == leaf),
         )],
     );
 
@@ -385,15 +386,15 @@ fn every_error_is_reported_at_once() {
         &[
             (
                 "services[1].id",
-                &|p| matches!(p, Problem::DuplicateServiceId(id) if id == "a"),
+                &|p| matches!(p, Problem::DuplicateServiceId { id, first } if id == "a" && first.at == "services[0].id"),
             ),
             ("services[1].principals[0]", &|p| {
-                matches!(p, Problem::PrincipalClaimed { principal, owner }
-                    if principal == A_URI && owner == "a")
+                matches!(p, Problem::PrincipalClaimed { principal, owner, first }
+                    if principal == A_URI && owner == "a" && first.at == "services[0].principals[0]")
             }),
             (
                 "services[1].api_keys[0].sha256",
-                &|p| matches!(p, Problem::DuplicateKeyHash { key, owner } if key == "k1" && owner == "a"),
+                &|p| matches!(p, Problem::DuplicateKeyHash { key, owner, first } if key == "k1" && owner == "a" && first.at == "services[0].api_keys[0].sha256"),
             ),
             (
                 "revocation.serials[0]",
@@ -408,7 +409,7 @@ fn bundled_config_is_valid_and_flags_the_dev_secret() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config =
         service_auth::config::StaticConfig::load(&root.join("config/service-auth.yaml")).unwrap();
-    let registry = Registry::load(&config.registry).unwrap();
+    let registry = Registry::load_paths(&config.registry).unwrap();
     assert!(
         registry.uses_dev_secret,
         "the bundled secret must be recognised as the dev secret"
@@ -461,7 +462,9 @@ fn crls_are_checked_against_the_issuing_ca_and_for_staleness() {
         path: stale_crl,
     };
     assert_eq!(r.warnings(), std::slice::from_ref(&warning));
-    assert!(r.is_revoked(&[1]));
+    let one = ca.client(&ClientSpec::uri(A_URI).serial(&[1]));
+    let one = PeerCertificate::from_pem(one.cert_pem.as_bytes()).unwrap();
+    assert!(r.is_revoked(&one));
     // check-config shows the warning.
     let config = f.write_config(&f.static_config(tcp0()));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_service-auth"))

@@ -177,11 +177,14 @@ pub fn registry_file() -> RegistryFile {
         identity: IdentitySection {
             require_certificate: false,
         },
+        trust_domains: Default::default(),
         request: RequestSection::default(),
         revocation: RevocationSection {
             serials: vec!["0bad".into()],
             crl_files: Vec::new(),
         },
+        enforcement: Default::default(),
+        throttle: None,
         services: SERVICES
             .iter()
             .map(|s| ServiceEntry {

@@ -15,7 +15,8 @@ use service_auth::token;
 /// Loads the static config and its registry, joining every error into one message.
 fn load(config_path: &Path) -> anyhow::Result<(StaticConfig, Registry)> {
     let config = StaticConfig::load(config_path)?;
-    let registry = Registry::load(&config.registry).map_err(service_auth::RunError::Registry)?;
+    let registry =
+        Registry::load_paths(&config.registry).map_err(service_auth::RunError::Registry)?;
     Ok((config, registry))
 }
 

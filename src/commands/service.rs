@@ -45,15 +45,24 @@ async fn shutdown_signal() {
 
 pub fn check_config(config_path: &Path) -> anyhow::Result<()> {
     let config = StaticConfig::load(config_path)?;
-    match Registry::load(&config.registry) {
+    match Registry::load_paths(&config.registry) {
         Ok(registry) => {
             for warning in registry.warnings() {
                 eprintln!("warning: {warning}");
             }
+            // Which SPIFFE trust domain vouches for each service (stderr:
+            // stdout holds only the result line).
+            for service in registry.services() {
+                match service.trust_domains().as_slice() {
+                    [] => eprintln!("service {}: no SPIFFE trust domain", service.id),
+                    [one] => eprintln!("service {}: trust domain {one}", service.id),
+                    many => eprintln!("service {}: trust domains {}", service.id, many.join(", ")),
+                }
+            }
             println!(
                 "ok: {} and {} ({} services)",
                 config_path.display(),
-                config.registry.display(),
+                config.registry,
                 registry.services().len()
             );
             Ok(())

@@ -1,19 +1,26 @@
 //! Building a [`Registry`] from the registry file: every rule of the file
 //! format checked once, every error reported with its YAML path as data.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ::time::OffsetDateTime;
 use ::time::format_description::well_known::Rfc3339;
 use sha2::{Digest, Sha256};
-use x509_parser::prelude::{parse_x509_crl, parse_x509_pem};
 
-use super::{ApiKey, KeyHash, Registry, RequestSettings, Service, next_generation};
-use crate::config::{self, ConfigError, KeyEntry, MAX_AUX_FILE_BYTES, RegistryFile, ServiceEntry};
-use crate::identity::{self, AnchorError, San, SanKind, TrustAnchor};
+use super::fragments::{self, Fragment};
+use super::{
+    ApiKey, KeyHash, Registry, RequestSettings, Service, ThrottleSettings, next_generation,
+};
+use crate::config::{
+    self, ConfigError, KeyEntry, MAX_AUX_FILE_BYTES, RegistryFile, RegistryPaths,
+    RevocationSection, ServiceEntry,
+};
+use crate::identity::{San, SanKind};
 use crate::keys::{Algorithm, Key, KeyError, KeySource, MIN_SECRET_LEN};
 use crate::token::{KeySetError, TokenKey, TokenSettings};
+use crate::trust::{self, Bundle, BundleError, BundleWarning, Crl, Revocations};
 
 /// SHA-256 of the development signing secret shipped in `config/secrets/`.
 /// The sidecar warns loudly when it signs with it.
@@ -91,7 +98,11 @@ pub enum Problem {
     #[error("{0:?} is not a URI or DNS name")]
     InvalidPrincipal(String),
     #[error("{}: {error}", path.display())]
-    Anchor { path: PathBuf, error: AnchorError },
+    Bundle { path: PathBuf, error: BundleError },
+    #[error(
+        "{0:?} is not a valid SPIFFE trust domain name (lower-case letters, digits, '.', '-', '_')"
+    )]
+    InvalidTrustDomain(String),
     #[error("{0:?} is not 64 hex digits")]
     InvalidSha256(String),
     #[error("scope {0:?} must be printable ASCII without spaces or commas")]
@@ -100,12 +111,36 @@ pub enum Problem {
     InvalidKeyId(String),
     #[error("{0:?} is not an RFC 3339 time")]
     InvalidTime(String),
-    #[error("duplicate service id {0:?}")]
-    DuplicateServiceId(String),
-    #[error("principal {principal:?} is already claimed by service {owner:?}")]
-    PrincipalClaimed { principal: String, owner: String },
-    #[error("api key {key:?} has the same hash as a key of service {owner:?}")]
-    DuplicateKeyHash { key: String, owner: String },
+    #[error("duplicate service id {id:?} (first at {first})")]
+    DuplicateServiceId { id: String, first: Origin },
+    #[error("principal {principal:?} is already claimed by service {owner:?} (at {first})")]
+    PrincipalClaimed {
+        principal: String,
+        owner: String,
+        first: Origin,
+    },
+    #[error("api key {key:?} has the same hash as a key of service {owner:?} (at {first})")]
+    DuplicateKeyHash {
+        key: String,
+        owner: String,
+        first: Origin,
+    },
+    #[error("a fragment must hold `services` and/or `revocation` (write `services: []` for none)")]
+    EmptyFragment,
+}
+
+/// Where the first copy of a duplicated value is: its file (the main
+/// registry or a fragment) and YAML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub at: String,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.at)
+    }
 }
 
 /// Which files a key entry of `algorithm` must name.
@@ -123,10 +158,24 @@ fn key_source_rule(algorithm: Algorithm) -> String {
 pub enum CrlError {
     #[error("not a PEM or DER CRL")]
     NotCrl,
-    #[error("the PEM block is {0:?}, not X509 CRL")]
-    WrongPemLabel(String),
+    #[error("the PEM block is not an X509 CRL")]
+    WrongPemLabel,
+    #[error("more than one PEM block: one CRL per file")]
+    Multiple,
     #[error("the CRL signature does not verify against the CA that issued it")]
     BadSignature,
+}
+
+impl From<trust::CrlError> for CrlError {
+    fn from(e: trust::CrlError) -> Self {
+        match e {
+            trust::CrlError::NotCrl => CrlError::WrongPemLabel,
+            trust::CrlError::Multiple => CrlError::Multiple,
+            trust::CrlError::Empty | trust::CrlError::Pem | trust::CrlError::Malformed => {
+                CrlError::NotCrl
+            }
+        }
+    }
 }
 
 /// Something an operator should fix that does not invalidate the registry.
@@ -138,6 +187,34 @@ pub enum Warning {
         "{at} (kid {kid:?}) is the bundled DEVELOPMENT secret: anyone with this repository can forge tokens it accepts; generate your own with `service-auth gen-secret`"
     )]
     DevSecret { at: String, kid: String },
+    /// A certificate of a CA bundle that vouches for nothing (now).
+    #[error("{at}: {}: {warning}", path.display())]
+    Bundle {
+        at: String,
+        path: PathBuf,
+        warning: BundleWarning,
+    },
+    #[error(
+        "{at}: service {service:?} has principals in several SPIFFE trust domains ({}); one workload identity normally lives in one",
+        domains.join(", ")
+    )]
+    PrincipalsSpanDomains {
+        at: String,
+        service: String,
+        domains: Vec<String>,
+    },
+    #[error(
+        "{at}: principal {principal:?} is in trust domain {domain:?}, which trust_domains does not list: no certificate can authenticate it"
+    )]
+    UnlistedTrustDomain {
+        at: String,
+        principal: String,
+        domain: String,
+    },
+    #[error(
+        "{at}: principal {principal:?} uses the spiffe scheme but is not a valid SPIFFE ID: with trust_domains set, no certificate can authenticate it"
+    )]
+    NotSpiffeId { at: String, principal: String },
     #[error("{at} (kid {kid:?}) is past its not_after: it no longer verifies; remove it")]
     KeyRetired { at: String, kid: String },
     #[error(
@@ -166,28 +243,49 @@ const RESERVED_HEADERS: [&str; 9] = [
 /// The outcome of one load attempt and the files it involved.
 pub struct Loaded {
     pub result: Result<Registry, Vec<LoadError>>,
-    /// Every file the attempt read or tried to read, so a reloader knows what
-    /// to watch even when the attempt failed because one was missing.
+    /// Every file (and fragment directory) the attempt read or tried to
+    /// read, so a reloader knows what to watch even when the attempt failed
+    /// because one was missing.
     pub sources: Vec<PathBuf>,
 }
 
 impl Registry {
     /// Reads and validates the registry file at `path`, returning every error found.
     pub fn load(path: &Path) -> Result<Registry, Vec<LoadError>> {
-        Registry::load_tracked(path).result
+        Registry::load_tracked(&RegistryPaths::file(path)).result
     }
 
-    /// Like [`Registry::load`], and also says which files the attempt read.
-    pub fn load_tracked(path: &Path) -> Loaded {
+    /// Reads and validates a registry and its fragments as one snapshot.
+    pub fn load_paths(paths: &RegistryPaths) -> Result<Registry, Vec<LoadError>> {
+        Registry::load_tracked(paths).result
+    }
+
+    /// Like [`Registry::load_paths`], and also says which files the attempt read.
+    pub fn load_tracked(paths: &RegistryPaths) -> Loaded {
         let mut builder = Builder {
-            path,
+            file: paths.main.clone(),
             errors: Vec::new(),
             warnings: Vec::new(),
-            sources: vec![path.to_path_buf()],
+            sources: vec![paths.main.clone()],
+            bundles: HashMap::new(),
+            now: OffsetDateTime::now_utc().unix_timestamp(),
         };
-        let result = match config::read_yaml::<RegistryFile>(path) {
-            Ok(file) => builder.build(file),
-            Err(e) => Err(vec![LoadError::File(e)]),
+        let main = config::read_yaml::<RegistryFile>(&paths.main).map_err(LoadError::File);
+        let mut errors = Vec::new();
+        let mut fragments = Vec::new();
+        match fragments::files(&paths.fragments, &mut builder.sources) {
+            Ok(files) => {
+                fragments.extend(files.iter().filter_map(|p| fragments::read(p, &mut errors)));
+            }
+            Err(e) => errors.extend(e),
+        }
+        let result = match main {
+            Ok(file) if errors.is_empty() => builder.build(paths, file, fragments),
+            Ok(_) => Err(errors),
+            Err(e) => {
+                errors.insert(0, e);
+                Err(errors)
+            }
         };
         Loaded {
             result,
@@ -196,17 +294,32 @@ impl Registry {
     }
 }
 
-struct Builder<'p> {
-    path: &'p Path,
+/// The services and revocations of one file, main or fragment.
+struct Document<'f> {
+    path: &'f Path,
+    services: &'f [ServiceEntry],
+    revocation: Option<&'f RevocationSection>,
+}
+
+struct Builder {
+    /// The file whose values are being checked: errors name it, relative
+    /// paths resolve against it.
+    file: PathBuf,
     errors: Vec<LoadError>,
     warnings: Vec<Warning>,
     sources: Vec<PathBuf>,
+    /// CA bundles loaded so far, by resolved path: a file several services
+    /// (or a service and a trust domain) name is parsed and warned about once.
+    bundles: HashMap<PathBuf, Arc<Bundle>>,
+    /// When this load happens (Unix seconds): bundle and CRL warnings are
+    /// judged at it.
+    now: i64,
 }
 
-impl Builder<'_> {
+impl Builder {
     fn err(&mut self, at: impl Into<String>, problem: Problem) {
         self.errors.push(LoadError::Invalid {
-            file: self.path.to_path_buf(),
+            file: self.file.clone(),
             at: at.into(),
             problem,
         });
@@ -214,78 +327,138 @@ impl Builder<'_> {
 
     /// Resolves a path named by the registry and records it as a source.
     fn source(&mut self, relative: &Path) -> PathBuf {
-        let full = config::resolve(self.path, relative);
+        let full = config::resolve(&self.file, relative);
         self.sources.push(full.clone());
         full
     }
 
-    fn build(&mut self, file: RegistryFile) -> Result<Registry, Vec<LoadError>> {
+    fn build(
+        &mut self,
+        paths: &RegistryPaths,
+        file: RegistryFile,
+        fragments: Vec<Fragment>,
+    ) -> Result<Registry, Vec<LoadError>> {
         let token = self.token(&file);
         let request = self.request(&file);
+        let throttle = self.throttle(&file);
+        let trust_domains = self.trust_domains(&file);
 
-        let mut services = Vec::with_capacity(file.services.len());
-        let mut by_id = HashMap::with_capacity(file.services.len());
-        let mut by_uri: HashMap<String, usize> = HashMap::new();
+        let documents: Vec<Document<'_>> = std::iter::once(Document {
+            path: &paths.main,
+            services: &file.services,
+            revocation: Some(&file.revocation),
+        })
+        .chain(fragments.iter().map(|f| Document {
+            path: &f.path,
+            services: f.file.services.as_deref().unwrap_or_default(),
+            revocation: f.file.revocation.as_ref(),
+        }))
+        .collect();
+        let total = documents.iter().map(|d| d.services.len()).sum();
+
+        let mut services = Vec::with_capacity(total);
+        let mut by_id = HashMap::with_capacity(total);
+        let mut by_uri: HashMap<String, usize> = HashMap::with_capacity(total);
         let mut by_dns: HashMap<String, usize> = HashMap::new();
-        let mut by_key_hash: HashMap<KeyHash, usize> = HashMap::new();
-        // Uniqueness is checked over every entry as written, valid or not, so
-        // a duplicate is reported even when one of its copies has other errors.
-        let mut owners: Vec<&str> = Vec::with_capacity(file.services.len());
-        let mut seen_ids: HashMap<&str, usize> = HashMap::new();
-        for (i, entry) in file.services.iter().enumerate() {
-            let at = format!("services[{i}]");
-            owners.push(&entry.id);
-            if seen_ids.insert(&entry.id, i).is_some() {
-                self.err(
-                    format!("{at}.id"),
-                    Problem::DuplicateServiceId(entry.id.clone()),
-                );
-            }
-            for (j, principal) in entry.principals.iter().enumerate() {
-                let Some(san) = normalize_principal(principal) else {
-                    continue;
-                };
-                let map = match san.kind {
-                    SanKind::Uri => &mut by_uri,
-                    SanKind::Dns => &mut by_dns,
-                };
-                match map.get(&san.value) {
-                    Some(&other) => self.err(
-                        format!("{at}.principals[{j}]"),
-                        Problem::PrincipalClaimed {
-                            principal: san.value,
-                            owner: owners[other].to_owned(),
+        let mut by_key_hash: HashMap<KeyHash, usize> = HashMap::with_capacity(total);
+        // Uniqueness is checked over every entry as written, valid or not and
+        // across every file, so a duplicate is reported even when one of its
+        // copies has other errors. `entries[g]` is entry `g` of the merged
+        // list: (document, index in it, the entry).
+        let mut entries: Vec<(usize, usize, &ServiceEntry)> = Vec::with_capacity(total);
+        let mut seen_ids: HashMap<&str, usize> = HashMap::with_capacity(total);
+        for (d, document) in documents.iter().enumerate() {
+            self.file = document.path.to_path_buf();
+            for (i, entry) in document.services.iter().enumerate() {
+                let g = entries.len();
+                entries.push((d, i, entry));
+                let at = format!("services[{i}]");
+                if let Some(&other) = seen_ids.get(entry.id.as_str()) {
+                    let first = origin(&documents, &entries, other, ".id");
+                    self.err(
+                        format!("{at}.id"),
+                        Problem::DuplicateServiceId {
+                            id: entry.id.clone(),
+                            first,
                         },
-                    ),
-                    None => {
-                        map.insert(san.value, i);
+                    );
+                } else {
+                    seen_ids.insert(&entry.id, g);
+                }
+                for (j, principal) in entry.principals.iter().enumerate() {
+                    let Some(san) = normalize_principal(principal) else {
+                        continue;
+                    };
+                    let map = match san.kind {
+                        SanKind::Uri => &mut by_uri,
+                        SanKind::Dns => &mut by_dns,
+                    };
+                    match map.get(&san.value) {
+                        Some(&other) => {
+                            let (_, _, owner) = entries[other];
+                            let k = owner
+                                .principals
+                                .iter()
+                                .position(|p| normalize_principal(p).as_ref() == Some(&san))
+                                .unwrap_or(0);
+                            let first =
+                                origin(&documents, &entries, other, &format!(".principals[{k}]"));
+                            self.err(
+                                format!("{at}.principals[{j}]"),
+                                Problem::PrincipalClaimed {
+                                    principal: san.value,
+                                    owner: owner.id.clone(),
+                                    first,
+                                },
+                            );
+                        }
+                        None => {
+                            map.insert(san.value, g);
+                        }
                     }
                 }
-            }
-            for (j, key) in entry.api_keys.iter().enumerate() {
-                let Some(hash) = parse_sha256(&key.sha256) else {
-                    continue;
-                };
-                match by_key_hash.get(&hash) {
-                    Some(&other) => self.err(
-                        format!("{at}.api_keys[{j}].sha256"),
-                        Problem::DuplicateKeyHash {
-                            key: key.id.clone(),
-                            owner: owners[other].to_owned(),
-                        },
-                    ),
-                    None => {
-                        by_key_hash.insert(hash, i);
+                for (j, key) in entry.api_keys.iter().enumerate() {
+                    let Some(hash) = parse_sha256(&key.sha256) else {
+                        continue;
+                    };
+                    match by_key_hash.get(&hash) {
+                        Some(&other) => {
+                            let (_, _, owner) = entries[other];
+                            let k = owner
+                                .api_keys
+                                .iter()
+                                .position(|k| parse_sha256(&k.sha256) == Some(hash))
+                                .unwrap_or(0);
+                            let first = origin(
+                                &documents,
+                                &entries,
+                                other,
+                                &format!(".api_keys[{k}].sha256"),
+                            );
+                            self.err(
+                                format!("{at}.api_keys[{j}].sha256"),
+                                Problem::DuplicateKeyHash {
+                                    key: key.id.clone(),
+                                    owner: owner.id.clone(),
+                                    first,
+                                },
+                            );
+                        }
+                        None => {
+                            by_key_hash.insert(hash, g);
+                        }
                     }
                 }
-            }
-            if let Some(service) = self.service(entry, &at) {
-                by_id.entry(service.id.clone()).or_insert(i);
-                services.push(service);
+                if let Some(service) = self.service(entry, &at) {
+                    by_id.entry(service.id.clone()).or_insert(g);
+                    services.push(service);
+                }
             }
         }
-        let revoked_serials = self.revocations(&file, &services);
+        let revocations = self.revocations(&documents);
+        self.file = paths.main.clone();
         self.header_roles(&file);
+        self.principal_domains(&services, &trust_domains);
 
         match (token, request) {
             (Some((token, uses_dev_secret)), Some(request)) if self.errors.is_empty() => {
@@ -295,13 +468,16 @@ impl Builder<'_> {
                     token,
                     request,
                     require_certificate: file.identity.require_certificate,
+                    enforcement: file.enforcement,
+                    throttle,
                     generation: next_generation(),
                     services,
                     by_id,
                     by_uri,
                     by_dns,
                     by_key_hash,
-                    revoked_serials,
+                    trust_domains,
+                    revocations,
                     uses_dev_secret,
                     sources: self.sources.clone(),
                     warnings: std::mem::take(&mut self.warnings),
@@ -309,6 +485,27 @@ impl Builder<'_> {
             }
             _ => Err(std::mem::take(&mut self.errors)),
         }
+    }
+
+    /// `throttle`, when set: every number must be positive.
+    fn throttle(&mut self, file: &RegistryFile) -> Option<ThrottleSettings> {
+        let t = file.throttle.as_ref()?;
+        let failures = std::num::NonZeroU32::new(t.failures);
+        let max_tracked = std::num::NonZeroUsize::new(t.max_tracked);
+        if failures.is_none() {
+            self.err("throttle.failures", Problem::NotPositive);
+        }
+        if t.window.is_zero() {
+            self.err("throttle.window", Problem::NotPositive);
+        }
+        if max_tracked.is_none() {
+            self.err("throttle.max_tracked", Problem::NotPositive);
+        }
+        Some(ThrottleSettings {
+            failures: failures?,
+            window: t.window,
+            max_tracked: max_tracked?,
+        })
     }
 
     fn token(&mut self, file: &RegistryFile) -> Option<(TokenSettings, bool)> {
@@ -543,44 +740,159 @@ impl Builder<'_> {
         }
     }
 
-    /// Revoked serials from the list and the CRL files. A CRL issued by one
-    /// of the services' CAs must carry that CA's signature; a CRL past its
-    /// `nextUpdate` still revokes (stale revocations are still revocations)
-    /// but is reported.
-    fn revocations(&mut self, file: &RegistryFile, services: &[Service]) -> HashSet<Vec<u8>> {
-        let mut serials = HashSet::new();
-        for (i, s) in file.revocation.serials.iter().enumerate() {
-            match parse_serial(s) {
-                Some(serial) => {
-                    serials.insert(serial);
+    /// `trust_domains`: each name must be a valid SPIFFE trust domain and
+    /// each file a CA bundle.
+    fn trust_domains(&mut self, file: &RegistryFile) -> BTreeMap<String, Arc<Bundle>> {
+        let mut domains = BTreeMap::new();
+        for (name, path) in &file.trust_domains {
+            let at = format!("trust_domains[{name:?}]");
+            if !trust::is_valid_trust_domain(name) {
+                self.err(at, Problem::InvalidTrustDomain(name.clone()));
+                continue;
+            }
+            if let Some(bundle) = self.bundle(at, path) {
+                domains.insert(name.clone(), bundle);
+            }
+        }
+        domains
+    }
+
+    /// Loads the CA bundle `relative` names (for the value at `at`). Its
+    /// certificates that vouch for nothing at load time become warnings.
+    fn bundle(&mut self, at: String, relative: &Path) -> Option<Arc<Bundle>> {
+        let full = self.source(relative);
+        if let Some(bundle) = self.bundles.get(&full) {
+            return Some(bundle.clone());
+        }
+        let pem = match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
+            Ok(pem) => pem,
+            Err(e) => {
+                self.err(at, Problem::File(e));
+                return None;
+            }
+        };
+        match Bundle::from_pem(&pem) {
+            Ok(bundle) => {
+                for warning in bundle.warnings(self.now) {
+                    self.warnings.push(Warning::Bundle {
+                        at: at.clone(),
+                        path: full.clone(),
+                        warning,
+                    });
                 }
+                let bundle = Arc::new(bundle);
+                self.bundles.insert(full, bundle.clone());
+                Some(bundle)
+            }
+            Err(error) => {
+                self.err(at, Problem::Bundle { path: full, error });
+                None
+            }
+        }
+    }
+
+    /// Revocations from the serial lists (any issuer) and the CRL files (the
+    /// CA that signed each) of every file, main and fragments. A CRL whose
+    /// issuer is in a loaded bundle must carry the signature of a CA of that
+    /// name there; a CRL no bundle vouches for is matched by issuer name
+    /// alone. A CRL past its `nextUpdate` still revokes (stale revocations
+    /// are still revocations) but is reported.
+    fn revocations(&mut self, documents: &[Document<'_>]) -> Revocations {
+        let mut revocations = Revocations::new();
+        for document in documents {
+            if let Some(revocation) = document.revocation {
+                self.file = document.path.to_path_buf();
+                self.revocation(revocation, &mut revocations);
+            }
+        }
+        revocations
+    }
+
+    /// One file's `revocation` section, into `revocations`.
+    fn revocation(&mut self, revocation: &RevocationSection, revocations: &mut Revocations) {
+        for (i, s) in revocation.serials.iter().enumerate() {
+            match trust::parse_serial(s) {
+                Some(serial) => revocations.revoke_serial(&serial),
                 None => self.err(
                     format!("revocation.serials[{i}]"),
                     Problem::InvalidSerial(s.clone()),
                 ),
             }
         }
-        let anchors: Vec<&TrustAnchor> = services.iter().filter_map(|s| s.ca.as_ref()).collect();
-        for (i, crl) in file.revocation.crl_files.iter().enumerate() {
+        for (i, crl) in revocation.crl_files.iter().enumerate() {
             let full = self.source(crl);
             let at = format!("revocation.crl_files[{i}]");
-            match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
-                Err(e) => self.err(at, Problem::File(e)),
-                Ok(raw) => match read_crl(raw, &anchors) {
-                    Ok(crl) => {
-                        if crl
-                            .next_update
-                            .is_some_and(|t| t < OffsetDateTime::now_utc().unix_timestamp())
-                        {
-                            self.warnings.push(Warning::StaleCrl { at, path: full });
-                        }
-                        serials.extend(crl.serials);
+            let raw = match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    self.err(at, Problem::File(e));
+                    continue;
+                }
+            };
+            let crl = match Crl::parse(&raw) {
+                Ok(crl) => crl,
+                Err(e) => {
+                    let error = CrlError::from(e);
+                    self.err(at, Problem::Crl { path: full, error });
+                    continue;
+                }
+            };
+            // Several trust domains may hold CAs of the same name (SPIRE's
+            // default subject is `C=US, O=SPIFFE`): one of them signing the
+            // CRL is enough; none of them doing so means it is forged.
+            let checks: Vec<bool> = self
+                .bundles
+                .values()
+                .filter_map(|bundle| crl.verify_with(bundle))
+                .collect();
+            if !checks.is_empty() && !checks.contains(&true) {
+                let error = CrlError::BadSignature;
+                self.err(at, Problem::Crl { path: full, error });
+                continue;
+            }
+            if crl.next_update().is_some_and(|t| t < self.now) {
+                self.warnings.push(Warning::StaleCrl { at, path: full });
+            }
+            revocations.add_crl(&crl);
+        }
+    }
+
+    /// Warnings about SPIFFE principals (`check-config` shows them): a
+    /// service whose principals span trust domains, and, with
+    /// `trust_domains`, principals no certificate can ever authenticate.
+    fn principal_domains(&mut self, services: &[Service], domains: &BTreeMap<String, Arc<Bundle>>) {
+        for (i, service) in services.iter().enumerate() {
+            let spanned = service.trust_domains();
+            if spanned.len() > 1 {
+                self.warnings.push(Warning::PrincipalsSpanDomains {
+                    at: format!("services[{i}].principals"),
+                    service: service.id.clone(),
+                    domains: spanned.iter().map(|d| (*d).to_owned()).collect(),
+                });
+            }
+            if domains.is_empty() {
+                continue;
+            }
+            for (j, principal) in service.principals.iter().enumerate() {
+                let at = format!("services[{i}].principals[{j}]");
+                match trust::trust_domain(principal) {
+                    Some(domain) if !domains.contains_key(domain) => {
+                        self.warnings.push(Warning::UnlistedTrustDomain {
+                            at,
+                            principal: principal.clone(),
+                            domain: domain.to_owned(),
+                        });
                     }
-                    Err(error) => self.err(at, Problem::Crl { path: full, error }),
-                },
+                    None if trust::has_spiffe_scheme(principal) => {
+                        self.warnings.push(Warning::NotSpiffeId {
+                            at,
+                            principal: principal.clone(),
+                        });
+                    }
+                    _ => {}
+                }
             }
         }
-        serials
     }
 
     fn service(&mut self, entry: &ServiceEntry, at: &str) -> Option<Service> {
@@ -601,19 +913,10 @@ impl Builder<'_> {
                 ),
             }
         }
-        let ca = entry.ca_file.as_ref().and_then(|ca| {
-            let full = self.source(ca);
-            let ca_at = format!("{at}.ca_file");
-            match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
-                Err(e) => {
-                    self.err(ca_at, Problem::File(e));
-                    None
-                }
-                Ok(pem) => TrustAnchor::from_pem(&pem)
-                    .map_err(|error| self.err(ca_at, Problem::Anchor { path: full, error }))
-                    .ok(),
-            }
-        });
+        let ca = entry
+            .ca_file
+            .as_ref()
+            .and_then(|ca| self.bundle(format!("{at}.ca_file"), ca));
         let mut pins = Vec::with_capacity(entry.certificate_sha256.len());
         for (j, pin) in entry.certificate_sha256.iter().enumerate() {
             match parse_sha256(pin) {
@@ -659,6 +962,7 @@ impl Builder<'_> {
         }
         Some(Service {
             id: entry.id.clone(),
+            enforcement: entry.enforcement,
             principals,
             ca,
             pins,
@@ -666,6 +970,20 @@ impl Builder<'_> {
             scopes,
             api_keys,
         })
+    }
+}
+
+/// Where merged entry `g` is: its file and `services[i]` followed by `rest`.
+fn origin(
+    documents: &[Document<'_>],
+    entries: &[(usize, usize, &ServiceEntry)],
+    g: usize,
+    rest: &str,
+) -> Origin {
+    let (d, i, _) = entries[g];
+    Origin {
+        file: documents[d].path.to_path_buf(),
+        at: format!("services[{i}]{rest}"),
     }
 }
 
@@ -696,52 +1014,6 @@ fn parse_sha256(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Accepts `4f1a`, `4F:1A`, `0x4f1a`; returns the normalized big-endian bytes.
-fn parse_serial(s: &str) -> Option<Vec<u8>> {
-    let s = s.strip_prefix("0x").unwrap_or(s);
-    let mut digits: String = s.chars().filter(|&c| c != ':').collect();
-    if digits.is_empty() {
-        return None;
-    }
-    if digits.len() % 2 == 1 {
-        digits.insert(0, '0');
-    }
-    let bytes = hex::decode(digits).ok()?;
-    Some(identity::normalize_serial(&bytes).to_vec())
-}
-
-struct Crl {
-    serials: Vec<Vec<u8>>,
-    next_update: Option<i64>,
-}
-
-/// Parses a PEM or DER CRL, checking its signature when one of `anchors`
-/// issued it.
-fn read_crl(raw: Vec<u8>, anchors: &[&TrustAnchor]) -> Result<Crl, CrlError> {
-    let der = if raw.starts_with(b"-----BEGIN") {
-        let (_, pem) = parse_x509_pem(&raw).map_err(|_| CrlError::NotCrl)?;
-        if pem.label != "X509 CRL" {
-            return Err(CrlError::WrongPemLabel(pem.label));
-        }
-        pem.contents
-    } else {
-        raw
-    };
-    let (_, crl) = parse_x509_crl(&der).map_err(|_| CrlError::NotCrl)?;
-    for anchor in anchors {
-        if anchor.verifies_crl(&crl) == Some(false) {
-            return Err(CrlError::BadSignature);
-        }
-    }
-    Ok(Crl {
-        serials: crl
-            .iter_revoked_certificates()
-            .map(|r| identity::normalize_serial(r.raw_serial()).to_vec())
-            .collect(),
-        next_update: crl.next_update().map(|t| t.timestamp()),
-    })
-}
-
 /// Unix seconds as RFC 3339, for messages.
 fn rfc3339(unix: i64) -> String {
     OffsetDateTime::from_unix_timestamp(unix)
@@ -760,16 +1032,6 @@ fn trim_trailing_newline(mut bytes: Vec<u8>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn serials_parse_in_common_spellings() {
-        assert_eq!(parse_serial("4f1a"), Some(vec![0x4f, 0x1a]));
-        assert_eq!(parse_serial("00:4F:1A"), Some(vec![0x4f, 0x1a]));
-        assert_eq!(parse_serial("0x4f1a"), Some(vec![0x4f, 0x1a]));
-        assert_eq!(parse_serial("f1a"), Some(vec![0x0f, 0x1a]));
-        assert_eq!(parse_serial("zz"), None);
-        assert_eq!(parse_serial(""), None);
-    }
 
     #[test]
     fn principals_are_validated() {

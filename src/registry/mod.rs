@@ -2,27 +2,34 @@
 //! validated once and indexed for hash lookups, and the handle through which
 //! Checks find the current one.
 //!
-//! A [`Registry`] is immutable. It is built from the registry file (plus the
-//! secret, CA and CRL files it names) in one go by [`Registry::load`], and
-//! either the whole thing is valid or nothing replaces the snapshot that is
-//! serving. Each error carries the file and the YAML path it concerns as
+//! A [`Registry`] is immutable. It is built from the registry file, its
+//! fragments (`fragments`: more services and revocations, one file per team)
+//! and the secret, CA bundle and CRL files they name, in one go by
+//! [`Registry::load_paths`], and either the whole set is valid or nothing
+//! replaces the snapshot that is serving. Each error carries the file and the
+//! YAML path it concerns as
 //! data ([`LoadError`], [`Problem`]). A [`Snapshot`] is the one shared
 //! handle: Checks load from it, the reloader stores into it.
 
 mod build;
+mod fragments;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use sha2::{Digest, Sha256};
 
-use crate::identity::{SanKind, TrustAnchor};
+use crate::config::Enforcement;
+use crate::identity::{PeerCertificate, SanKind};
 use crate::token::TokenSettings;
+use crate::trust::{self, Bundle, Revocations};
 
-pub use build::{CrlError, LoadError, Loaded, Problem, Warning};
+pub use build::{CrlError, LoadError, Loaded, Origin, Problem, Warning};
 
 /// The header verify mode sets to the verified token's subject; no registry
 /// header may take its name.
@@ -49,9 +56,13 @@ pub fn random_secret() -> String {
 #[derive(Debug)]
 pub struct Service {
     pub id: String,
+    /// Overrides the registry-wide enforcement for this caller's Checks.
+    pub enforcement: Option<Enforcement>,
     /// Normalised (see `identity::San::new`): what SANs are compared with.
     pub principals: Vec<String>,
-    pub ca: Option<TrustAnchor>,
+    /// `ca_file`: the bundle its certificates must chain to, on top of any
+    /// trust-domain rule. Shared with every service naming the same file.
+    pub ca: Option<Arc<Bundle>>,
     pub pins: Vec<[u8; 32]>,
     pub scopes: Vec<String>,
     /// The service's scopes joined with spaces: the token scope when the
@@ -68,6 +79,22 @@ impl Service {
 
     pub fn allows_scope(&self, scope: &str) -> bool {
         self.scope(scope).is_some()
+    }
+
+    /// The SPIFFE trust domains of this service's principals, each once, in
+    /// principal order (DNS names and other URIs have none).
+    pub fn trust_domains(&self) -> Vec<&str> {
+        let mut domains = Vec::new();
+        for td in self
+            .principals
+            .iter()
+            .filter_map(|p| trust::trust_domain(p))
+        {
+            if !domains.contains(&td) {
+                domains.push(td);
+            }
+        }
+        domains
     }
 }
 
@@ -87,6 +114,16 @@ pub struct RequestSettings {
     pub forward_api_key: bool,
 }
 
+/// Failed-authentication throttling, validated (`throttle` in the registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleSettings {
+    /// Failed Checks within `window` after which a caller is refused.
+    pub failures: NonZeroU32,
+    pub window: Duration,
+    /// Callers remembered at once; the least recently seen is forgotten first.
+    pub max_tracked: NonZeroUsize,
+}
+
 /// The immutable, indexed registry a Check reads.
 #[derive(Debug)]
 pub struct Registry {
@@ -95,6 +132,11 @@ pub struct Registry {
     /// Without a forwarded certificate, a Check fails (`missing_identity`)
     /// instead of trusting Envoy's `source.principal`.
     pub require_certificate: bool,
+    /// Whether denials are refused or only reported, unless a service or
+    /// route says otherwise (see `enforcement`).
+    pub enforcement: Enforcement,
+    /// Failed-authentication throttling; `None`: off.
+    pub throttle: Option<ThrottleSettings>,
     /// Distinct for every snapshot built by this process, so memos keyed by
     /// snapshot (certificate trust verdicts) never outlive the policy they
     /// were computed under.
@@ -104,7 +146,9 @@ pub struct Registry {
     by_uri: HashMap<String, usize>,
     by_dns: HashMap<String, usize>,
     by_key_hash: HashMap<KeyHash, usize>,
-    revoked_serials: HashSet<Vec<u8>>,
+    /// `trust_domains`: SPIFFE trust domain -> its CA bundle.
+    trust_domains: BTreeMap<String, Arc<Bundle>>,
+    revocations: Revocations,
     /// True when any key (signing or verify-only) is the bundled development
     /// secret: anyone with this repository can forge tokens it accepts.
     pub uses_dev_secret: bool,
@@ -119,7 +163,8 @@ fn next_generation() -> u64 {
 
 impl Registry {
     /// Every file this snapshot was built from: the registry file first,
-    /// then secret, CA and CRL files.
+    /// then the fragment directories and files, then secret, CA bundle and
+    /// CRL files.
     pub fn sources(&self) -> &[PathBuf] {
         &self.sources
     }
@@ -154,8 +199,29 @@ impl Registry {
         self.by_key_hash.get(hash).map(|&i| &self.services[i])
     }
 
-    pub fn is_revoked(&self, normalized_serial: &[u8]) -> bool {
-        self.revoked_serials.contains(normalized_serial)
+    /// Whether `trust_domains` is configured: SPIFFE IDs must then chain to
+    /// their own domain's bundle.
+    pub fn has_trust_domains(&self) -> bool {
+        !self.trust_domains.is_empty()
+    }
+
+    /// The CA bundle of a listed SPIFFE trust domain.
+    pub fn trust_domain(&self, name: &str) -> Option<&Bundle> {
+        self.trust_domains.get(name).map(Arc::as_ref)
+    }
+
+    /// Every listed trust domain and its bundle, by name.
+    pub fn trust_domains(&self) -> impl Iterator<Item = (&str, &Bundle)> {
+        self.trust_domains
+            .iter()
+            .map(|(name, bundle)| (name.as_str(), bundle.as_ref()))
+    }
+
+    /// Whether `certificate` is revoked: by a configured serial (any
+    /// issuer), or by a CRL of the CA named as its issuer.
+    pub fn is_revoked(&self, certificate: &PeerCertificate) -> bool {
+        self.revocations
+            .is_revoked(&certificate.issuer, &certificate.serial)
     }
 }
 

@@ -8,6 +8,11 @@
 //! * `signing_key` — every `token.keys` entry with a `not_after`
 //!   (`service` = `"token"`, `id` = its kid), whatever its algorithm and
 //!   whether it signs or only verifies. Keys without one are not reported.
+//! * `ca` — every certificate (root or intermediate) of every CA bundle in
+//!   use: `service` = the id of the service whose `ca_file` it is, or
+//!   `trust_domain:<name>` for a `trust_domains` bundle; `id` = the
+//!   certificate's subject. Two certificates of one bundle with the same
+//!   subject (a rotation in progress) report the one that expires first.
 //! * `listener_certificate` — the sidecar's own `listen.tls` certificate
 //!   (`service` = `"listener"`, `id` = the certificate file name), read from
 //!   the listener's live TLS state so a rotation shows at once.
@@ -18,6 +23,7 @@
 use std::sync::Arc;
 
 use crate::registry::{Registry, Snapshot};
+use crate::trust::Bundle;
 
 /// One credential and when it stops working.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,5 +73,31 @@ pub fn expiries(registry: &Registry) -> Vec<Expiry> {
             not_after,
         })
     });
-    api_keys.chain(token_keys).collect()
+    let mut all: Vec<Expiry> = api_keys.chain(token_keys).collect();
+    for (name, bundle) in registry.trust_domains() {
+        push_ca(&mut all, &format!("trust_domain:{name}"), bundle);
+    }
+    for service in registry.services() {
+        if let Some(bundle) = &service.ca {
+            push_ca(&mut all, &service.id, bundle);
+        }
+    }
+    all
+}
+
+/// The certificates of `bundle`, one series per subject.
+fn push_ca(all: &mut Vec<Expiry>, owner: &str, bundle: &Bundle) {
+    let start = all.len();
+    for cert in bundle.certificates() {
+        let same = all[start..].iter_mut().find(|e| e.id == cert.subject);
+        match same {
+            Some(e) => e.not_after = e.not_after.min(cert.not_after),
+            None => all.push(Expiry {
+                kind: "ca",
+                service: owner.to_owned(),
+                id: cert.subject.clone(),
+                not_after: cert.not_after,
+            }),
+        }
+    }
 }

@@ -17,9 +17,13 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
 
+use std::sync::Arc;
+
 use super::credentials::ExpirySources;
 use crate::check::{Decision, Mode, TokenCheck};
+use crate::enforcement::Disposition;
 use crate::registry::Snapshot;
+use crate::throttle::Throttle;
 
 /// `reason` on an allowed Check (and on a successful token verification):
 /// the attribute is always present so dashboards can group by it.
@@ -49,16 +53,29 @@ pub(super) struct Instruments {
     _registry_services: ObservableGauge<u64>,
     _credentials_expiry: ObservableGauge<i64>,
     _dev_secret: ObservableGauge<u64>,
+    _throttle_tracked: ObservableGauge<u64>,
 }
 
 impl Instruments {
     /// Creates every instrument on `meter`. The gauges read the serving
     /// snapshot and `expiries` at each collection (on the exporter's thread),
     /// so they always describe what is serving now.
-    pub(super) fn new(meter: &Meter, snapshot: Snapshot, expiries: ExpirySources) -> Self {
+    pub(super) fn new(
+        meter: &Meter,
+        snapshot: Snapshot,
+        expiries: ExpirySources,
+        throttle: Arc<Throttle>,
+    ) -> Self {
         let services = snapshot.clone();
         let dev_secret = snapshot.clone();
         Instruments {
+            _throttle_tracked: meter
+                .u64_observable_gauge("service_auth.throttle.tracked")
+                .with_description("Callers the failed-authentication throttle is tracking")
+                .with_callback(move |observer| {
+                    observer.observe(throttle.tracked() as u64, &[]);
+                })
+                .build(),
             _dev_secret: meter
                 .u64_observable_gauge("service_auth.dev_secret.in_use")
                 .with_description(
@@ -126,18 +143,20 @@ impl Instruments {
         }
     }
 
-    /// Records one Check decision, the kid that signed its token (issue
-    /// mode) and how long it took.
+    /// Records one Check decision, whether a denial was only reported, the
+    /// kid that signed its token (issue mode) and how long it took.
     pub(super) fn record_check(
         &self,
         decision: &Decision<'_>,
+        disposition: Disposition,
         kid: Option<&str>,
         elapsed: Duration,
     ) {
         let mode = decision.mode();
-        let (result, reason) = match decision {
-            Decision::Allow(_) => ("allow", NO_REASON),
-            Decision::Deny(d) => ("deny", d.reason.as_str()),
+        let (result, reason) = match (decision, disposition) {
+            (Decision::Allow(_), _) => ("allow", NO_REASON),
+            (Decision::Deny(d), Disposition::Enforced) => ("deny", d.reason.as_str()),
+            (Decision::Deny(d), Disposition::Reported) => ("would_deny", d.reason.as_str()),
         };
         let service = decision.service().unwrap_or(UNKNOWN_SERVICE).to_owned();
         self.check_duration

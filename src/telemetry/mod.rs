@@ -17,8 +17,10 @@ use opentelemetry::metrics::Meter;
 
 use crate::check::Decision;
 use crate::config::{Log, LogFormat};
+use crate::enforcement::Disposition;
 use crate::registry::{LoadError, Registry, Snapshot};
 use crate::request::Attributes;
+use crate::throttle::Throttle;
 use credentials::ExpirySources;
 use metrics::Instruments;
 
@@ -65,6 +67,8 @@ pub struct CheckEvent<'a> {
     /// What the request said; `None` when it could not be read.
     pub attributes: Option<&'a Attributes<'a>>,
     pub decision: &'a Decision<'a>,
+    /// Whether a denial was refused or only reported (`would_deny`).
+    pub disposition: Disposition,
     /// The kid that signed the issued token (issue mode, allowed).
     pub issued_kid: Option<&'a str>,
     /// More about a denial decided outside the decision (why a request
@@ -86,19 +90,31 @@ impl Observer {
     }
 
     /// An observer that also records metrics on `meter`; the gauges read
-    /// `snapshot` and `expiries` when collected.
-    pub fn with_metrics(meter: &Meter, snapshot: Snapshot, expiries: ExpirySources) -> Self {
+    /// `snapshot`, `expiries` and `throttle` when collected.
+    pub fn with_metrics(
+        meter: &Meter,
+        snapshot: Snapshot,
+        expiries: ExpirySources,
+        throttle: Arc<Throttle>,
+    ) -> Self {
         Observer {
-            instruments: Some(Arc::new(Instruments::new(meter, snapshot, expiries))),
+            instruments: Some(Arc::new(Instruments::new(
+                meter, snapshot, expiries, throttle,
+            ))),
         }
     }
 
-    /// Records one Check: metrics for every decision, and for denials a log
-    /// line with the reason, the service (when known), Envoy's request id
-    /// and the peer address; never a credential.
+    /// Records one Check: metrics for every decision, and for denials (and
+    /// denials only reported) a log line with the reason, the service (when
+    /// known), Envoy's request id and the peer address; never a credential.
     pub fn check(&self, event: &CheckEvent<'_>) {
         if let Some(m) = &self.instruments {
-            m.record_check(event.decision, event.issued_kid, event.elapsed);
+            m.record_check(
+                event.decision,
+                event.disposition,
+                event.issued_kid,
+                event.elapsed,
+            );
         }
         let Decision::Deny(denial) = event.decision else {
             return;
@@ -108,8 +124,12 @@ impl Observer {
             .attributes
             .and_then(|a| a.source_address)
             .unwrap_or(("", 0));
+        let (name, message) = match event.disposition {
+            Disposition::Enforced => ("check_denied", "check denied"),
+            Disposition::Reported => ("check_would_deny", "check would be denied (report mode)"),
+        };
         tracing::warn!(
-            event = "check_denied",
+            event = name,
             reason = denial.reason.as_str(),
             mode = denial.mode.as_str(),
             service = denial.service.unwrap_or(metrics::UNKNOWN_SERVICE),
@@ -117,7 +137,7 @@ impl Observer {
             peer_address = truncate(peer_address, 64),
             peer_port,
             detail = event.detail.map(tracing::field::display),
-            "check denied"
+            "{message}"
         );
     }
 

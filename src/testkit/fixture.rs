@@ -1,12 +1,14 @@
 //! Registry and static-config files for tests, built from the typed config
 //! structs and written into a temporary directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{
-    ApiKeyEntry, KeyEntry, Listen, ListenAddr, Log, RegistryFile, Reload, RequestSection,
-    RevocationSection, ServiceEntry, StaticConfig, TokenSection,
+    ApiKeyEntry, Enforcement, KeyEntry, Listen, ListenAddr, Log, RegistryFile, RegistryFragment,
+    RegistryPaths, Reload, RequestSection, RevocationSection, ServiceEntry, StaticConfig,
+    TokenSection,
 };
 use crate::registry::Registry;
 
@@ -33,6 +35,8 @@ pub struct Svc {
     pub keys: Vec<(String, String, Option<String>)>,
     pub ca_file: Option<String>,
     pub pins: Vec<String>,
+    /// The service's own `enforcement`, when set.
+    pub enforcement: Option<Enforcement>,
 }
 
 impl Svc {
@@ -64,7 +68,16 @@ impl Svc {
                     not_after: not_after.clone(),
                 })
                 .collect(),
+            enforcement: self.enforcement,
         }
+    }
+}
+
+/// A registry fragment holding `services`.
+pub fn fragment(services: &[Svc]) -> RegistryFragment {
+    RegistryFragment {
+        services: Some(services.iter().map(Svc::entry).collect()),
+        revocation: None,
     }
 }
 
@@ -85,8 +98,11 @@ pub fn registry_file(services: &[Svc]) -> RegistryFile {
             }],
         },
         identity: Default::default(),
+        trust_domains: BTreeMap::new(),
         request: RequestSection::default(),
         revocation: RevocationSection::default(),
+        enforcement: Enforcement::Enforce,
+        throttle: None,
         services: services.iter().map(Svc::entry).collect(),
     }
 }
@@ -96,7 +112,7 @@ pub fn registry_file(services: &[Svc]) -> RegistryFile {
 pub fn static_config(grpc: ListenAddr, registry: &Path) -> StaticConfig {
     StaticConfig {
         listen: Listen { grpc, tls: None },
-        registry: registry.to_path_buf(),
+        registry: RegistryPaths::file(registry),
         reload: Reload {
             poll_interval: Duration::from_millis(200),
             settle: Duration::from_millis(100),
@@ -114,6 +130,8 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
     /// Applied to every registry this fixture writes from services.
     pub revocation: RevocationSection,
+    /// Likewise: SPIFFE trust domain -> bundle file (relative to the fixture).
+    pub trust_domains: BTreeMap<String, PathBuf>,
 }
 
 impl Fixture {
@@ -123,6 +141,7 @@ impl Fixture {
         let fixture = Fixture {
             dir,
             revocation: RevocationSection::default(),
+            trust_domains: BTreeMap::new(),
         };
         fixture.write_registry(services);
         fixture
@@ -140,6 +159,7 @@ impl Fixture {
     pub fn registry_file(&self, services: &[Svc]) -> RegistryFile {
         let mut file = registry_file(services);
         file.revocation = self.revocation.clone();
+        file.trust_domains = self.trust_domains.clone();
         file
     }
 
@@ -155,6 +175,12 @@ impl Fixture {
     /// Writes `text` as the registry, verbatim (for broken files).
     pub fn write_text(&self, text: &str) {
         write(&self.registry_path(), text.as_bytes());
+    }
+
+    /// Writes `fragment` as a registry fragment at `relative` (e.g.
+    /// `registry.d/team-a.yaml`) and returns its path.
+    pub fn write_fragment(&self, relative: &str, fragment: &RegistryFragment) -> PathBuf {
+        self.write_file(relative, to_yaml(fragment))
     }
 
     /// Writes a file relative to the fixture directory.

@@ -1,7 +1,7 @@
 //! What tests, benchmarks, fuzz targets and `dev-pki` share: one PKI
 //! builder, the Envoy certificate encoding, a `CheckRequest` builder,
-//! registry and config files built from the typed config structs, and a
-//! token forger. Never a second copy of any of them.
+//! registry and config files built from the typed config structs, a token
+//! forger and a clock tests move by hand. Never a second copy of any of them.
 //!
 //! Only [`pki`] is part of a normal build (`dev-pki` generates real
 //! certificates with it); the rest needs the `test-util` feature, which the
@@ -10,6 +10,8 @@
 
 pub mod pki;
 
+#[cfg(feature = "test-util")]
+mod clock;
 #[cfg(feature = "test-util")]
 mod fixture;
 #[cfg(feature = "test-util")]
@@ -20,8 +22,10 @@ pub mod grpc;
 mod request;
 
 #[cfg(feature = "test-util")]
+pub use clock::ManualClock;
+#[cfg(feature = "test-util")]
 pub use fixture::{
-    AUDIENCE, Fixture, ISSUER, SECRET, Svc, registry_file, sha256_hex, static_config,
+    AUDIENCE, Fixture, ISSUER, SECRET, Svc, fragment, registry_file, sha256_hex, static_config,
 };
 #[cfg(feature = "test-util")]
 pub use forge::{claims_json, forge_hs256};

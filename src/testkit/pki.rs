@@ -177,6 +177,11 @@ impl Ca {
         self.issuer.pem()
     }
 
+    /// A CA bundle file's contents: these CAs' certificates, in order.
+    pub fn bundle_pem(cas: &[&Ca]) -> String {
+        cas.iter().map(|ca| ca.cert_pem()).collect()
+    }
+
     pub fn cert_der(&self) -> Vec<u8> {
         self.issuer.der().to_vec()
     }

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{Address, HeaderMap, HeaderValue, SocketAddress};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 
@@ -22,6 +24,9 @@ pub struct Req {
     /// Headers delivered in `header_map` (Envoy's `encode_raw_headers`).
     pub raw_headers: Vec<(String, Vec<u8>)>,
     pub ext: Vec<(String, String)>,
+    /// `source.address` (an IP; the port is fixed), as Envoy reports the
+    /// downstream peer.
+    pub source_address: Option<String>,
 }
 
 impl Req {
@@ -54,6 +59,12 @@ impl Req {
     /// The API key, in the default header.
     pub fn key(self, key: &str) -> Self {
         self.header("x-api-key", key)
+    }
+
+    /// The downstream peer's IP address (`source.address`).
+    pub fn from_address(mut self, ip: &str) -> Self {
+        self.source_address = Some(ip.into());
+        self
     }
 
     /// A context extension (per-route setting).
@@ -99,6 +110,13 @@ impl Req {
                 source: Some(Peer {
                     certificate: self.certificate.clone().unwrap_or_default(),
                     principal: self.principal.clone().unwrap_or_default(),
+                    address: self.source_address.as_ref().map(|ip| Address {
+                        address: Some(AddressKind::SocketAddress(SocketAddress {
+                            address: ip.clone(),
+                            port_specifier: Some(PortSpecifier::PortValue(50_000)),
+                            ..Default::default()
+                        })),
+                    }),
                     ..Default::default()
                 }),
                 request: Some(Request {
@@ -132,7 +150,7 @@ pub fn decide<'r>(req: &CheckRequest, registry: &'r Registry, now: i64) -> Decis
     };
     let attributes = Attributes::from_view(&view);
     let evidence = (!attributes.certificate.is_empty())
-        .then(|| Evidence::from_forwarded(attributes.certificate, registry));
+        .then(|| Evidence::from_forwarded(attributes.certificate, registry, now));
     let input = Input {
         attributes,
         certificate: evidence.as_ref().map(|e| e.as_ref().map_err(|e| *e)),

@@ -17,6 +17,7 @@ mod service;
 mod view;
 
 pub use response::{Denial, EncodedResponse, OkFields, OkTemplate};
+pub(crate) use response::{ok_status, service_auth_metadata};
 pub use service::{CHECK_PATH, CheckHandler, CheckService};
 pub use view::{CheckView, HeaderEntry, Port, SocketAddressView};
 

@@ -230,7 +230,7 @@ impl OkTemplate {
     }
 }
 
-fn ok_status() -> rpc::Status {
+pub(crate) fn ok_status() -> rpc::Status {
     rpc::Status {
         code: tonic::Code::Ok as i32,
         ..Default::default()
@@ -255,7 +255,9 @@ fn overwrite_header(key: &str, value: &str) -> HeaderValueOption {
 }
 
 /// `{"service_auth": {...}}` for Envoy's access log.
-fn service_auth_metadata<'a>(fields: impl IntoIterator<Item = (&'static str, &'a str)>) -> Struct {
+pub(crate) fn service_auth_metadata<'a>(
+    fields: impl IntoIterator<Item = (&'static str, &'a str)>,
+) -> Struct {
     let string = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_owned())),
     };
