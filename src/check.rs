@@ -555,7 +555,7 @@ fn check_api_key(
     let hash = registry::hash_api_key(key);
     let mut matched = None;
     for k in &service.api_keys {
-        if bool::from(k.sha256[..1].ct_eq(&hash[..1])) {
+        if bool::from(k.sha256.ct_eq(&hash)) {
             matched = Some(k);
         }
     }
