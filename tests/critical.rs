@@ -6,6 +6,7 @@ mod common;
 
 use common::{Ca, ClientSpec, Fixture, Req, Svc, unix_now};
 use service_auth::check::{Decision, Grant, Reason};
+use service_auth::identity::PeerCertificate;
 use service_auth::registry::{Registry, hash_api_key};
 use service_auth::testkit::decide;
 use service_auth::token;
@@ -95,4 +96,34 @@ fn verify_mode_needs_every_route_scope_in_the_token() {
     // One of two route scopes is in the token, the other is not.
     assert_eq!(verify_on("read admin"), Some(Reason::ScopeNotAllowed));
     assert_eq!(verify_on("admin read"), Some(Reason::ScopeNotAllowed));
+}
+
+/// DER prefixes `00` to a serial whose high bit is set. The parsed
+/// certificate drops it (its documented form), and every spelling of the
+/// serial revokes the certificate: configured ones, and the CRL entry
+/// (whose DER has the `00` too). `80:01` itself is tests/trust.rs
+/// `a_configured_serial_matches_a_der_serial_with_a_leading_zero`.
+#[test]
+fn a_serial_with_a_der_sign_byte_is_revoked_under_every_spelling() {
+    const SERIAL: &[u8] = &[0x80, 0x01];
+    let ca = Ca::new("serial CA");
+    let cert = ca.client(&ClientSpec::uri(A_URI).serial(SERIAL));
+    let parsed = PeerCertificate::from_forwarded(&cert.forwarded()).expect("a client certificate");
+    assert_eq!(parsed.serial, SERIAL);
+
+    let now = unix_now();
+    let revoked_by = |fixture: &mut Fixture| {
+        fixture.write_registry(&[Svc::new("a", A_URI, A_KEY)]);
+        let registry = fixture.load();
+        reason(&decide(&Req::cert(cert.forwarded()).key(A_KEY).build(), &registry, now))
+    };
+    for spelling in ["00:80:01", "0x008001", "8001"] {
+        let mut fixture = Fixture::new(&[]);
+        fixture.revocation.serials = vec![spelling.into()];
+        assert_eq!(revoked_by(&mut fixture), Some(Reason::CertificateRevoked), "{spelling}");
+    }
+    let mut fixture = Fixture::new(&[]);
+    fixture.write_file("ca.crl", ca.crl_pem(&[SERIAL]));
+    fixture.revocation.crl_files = vec!["ca.crl".into()];
+    assert_eq!(revoked_by(&mut fixture), Some(Reason::CertificateRevoked), "by CRL");
 }
