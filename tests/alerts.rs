@@ -109,13 +109,15 @@ async fn certificate_alerts_reach_an_otlp_receiver_by_kind() {
     let mut client = sidecar.client().await;
 
     let revoked = ca.client(&ClientSpec::uri(A_URI).serial(REVOKED_SERIAL));
-    let server_only = ca.client(
-        &ClientSpec::uri(A_URI).eku(vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth]),
-    );
+    let server_only =
+        ca.client(&ClientSpec::uri(A_URI).eku(vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth]));
     let another_p = ca.client(&ClientSpec::uri(P_URI));
     let both = ca.client(&ClientSpec::uri(A_URI).with_uri(B_URI));
     let cases = [
-        (Req::cert(revoked.forwarded()).key(A_KEY), "certificate_revoked"),
+        (
+            Req::cert(revoked.forwarded()).key(A_KEY),
+            "certificate_revoked",
+        ),
         (
             Req::cert(server_only.forwarded()).key(A_KEY),
             "certificate_untrusted",
@@ -124,10 +126,17 @@ async fn certificate_alerts_reach_an_otlp_receiver_by_kind() {
             Req::cert(another_p.forwarded()).key(P_KEY),
             "certificate_pin_mismatch",
         ),
-        (Req::cert(both.forwarded()).key(A_KEY), "ambiguous_principal"),
+        (
+            Req::cert(both.forwarded()).key(A_KEY),
+            "ambiguous_principal",
+        ),
     ];
     for (req, kind) in &cases {
-        let resp = client.check(req.clone().build()).await.unwrap().into_inner();
+        let resp = client
+            .check(req.clone().build())
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(code(&resp), 16, "{kind}: {resp:?}");
     }
     // The pinned certificate itself is allowed, and raises nothing.

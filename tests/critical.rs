@@ -115,15 +115,27 @@ fn a_serial_with_a_der_sign_byte_is_revoked_under_every_spelling() {
     let revoked_by = |fixture: &mut Fixture| {
         fixture.write_registry(&[Svc::new("a", A_URI, A_KEY)]);
         let registry = fixture.load();
-        reason(&decide(&Req::cert(cert.forwarded()).key(A_KEY).build(), &registry, now))
+        reason(&decide(
+            &Req::cert(cert.forwarded()).key(A_KEY).build(),
+            &registry,
+            now,
+        ))
     };
     for spelling in ["00:80:01", "0x008001", "8001"] {
         let mut fixture = Fixture::new(&[]);
         fixture.revocation.serials = vec![spelling.into()];
-        assert_eq!(revoked_by(&mut fixture), Some(Reason::CertificateRevoked), "{spelling}");
+        assert_eq!(
+            revoked_by(&mut fixture),
+            Some(Reason::CertificateRevoked),
+            "{spelling}"
+        );
     }
     let mut fixture = Fixture::new(&[]);
     fixture.write_file("ca.crl", ca.crl_pem(&[SERIAL]));
     fixture.revocation.crl_files = vec!["ca.crl".into()];
-    assert_eq!(revoked_by(&mut fixture), Some(Reason::CertificateRevoked), "by CRL");
+    assert_eq!(
+        revoked_by(&mut fixture),
+        Some(Reason::CertificateRevoked),
+        "by CRL"
+    );
 }

@@ -172,7 +172,10 @@ async fn refusal(addr: SocketAddr, ca: &Ca, identity: Option<&Issued>) -> rustls
     use tokio::io::AsyncReadExt;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let attempt = async {
-        match tls_connector(ca, identity).connect(server_name(), tcp).await {
+        match tls_connector(ca, identity)
+            .connect(server_name(), tcp)
+            .await
+        {
             Ok(mut tls) => match tls.read(&mut [0u8; 64]).await {
                 Ok(n) => panic!("the sidecar accepted the handshake and sent {n} bytes"),
                 Err(e) => e,
@@ -183,7 +186,10 @@ async fn refusal(addr: SocketAddr, ca: &Ca, identity: Option<&Issued>) -> rustls
     let error = tokio::time::timeout(WAIT, attempt)
         .await
         .expect("the sidecar answers the handshake");
-    match error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+    match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
         Some(e) => e.clone(),
         None => panic!("not a TLS refusal: {error:?}"),
     }
@@ -217,7 +223,11 @@ async fn only_clients_with_a_certificate_from_client_ca_get_in() {
     let addr = sidecar.addr;
     let good_client_served = || async {
         let channel = s.channel(addr, &s.client).await.expect("a good handshake");
-        assert!(allowed(channel, &s.ca).await.expect("a good client's Check"));
+        assert!(
+            allowed(channel, &s.ca)
+                .await
+                .expect("a good client's Check")
+        );
     };
     good_client_served().await;
 
@@ -227,7 +237,10 @@ async fn only_clients_with_a_certificate_from_client_ca_get_in() {
     const DECODE_ERROR: u8 = 50;
     let answer = plaintext_answer(addr).await;
     assert!(
-        matches!(answer.as_slice(), [0x15, 0x03, _, 0x00, 0x02, FATAL, DECODE_ERROR]),
+        matches!(
+            answer.as_slice(),
+            [0x15, 0x03, _, 0x00, 0x02, FATAL, DECODE_ERROR]
+        ),
         "expected one fatal decode_error alert, got {answer:02x?}"
     );
     good_client_served().await;
