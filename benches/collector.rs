@@ -139,11 +139,15 @@ async fn main() {
     let normal = median_latency(&plain, 300).await;
     drop(plain);
 
-    let fixture = fixture();
+    let dead_fixture = fixture();
     let (_closed_port, closed) = refusing_addr();
     let dead = start(
-        &fixture,
-        &exporting(&fixture, &format!("http://{closed}"), OtlpProtocol::Grpc),
+        &dead_fixture,
+        &exporting(
+            &dead_fixture,
+            &format!("http://{closed}"),
+            OtlpProtocol::Grpc,
+        ),
     )
     .await;
     burst(&dead, 3_000, 4).await;
