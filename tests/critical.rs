@@ -1,6 +1,7 @@
-//! Security-critical lines of the decision that the rest of the suite let
-//! a mutation through (docs/TESTING.md lists each mutation and the test here
-//! that kills it). In-process and fast: these run in the mutation command.
+//! Security-critical lines of the decision that the fast in-process suite
+//! let a mutation through (docs/TESTING.md lists each mutation and the test
+//! here that kills it). In-process and fast: `tests/mutants.sh` runs them
+//! against every mutant.
 
 mod common;
 
@@ -10,6 +11,8 @@ use service_auth::identity::PeerCertificate;
 use service_auth::registry::{Registry, hash_api_key};
 use service_auth::testkit::decide;
 use service_auth::token;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 const A_URI: &str = "spiffe://mesh.test/ns/default/sa/a";
 const A_KEY: &str = "key-of-service-a-0123456789";
@@ -96,6 +99,59 @@ fn verify_mode_needs_every_route_scope_in_the_token() {
     // One of two route scopes is in the token, the other is not.
     assert_eq!(verify_on("read admin"), Some(Reason::ScopeNotAllowed));
     assert_eq!(verify_on("admin read"), Some(Reason::ScopeNotAllowed));
+}
+
+/// An RFC 3339 timestamp at Unix second `t`.
+fn rfc3339(t: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(t)
+        .unwrap()
+        .format(&Rfc3339)
+        .unwrap()
+}
+
+/// Issue mode at the exact edges: a certificate is valid on both ends of
+/// its window and an API key through its `not_after` second (RFC 5280
+/// windows are inclusive), each refused one second outside.
+#[test]
+fn issue_mode_clock_boundaries_are_exact() {
+    const EXPIRING_KEY: &str = "key-of-service-a-expiring-0123";
+    let t0 = common::unix_now();
+    let (not_before, not_after, key_not_after) = (t0 - 100, t0 + 100, t0 + 50);
+    let mut svc = Svc::new("a", A_URI, A_KEY);
+    svc.keys.push((
+        "k2".into(),
+        EXPIRING_KEY.into(),
+        Some(rfc3339(key_not_after)),
+    ));
+    let registry = Fixture::new(&[svc]).load();
+    let ca = Ca::new("clock CA");
+    let at = |t: i64| OffsetDateTime::from_unix_timestamp(t).unwrap();
+    let cert = ca.client(&ClientSpec::uri(A_URI).valid(at(not_before), at(not_after)));
+    let outcome = |key: &str, now: i64| match decide(
+        &Req::cert(cert.forwarded()).key(key).build(),
+        &registry,
+        now,
+    ) {
+        Decision::Allow(_) => None,
+        Decision::Deny(d) => Some(d.reason),
+    };
+    // The certificate is valid on both ends of its window, inclusive.
+    assert_eq!(
+        outcome(A_KEY, not_before - 1),
+        Some(Reason::CertificateNotYetValid)
+    );
+    assert_eq!(outcome(A_KEY, not_before), None);
+    assert_eq!(outcome(A_KEY, not_after), None);
+    assert_eq!(
+        outcome(A_KEY, not_after + 1),
+        Some(Reason::CertificateExpired)
+    );
+    // A key is good through its not_after second, expired one second later.
+    assert_eq!(outcome(EXPIRING_KEY, key_not_after), None);
+    assert_eq!(
+        outcome(EXPIRING_KEY, key_not_after + 1),
+        Some(Reason::ExpiredApiKey)
+    );
 }
 
 /// DER prefixes `00` to a serial whose high bit is set. The parsed
