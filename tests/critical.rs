@@ -195,3 +195,31 @@ fn a_serial_with_a_der_sign_byte_is_revoked_under_every_spelling() {
         "by CRL"
     );
 }
+
+/// A certificate is pinned when it matches any of the service's pins, also
+/// when one pin is listed twice (hex is case-insensitive, so `AB..` and
+/// `ab..` are one pin); a certificate matching none is refused.
+#[test]
+fn a_certificate_matching_any_pin_is_pinned_even_when_listed_twice() {
+    let ca = Ca::new("pins CA");
+    let [first, second, stranger] =
+        ["first", "second", "stranger"].map(|cn| ca.client(&ClientSpec::uri(A_URI).with_cn(cn)));
+    let mut svc = Svc::new("a", A_URI, A_KEY);
+    svc.pins = vec![
+        first.sha256_hex(),
+        second.sha256_hex().to_uppercase(),
+        second.sha256_hex().to_lowercase(),
+    ];
+    let (_fixture, registry) = registry(&[svc]);
+    let now = unix_now();
+    let decided = |cert: &common::Issued| {
+        reason(&decide(
+            &Req::cert(cert.forwarded()).key(A_KEY).build(),
+            &registry,
+            now,
+        ))
+    };
+    assert_eq!(decided(&first), None);
+    assert_eq!(decided(&second), None);
+    assert_eq!(decided(&stranger), Some(Reason::CertificatePinMismatch));
+}
