@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Ca, ClientSpec, Fixture, Req, Svc, unix_now};
-use service_auth::check::{Decision, Grant, Reason};
+use service_auth::check::{Decision, Grant, MAX_API_KEY_LEN, Reason};
 use service_auth::identity::PeerCertificate;
 use service_auth::registry::{Registry, hash_api_key};
 use service_auth::testkit::decide;
@@ -222,4 +222,42 @@ fn a_certificate_matching_any_pin_is_pinned_even_when_listed_twice() {
     assert_eq!(decided(&first), None);
     assert_eq!(decided(&second), None);
     assert_eq!(decided(&stranger), Some(Reason::CertificatePinMismatch));
+}
+
+/// The registry holds only key hashes, so nothing stops a registered key
+/// from being a value no header should carry. Such a key never matches: a
+/// comma is two headers joined (CVE-2021-32777), and empty, over-long or
+/// non-printable values are refused before hashing. A printable key of
+/// exactly the maximum length is a key like any other.
+#[test]
+fn a_registered_key_that_is_no_well_formed_header_value_never_matches() {
+    let longest = "k".repeat(MAX_API_KEY_LEN);
+    let too_long = "k".repeat(MAX_API_KEY_LEN + 1);
+    let refused = [
+        "first,second",
+        "with space",
+        "tab\there",
+        "",
+        too_long.as_str(),
+    ];
+    let mut svc = Svc::new("a", A_URI, A_KEY);
+    svc.keys = [longest.as_str()]
+        .iter()
+        .chain(&refused)
+        .enumerate()
+        .map(|(i, key)| (format!("k{i}"), key.to_string(), None))
+        .collect();
+    let (_fixture, registry) = registry(&[svc]);
+    let cert = Ca::new("key shape CA")
+        .client(&ClientSpec::uri(A_URI))
+        .forwarded();
+    let now = unix_now();
+    let decided = |key: &str| {
+        let req = Req::cert(cert.clone()).raw_header("x-api-key", key.as_bytes());
+        reason(&decide(&req.build(), &registry, now))
+    };
+    assert_eq!(decided(&longest), None);
+    for key in refused {
+        assert_eq!(decided(key), Some(Reason::InvalidApiKey), "{key:?}");
+    }
 }
