@@ -41,8 +41,8 @@ case "$area" in
       cert_reason check_trust check_api_key granted_scopes verify
       presented_token 'Headers<[^>]*>::single' effective reportable disposition
     )
-    tests=(--test decision --test critical --test verify --test trust
-      --test hostile --test report_mode --lib)
+    tests=(--test=decision --test=critical --test=verify --test=trust
+      --test=hostile --test=report_mode --lib)
     ;;
   trust)
     files=(src/trust.rs 'src/trust/*.rs' src/identity.rs src/evidence.rs)
@@ -62,7 +62,7 @@ case "$area" in
       'Evidence::gather_reusing' 'Evidence::svid_trust_domain'
       consulted_bundles 'EvidenceCache::resolve'
     )
-    tests=(--lib --test trust --test critical --test decision)
+    tests=(--lib --test=trust --test=critical --test=decision)
     ;;
   tokens)
     files=(src/token.rs src/keys.rs)
@@ -73,7 +73,7 @@ case "$area" in
       checked_header check_secret 'Key::decoding_key' 'Key::can_sign'
       'Algorithm::jwt' 'Key::algorithm'
     )
-    tests=(--lib --test verify --test keys --test decision --test critical)
+    tests=(--lib --test=verify --test=keys --test=decision --test=critical)
     ;;
   registry)
     files=('src/registry/*.rs')
@@ -86,8 +86,8 @@ case "$area" in
       'Builder::header_roles' 'Builder::principal_domains' normalize_principal
       parse_sha256 'Builder::time'
     )
-    tests=(--test registry --test critical --test decision --test hostile
-      --test trust)
+    tests=(--test=registry --test=critical --test=decision --test=hostile
+      --test=trust)
     ;;
   *)
     echo "usage: $0 decision|trust|tokens|registry [cargo-mutants options]" >&2
@@ -99,11 +99,18 @@ file_args=()
 for f in "${files[@]}"; do
   file_args+=(--file "$f")
 done
+# Given to every cargo command, so the build step too compiles only these
+# test targets (arguments after `--` would reach only the test step, and
+# the build would compile every test, example and benchmark per mutant).
+target_args=()
+for t in "${tests[@]}"; do
+  target_args+=("--cargo-arg=$t")
+done
 regex="(replace|in) ($(IFS='|'; echo "${functions[*]}"))( |$)"
 
 # Linking each mutant's test binaries is most of its cost: no debug info,
 # no incremental state (the preamble's settings for every build here).
 export CARGO_PROFILE_TEST_DEBUG=0 CARGO_PROFILE_DEV_DEBUG=0 CARGO_INCREMENTAL=0
 
-exec cargo mutants "${file_args[@]}" --re "$regex" --timeout-multiplier 3 \
-  "$@" -- "${tests[@]}"
+exec cargo mutants "${file_args[@]}" --re "$regex" "${target_args[@]}" \
+  --timeout-multiplier 3 "$@"
