@@ -261,3 +261,23 @@ fn a_registered_key_that_is_no_well_formed_header_value_never_matches() {
         assert_eq!(decided(key), Some(Reason::InvalidApiKey), "{key:?}");
     }
 }
+
+/// The token names the registered principal the certificate presented, not
+/// the service's first one.
+#[test]
+fn the_grant_names_the_principal_the_certificate_presented() {
+    const SECOND_URI: &str = "spiffe://mesh.test/ns/default/sa/a-canary";
+    let mut svc = Svc::new("a", A_URI, A_KEY);
+    svc.principals.push(SECOND_URI.into());
+    let (_fixture, registry) = registry(&[svc]);
+    let ca = Ca::new("principal CA");
+    let now = unix_now();
+    for uri in [A_URI, SECOND_URI] {
+        let cert = ca.client(&ClientSpec::uri(uri)).forwarded();
+        let d = decide(&Req::cert(cert).key(A_KEY).build(), &registry, now);
+        let Decision::Allow(Grant::Issue(grant)) = &d else {
+            panic!("{uri} should be allowed: {d:?}")
+        };
+        assert_eq!(grant.principal, uri);
+    }
+}
