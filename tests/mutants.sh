@@ -108,9 +108,11 @@ for t in "${tests[@]}"; do
 done
 regex="(replace|in) ($(IFS='|'; echo "${functions[*]}"))( |$)"
 
-# Linking each mutant's test binaries is most of its cost: no debug info,
-# no incremental state (the preamble's settings for every build here).
+# Building each mutant is most of its cost: no debug info and no
+# incremental state keep the scratch target small and the links short.
 export CARGO_PROFILE_TEST_DEBUG=0 CARGO_PROFILE_DEV_DEBUG=0 CARGO_INCREMENTAL=0
 
+# The tests take seconds; the floor keeps a loaded machine from reporting
+# a slow run as a timeout.
 exec cargo mutants "${file_args[@]}" --re "$regex" "${target_args[@]}" \
-  --timeout-multiplier 3 "$@"
+  --timeout-multiplier 3 --minimum-test-timeout 60 "$@"
