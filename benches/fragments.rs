@@ -23,7 +23,7 @@ use common::{Ca, ClientSpec, Fixture, Req, Svc, tcp0};
 use envoy_types::ext_authz::v3::pb::HttpResponse;
 use service_auth::config::RegistryPaths;
 use service_auth::registry::Registry;
-use service_auth::testkit::{Memory, fragment};
+use service_auth::testkit::{Memory, fragment, scale_service};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -32,29 +32,12 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Service `i` of fragment `f`: one URI principal, two keys (like the
-/// 10,000-service benchmark in `benches/registry.rs`).
-fn service(f: usize, i: usize) -> Svc {
-    let id = format!("team{f}-svc{i}");
-    let mut svc = Svc::new(
-        &id,
-        &format!("spiffe://mesh.bench/ns/team{f}/sa/svc{i}"),
-        &format!("key-{id}-primary-0123456789"),
-    );
-    svc.keys.push((
-        "secondary".into(),
-        format!("key-{id}-secondary-0123456789"),
-        Some("2030-01-01T00:00:00Z".into()),
-    ));
-    svc
-}
-
 fn team_file(dir: &Path, f: usize) -> PathBuf {
     dir.join(format!("teams/team-{f:03}.yaml"))
 }
 
 fn write_team(fixture: &Fixture, f: usize, per: usize, extra: Option<Svc>) {
-    let mut services: Vec<Svc> = (0..per).map(|i| service(f, i)).collect();
+    let mut services: Vec<Svc> = (0..per).map(|i| scale_service(f, i)).collect();
     services.extend(extra);
     let text = serde_yaml::to_string(&fragment(&services)).unwrap();
     // Atomic replace, as `kubectl` + the kubelet or an editor would.

@@ -7,21 +7,7 @@ use service_auth::testkit as common;
 
 /// A registry of `n` services, each with one URI principal and two keys.
 pub fn large_fixture(n: usize) -> common::Fixture {
-    let services: Vec<common::Svc> = (0..n)
-        .map(|i| {
-            let mut svc = common::Svc::new(
-                &format!("svc-{i}"),
-                &format!("spiffe://mesh.bench/ns/default/sa/svc-{i}"),
-                &format!("key-{i}-primary-0123456789"),
-            );
-            svc.keys.push((
-                "secondary".into(),
-                format!("key-{i}-secondary-0123456789"),
-                Some("2030-01-01T00:00:00Z".into()),
-            ));
-            svc
-        })
-        .collect();
+    let services: Vec<common::Svc> = (0..n).map(|i| common::scale_service(0, i)).collect();
     common::Fixture::new(&services)
 }
 

@@ -126,7 +126,7 @@ impl Sidecar {
                 tracing::info!(
                     event = "metrics_export",
                     protocol = ?settings.protocol,
-                    endpoint = settings.endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_* environment)"),
+                    endpoint = settings.endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT)"),
                     interval = ?settings.interval,
                     service_name = %settings.service_name,
                 );
@@ -309,6 +309,8 @@ async fn load_then_reload(
         services = registry.services().len(),
     );
     snapshot.store(Arc::new(registry));
+    // As after every reload: what parsing freed goes back to the OS.
+    let _ = tokio::task::spawn_blocking(crate::alloc::release_freed_memory).await;
     let reloader = Reloader::start(paths, attempt.sources, snapshot, observer, &reload);
     readiness.serving().await;
     let _ = loaded.send(Ok(()));

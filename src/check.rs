@@ -8,6 +8,8 @@
 //! (`evidence`). Signing the token is a step after it (`token::issue`), and
 //! the gRPC layer only translates.
 
+use std::borrow::Cow;
+
 use subtle::ConstantTimeEq;
 
 use crate::evidence::Evidence;
@@ -440,6 +442,21 @@ impl Peer<'_> {
         match self {
             Peer::Certificate(e) => Some(e),
             Peer::Principal(_) => None,
+        }
+    }
+}
+
+impl<'q> Input<'q> {
+    /// The SANs this Check presented, in the form the decision compared
+    /// them: the forwarded certificate's identity SANs, else Envoy's
+    /// `source.principal`; none when neither is there. What an operator
+    /// reads to tell what to register after an `unknown_principal` denial.
+    pub fn presented_sans(&self) -> Cow<'q, [San]> {
+        match self.certificate {
+            Some(Ok(evidence)) => Cow::Borrowed(&evidence.certificate.sans),
+            Some(Err(_)) => Cow::Borrowed(&[]),
+            None if self.attributes.principal.is_empty() => Cow::Borrowed(&[]),
+            None => Cow::Owned(vec![San::from_principal(self.attributes.principal)]),
         }
     }
 }

@@ -245,12 +245,31 @@ async fn handshake(
     Ok((io, replay))
 }
 
-/// Binds a Unix socket readable and writable by owner and group only,
-/// replacing a stale socket file but never any other kind of file.
+/// Binds a Unix socket readable and writable by owner and group only. An
+/// existing socket file is replaced only when it is stale (nobody accepts
+/// on it): a second sidecar must not take over a live one's path, leaving
+/// it running and unreachable. Never replaces any other kind of file.
 fn bind_unix(path: &Path) -> io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(meta) if meta.file_type().is_socket() => match probe_unix(path) {
+            Probe::Stale => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            },
+            Probe::Live => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "a server is already listening on this socket (another service-auth?); stop it or choose another path",
+                ));
+            }
+            Probe::Unknown(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot tell whether a server still listens on this socket: {e}"),
+                ));
+            }
+        },
         Ok(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -262,6 +281,34 @@ fn bind_unix(path: &Path) -> io::Result<tokio::net::UnixListener> {
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(listener)
+}
+
+/// What connecting to an existing socket file says about it.
+enum Probe {
+    /// Refused (or gone): nobody listens; the file is left over.
+    Stale,
+    /// Accepted, or too busy to accept now: a server is there.
+    Live,
+    /// Anything else (e.g. no permission to connect).
+    Unknown(io::Error),
+}
+
+/// Connects to `path` once, without blocking start-up on a server whose
+/// backlog is full (a blocking connect would wait for it indefinitely).
+fn probe_unix(path: &Path) -> Probe {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let connected = SockAddr::unix(path).and_then(|addr| {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        socket.connect_timeout(&addr, Duration::from_secs(1))
+    });
+    match connected {
+        Ok(()) => Probe::Live,
+        Err(e) => match e.kind() {
+            io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => Probe::Stale,
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Probe::Live,
+            _ => Probe::Unknown(e),
+        },
+    }
 }
 
 /// One connection ready for gRPC. It holds a connection slot until dropped;

@@ -107,12 +107,19 @@ impl AuthzService {
         let answer = Answer::sign(check::decide(&input, registry, now), registry, now)
             .enforced(attributes, registry);
         admitted.record(&answer.decision, answer.disposition);
+        let presented_sans = match &answer.decision {
+            Decision::Deny(d) if d.reason == Reason::UnknownPrincipal => {
+                Some(input.presented_sans())
+            }
+            _ => None,
+        };
         self.observer.check(&CheckEvent {
             attributes: Some(attributes),
             decision: &answer.decision,
             disposition: answer.disposition,
             issued_kid: answer.kid(),
             detail: None,
+            presented_sans: presented_sans.as_deref(),
             elapsed: started.elapsed(),
         });
         self.responses.encode(answer, registry)
@@ -134,6 +141,7 @@ impl AuthzService {
             disposition: Disposition::Enforced,
             issued_kid: None,
             detail,
+            presented_sans: None,
             elapsed: started.elapsed(),
         });
         response::denied(reason)
@@ -155,6 +163,7 @@ impl AuthzService {
             disposition: Disposition::Enforced,
             issued_kid: None,
             detail: None,
+            presented_sans: None,
             elapsed: started.elapsed(),
         });
         response::throttled(throttled)

@@ -9,9 +9,13 @@
 //! miss), and SIGHUP (always reloads). A watched *directory* (registry
 //! fragments) is watched itself as well, and its fingerprint changes when an
 //! entry is added, removed or renamed, so a new file in it counts as a
-//! change. What to do about a change is the caller's business.
+//! change. A watched directory that is a symlink (`sec -> secA`) is watched
+//! through to its target, and its parent too, so retargeting it is an event;
+//! after each event the target is looked up again and a new one watched,
+//! or its files would fall silent until the poll. What to do about a change
+//! is the caller's business.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -51,7 +55,9 @@ pub struct FileWatch {
     poll: tokio::time::Interval,
     events: mpsc::Receiver<()>,
     watcher: Option<notify::RecommendedWatcher>,
-    watched: BTreeSet<PathBuf>,
+    /// Each watched directory and the (device, inode) it resolved to when
+    /// its watch was added: inotify watches the target, not the path.
+    watched: BTreeMap<PathBuf, Option<(u64, u64)>>,
     hangup: Option<tokio::signal::unix::Signal>,
     settle: Duration,
 }
@@ -88,7 +94,7 @@ impl FileWatch {
             poll,
             events,
             watcher,
-            watched: BTreeSet::new(),
+            watched: BTreeMap::new(),
             hangup,
             settle: Duration::ZERO,
         };
@@ -114,6 +120,8 @@ impl FileWatch {
                     .await
                     .is_ok_and(|e| e.is_some())
                     {}
+                    // A directory symlink may have been retargeted.
+                    self.watch_dirs();
                     false
                 }
                 Some(()) = recv_hangup(&mut self.hangup) => {
@@ -168,12 +176,14 @@ impl FileWatch {
     }
 
     /// Watches the parent directory of every source, and every source that
-    /// is a directory itself (non-recursively).
+    /// is a directory itself (non-recursively); and the parent of each of
+    /// those directories that is a symlink. A directory whose path now
+    /// resolves elsewhere is watched afresh.
     fn watch_dirs(&mut self) {
         let Some(watcher) = &mut self.watcher else {
             return;
         };
-        let wanted: BTreeSet<PathBuf> = self
+        let mut wanted: BTreeSet<PathBuf> = self
             .sources
             .iter()
             .flat_map(|p| {
@@ -182,26 +192,52 @@ impl FileWatch {
                     .then(|| p.clone());
                 p.parent().map(Path::to_path_buf).into_iter().chain(itself)
             })
-            .map(|d| {
-                if d.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    d
-                }
-            })
+            .map(non_empty)
             .collect();
-        for dir in self.watched.difference(&wanted) {
-            let _ = watcher.unwatch(dir);
+        let links: Vec<PathBuf> = wanted
+            .iter()
+            .filter(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_symlink()))
+            .filter_map(|d| d.parent().map(|p| non_empty(p.to_path_buf())))
+            .collect();
+        wanted.extend(links);
+        let stale: Vec<PathBuf> = self
+            .watched
+            .iter()
+            .filter(|(dir, identity)| !wanted.contains(*dir) || **identity != identity_of(dir))
+            .map(|(dir, _)| dir.clone())
+            .collect();
+        for dir in stale {
+            // Fails when the old target is gone, which removed its watch.
+            let _ = watcher.unwatch(&dir);
+            self.watched.remove(&dir);
         }
-        self.watched.retain(|d| wanted.contains(d));
-        for dir in &wanted {
-            if !self.watched.contains(dir)
-                && watcher.watch(dir, RecursiveMode::NonRecursive).is_ok()
-            {
-                self.watched.insert(dir.clone());
+        for dir in wanted {
+            if self.watched.contains_key(&dir) {
+                continue;
+            }
+            // Looked up before the watch is added: a retarget in between
+            // then reads as a change next time, never as the same target.
+            let identity = identity_of(&dir);
+            if watcher.watch(&dir, RecursiveMode::NonRecursive).is_ok() {
+                self.watched.insert(dir, identity);
             }
         }
     }
+}
+
+/// `.` for the parent of a bare file name.
+fn non_empty(dir: PathBuf) -> PathBuf {
+    if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    }
+}
+
+/// The (device, inode) `path` resolves to, following symlinks.
+fn identity_of(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 async fn recv_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {

@@ -191,6 +191,234 @@ fn gen_secret_is_long_enough() {
 }
 
 #[test]
+fn gen_secret_out_writes_a_private_file_and_never_replaces_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwt.key");
+    let out = path.display().to_string();
+    let o = run(&["gen-secret", "--out", &out], "");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "", "the secret goes to the file only");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    let secret = std::fs::read_to_string(&path).unwrap();
+    assert!(secret.trim_end().len() >= 43, "{secret:?}");
+
+    // An existing file is never overwritten.
+    let o = run(&["gen-secret", "--out", &out], "");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains(&out), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), secret);
+
+    // The file works as a registry secret, without a warning.
+    let (f, config) = fixture();
+    std::fs::rename(&path, f.path().join("secrets/jwt.key")).unwrap();
+    let o = run(&["check-config", "--config", &config], "");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_secret_others_can_read_is_a_warning_not_an_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let (f, config) = fixture();
+    let secret = f.path().join("secrets/jwt.key");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(&["check-config", "--config", &config], "");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("ok:"), "{}", stdout(&o));
+    let expected = format!(
+        "warning: token.keys[0].secret_file: {}: mode 0644 lets every user read this secret; make it readable by the sidecar alone (`chmod 600`)",
+        secret.display()
+    );
+    assert!(
+        stderr(&o).lines().any(|l| l == expected),
+        "{expected}\nin\n{}",
+        stderr(&o)
+    );
+
+    // `serve` starts and logs it.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sidecar = runtime.block_on(common::procs::Sidecar::start(std::path::Path::new(&config)));
+    let log = sidecar.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(r#""event":"registry_warning""#)
+                && l.contains("lets every user read this secret")),
+        "{log}"
+    );
+}
+
+#[test]
+fn gen_key_ids_are_dated_and_unique() {
+    let id = |o: &Output| {
+        stdout(o)
+            .lines()
+            .find_map(|l| l.strip_prefix("- id: ").map(str::to_owned))
+            .unwrap()
+    };
+    let (first, second) = (run(&["gen-key"], ""), run(&["gen-key"], ""));
+    let (first, second) = (id(&first), id(&second));
+    assert_ne!(first, second, "two keys made the same day");
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    for id in [&first, &second] {
+        let suffix = id
+            .strip_prefix(&format!("{today}-"))
+            .unwrap_or_else(|| panic!("{id}"));
+        assert!(
+            suffix.len() == 8 && suffix.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+}
+
+/// `serve --config <config>` with stderr to `log` and no `OTEL_*` variables.
+fn spawn_serve(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_service-auth"));
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("SERVICE_AUTH_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_")) {
+        command.env_remove(name);
+    }
+    command.spawn().unwrap()
+}
+
+/// Polls `f` every 25 ms until it returns `Some`, or panics after 30 s.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
+/// Kills and reaps `child` when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_second_serve_refuses_a_live_unix_socket_and_replaces_a_stale_one() {
+    let f = Fixture::new(&[Svc::new("a", "spiffe://mesh.test/a", "key-a-0123456789")]);
+    let socket = f.path().join("authz.sock");
+    let addr = format!("unix:{}", socket.display());
+    let config = f.write_config(&f.static_config(addr.parse().unwrap()));
+    let healthy = || run(&["health", "--addr", &addr], "").status.success();
+
+    let mut first = Reaped(spawn_serve(&config, &f.path().join("first.log")));
+    wait_for("the first serve to be SERVING", || healthy().then_some(()));
+
+    let second = Command::new(env!("CARGO_BIN_EXE_service-auth"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = stderr(&second);
+    assert!(
+        err.contains(&format!("cannot listen on {addr}"))
+            && err.contains("a server is already listening on this socket"),
+        "{err}"
+    );
+    assert!(healthy(), "the first serve still answers on its socket");
+    assert!(first.0.try_wait().unwrap().is_none());
+
+    // Killed outright, the first leaves its socket file behind: stale.
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    assert!(socket.exists());
+    assert!(!healthy());
+    let _third = Reaped(spawn_serve(&config, &f.path().join("third.log")));
+    wait_for("a serve on the stale socket to be SERVING", || {
+        healthy().then_some(())
+    });
+}
+
+#[test]
+fn text_logs_carry_no_colour_codes_off_a_terminal() {
+    let (f, _) = fixture();
+    let mut config = f.static_config(tcp0());
+    config.log.format = service_auth::config::LogFormat::Text;
+    let config = f.write_config(&config);
+    let log = f.path().join("serve.log");
+    let _serve = Reaped(spawn_serve(&config, &log));
+    let text = wait_for("the registry_loaded line", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("registry_loaded").then_some(text)
+    });
+    assert!(!text.contains('\x1b'), "ANSI escape in a file: {text:?}");
+    assert!(text.contains("INFO"), "{text}");
+}
+
+#[test]
+fn otlp_without_endpoint_or_variables_names_the_default_endpoint() {
+    let (f, _) = fixture();
+    let mut config = f.static_config(tcp0());
+    config.telemetry.otlp = Some(Default::default());
+    let config = f.write_config(&config);
+    let log = f.path().join("serve.log");
+    let _serve = Reaped(spawn_serve(&config, &log));
+    let line: serde_json::Value = wait_for("the metrics_export line", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["event"] == "metrics_export")
+    });
+    assert_eq!(line["endpoint"], "http://localhost:4317", "{line}");
+    assert_eq!(line["protocol"], "Grpc", "{line}");
+}
+
+#[tokio::test]
+async fn an_unknown_principal_denial_logs_the_presented_sans_escaped_and_bounded() {
+    let (_f, config) = fixture();
+    let sidecar = common::procs::Sidecar::start(std::path::Path::new(&config)).await;
+    let mut client = sidecar.client().await;
+    let ca = common::Ca::new("cli CA");
+    let long = format!("spiffe://mesh.test/{}", "x".repeat(400));
+    let spec = common::ClientSpec::uri("spiffe://mesh.test/unregistered").with_uri(&long);
+    let req = common::Req::cert(ca.client(&spec).forwarded()).key("key-a-0123456789");
+    let resp = client.check(req.build()).await.unwrap().into_inner();
+    assert!(resp.status.unwrap().code != 0, "denied");
+
+    let line: serde_json::Value = common::procs::poll(
+        "the denial's log line",
+        std::time::Duration::from_secs(15),
+        || {
+            let found = sidecar
+                .log_text()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["reason"] == "unknown_principal");
+            async move { found }
+        },
+    )
+    .await;
+    let sans = line["presented_sans"].as_str().unwrap_or_default();
+    let cut = &long[..256];
+    assert_eq!(
+        sans,
+        format!(r#"uri "spiffe://mesh.test/unregistered", uri "{cut}""#),
+        "{line}"
+    );
+}
+#[test]
 fn token_issue_then_verify() {
     let (_f, config) = fixture();
     let o = token_issue(&config, "a", "read");

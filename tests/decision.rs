@@ -567,6 +567,25 @@ fn scopes_from_header_and_route() {
         Req::cert(a_cert(&w)).key(A_KEY).ext("scope", "admin"),
         Reason::ScopeNotAllowed,
     );
+    // Spaces separate scopes (docs/decision.md); a comma does not: no
+    // service can hold a scope named `read,write`.
+    assert_eq!(
+        allow_scope(
+            Req::cert(a_cert(&w))
+                .key(A_KEY)
+                .header("x-auth-scope", " read  write ")
+        ),
+        "read write"
+    );
+    for commas in ["read,write", "read, write"] {
+        assert_denied(
+            &w,
+            Req::cert(a_cert(&w))
+                .key(A_KEY)
+                .header("x-auth-scope", commas),
+            Reason::ScopeNotAllowed,
+        );
+    }
     assert_eq!(
         Reason::ScopeNotAllowed.outcome(),
         service_auth::check::Outcome::Forbidden

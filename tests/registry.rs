@@ -484,7 +484,10 @@ fn sources_list_every_file_read() {
     f.write_file("ca.crt", Ca::new("x").cert_pem());
     let mut svc = Svc::new("a", A_URI, "k-0123456789");
     svc.ca_file = Some("ca.crt".into());
-    let r = load(&f, &registry_file(&[svc])).unwrap();
+    // A file several services name is listed (and watched) once.
+    let mut other = Svc::new("b", B_URI, "k-b-0123456789");
+    other.ca_file = Some("ca.crt".into());
+    let r = load(&f, &registry_file(&[svc, other])).unwrap();
     let names: Vec<_> = r
         .sources()
         .iter()

@@ -356,6 +356,60 @@ async fn configmap_data_symlink_swap() {
     .await;
 }
 
+/// A directory symlink retargeted (`sec -> secA`, then `secB`, then
+/// `secC`, each an atomic rename as a Secret or ConfigMap mount does):
+/// each switch is seen, and so is a later change inside the new target.
+/// The poll interval is an hour: only file events can explain any of it.
+#[tokio::test]
+async fn retargeted_directory_symlinks_keep_file_events() {
+    let fixture = Fixture::new(&[]);
+    let root = fixture.path();
+    let secret = root.join("secrets/jwt.key");
+    let write_in = |dir: &str, services: &[Svc]| {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+        let mut file = fixture.registry_file(services);
+        file.token.keys[0].secret_file = Some(secret.clone());
+        // Atomic, as an editor or the kubelet writes.
+        let tmp = root.join(dir).join(".registry.yaml.tmp");
+        std::fs::write(&tmp, yaml(&file)).unwrap();
+        std::fs::rename(&tmp, root.join(dir).join("registry.yaml")).unwrap();
+    };
+    let point_at = |target: &str| {
+        let tmp = root.join("sec.tmp");
+        std::os::unix::fs::symlink(target, &tmp).unwrap();
+        std::fs::rename(&tmp, root.join("sec")).unwrap();
+    };
+    let a = Svc::new("a", A_URI, A_KEY);
+    let b = Svc::new("b", B_URI, B_KEY);
+    write_in("secA", std::slice::from_ref(&a));
+    write_in("secB", &[a.clone(), b.clone()]);
+    write_in("secC", std::slice::from_ref(&a));
+    point_at("secA");
+    let mut config = fixture.static_config(tcp0());
+    config.registry = "sec/registry.yaml".into();
+    config.reload.poll_interval = Duration::from_secs(3600);
+    let sidecar = Sidecar::start(&fixture.write_config(&config)).await;
+    let client = sidecar.client().await;
+    let ca = Ca::new("retarget CA");
+    let b_req = Req::cert(ca.client(&ClientSpec::uri(B_URI)).forwarded()).key(B_KEY);
+    let until = |what: &'static str, want: &'static str| {
+        let (client, b_req) = (client.clone(), b_req.clone());
+        poll(what, WAIT, move || {
+            let (mut client, b_req) = (client.clone(), b_req.clone());
+            async move { (outcome(&mut client, &b_req).await == want).then_some(()) }
+        })
+    };
+    until("the first registry", "unknown_principal").await;
+
+    point_at("secB");
+    until("sec -> secB to be picked up", "allow").await;
+    point_at("secC");
+    until("sec -> secC to be picked up", "unknown_principal").await;
+    // Inside the new target: only a watch on secC itself can see this.
+    write_in("secC", &[a, b]);
+    until("the change inside secC to be picked up", "allow").await;
+}
+
 #[tokio::test]
 async fn sighup_forces_a_reload() {
     let h = start(&[Svc::new("a", A_URI, A_KEY)]).await;

@@ -23,7 +23,13 @@ fn load(config_path: &Path) -> anyhow::Result<(StaticConfig, Registry)> {
 pub fn gen_key() -> anyhow::Result<()> {
     let key = registry::random_secret();
     let hash = hex::encode(registry::hash_api_key(key.as_bytes()));
-    let id = time::OffsetDateTime::now_utc().date().to_string();
+    // The date says when; the random suffix keeps two keys made the same
+    // day for one service from sharing an id (ids are unique per service).
+    let id = format!(
+        "{}-{:08x}",
+        time::OffsetDateTime::now_utc().date(),
+        rand::random::<u32>()
+    );
     let mut out = std::io::stdout().lock();
     writeln!(out, "{key}")?;
     writeln!(out, "# registry entry (under the service's api_keys):")?;
@@ -32,9 +38,17 @@ pub fn gen_key() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn gen_secret() -> anyhow::Result<()> {
-    println!("{}", registry::random_secret());
-    Ok(())
+/// A new HS256 secret: on stdout, or into a new file `out` (mode 0600,
+/// never over an existing file), where no other user can read it.
+pub fn gen_secret(out: Option<&Path>) -> anyhow::Result<()> {
+    let secret = format!("{}\n", registry::random_secret());
+    match out {
+        Some(out) => write_private(out, secret.as_bytes()),
+        None => {
+            print!("{secret}");
+            Ok(())
+        }
+    }
 }
 
 /// Hashes the key on stdin. Exactly one trailing newline (LF or CRLF) is

@@ -41,7 +41,11 @@ pub enum Command {
     /// Read an API key on stdin and print its registry hash.
     HashKey,
     /// Print a new HS256 signing secret for a key file.
-    GenSecret,
+    GenSecret {
+        /// Write the secret to this new file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print a new EdDSA or ES256 private key (PKCS#8 PEM) for `private_key_file`.
     GenSigningKey {
         /// EdDSA (Ed25519) or ES256 (P-256).
@@ -129,7 +133,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig(c) => service::check_config(&c.config),
         Command::GenKey => credentials::gen_key(),
         Command::HashKey => credentials::hash_key(),
-        Command::GenSecret => credentials::gen_secret(),
+        Command::GenSecret { out } => credentials::gen_secret(out.as_deref()),
         Command::GenSigningKey { alg, out } => credentials::gen_signing_key(alg, out.as_deref()),
         Command::Jwks(c) => credentials::jwks(&c.config),
         Command::Token(TokenCommand::Issue {

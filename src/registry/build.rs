@@ -9,6 +9,7 @@ use ::time::OffsetDateTime;
 use ::time::format_description::well_known::Rfc3339;
 use sha2::{Digest, Sha256};
 
+use super::exposure::{self, Readers};
 use super::fragments::{self, Fragment};
 use super::{
     ApiKey, KeyHash, Registry, RequestSettings, Service, ThrottleSettings, next_generation,
@@ -215,6 +216,17 @@ pub enum Warning {
         "{at}: principal {principal:?} uses the spiffe scheme but is not a valid SPIFFE ID: with trust_domains set, no certificate can authenticate it"
     )]
     NotSpiffeId { at: String, principal: String },
+    /// A secret or private key file others can read (see `exposure`).
+    #[error(
+        "{at}: {}: mode {mode:04o} lets {readers} read this secret; make it readable by the sidecar alone (`chmod 600`)",
+        path.display()
+    )]
+    ReadableSecret {
+        at: String,
+        path: PathBuf,
+        mode: u32,
+        readers: Readers,
+    },
     #[error("{at} (kid {kid:?}) is past its not_after: it no longer verifies; remove it")]
     KeyRetired { at: String, kid: String },
     #[error(
@@ -613,7 +625,7 @@ impl Builder {
                     return None;
                 }
                 (Some(file), None) => (
-                    self.key_file(&format!("{at}.secret_file"), file)
+                    self.key_file(&format!("{at}.secret_file"), file, true)
                         .map(trim_trailing_newline)?,
                     "secret_file",
                 ),
@@ -662,7 +674,7 @@ impl Builder {
             );
             return None;
         }
-        let pem = self.key_file(&field_at, path)?;
+        let pem = self.key_file(&field_at, path, private)?;
         let source = if private {
             KeySource::PrivateKeyPem(&pem)
         } else {
@@ -677,12 +689,22 @@ impl Builder {
         }
     }
 
-    /// Reads a secret or key file the registry names (size-capped).
-    fn key_file(&mut self, at: &str, relative: &Path) -> Option<Vec<u8>> {
+    /// Reads a secret or key file the registry names (size-capped); a
+    /// `secret` one that others can read is a warning.
+    fn key_file(&mut self, at: &str, relative: &Path, secret: bool) -> Option<Vec<u8>> {
         let full = self.source(relative);
-        config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES)
+        let bytes = config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES)
             .map_err(|e| self.err(at, Problem::File(e)))
-            .ok()
+            .ok()?;
+        if let Some((mode, readers)) = secret.then(|| exposure::other_readers(&full)).flatten() {
+            self.warnings.push(Warning::ReadableSecret {
+                at: at.to_owned(),
+                path: full,
+                mode,
+                readers,
+            });
+        }
+        Some(bytes)
     }
 
     /// An optional RFC 3339 time as Unix seconds; an error is recorded.
@@ -771,10 +793,14 @@ impl Builder {
     /// Loads the CA bundle `relative` names (for the value at `at`). Its
     /// certificates that vouch for nothing at load time become warnings.
     fn bundle(&mut self, at: String, relative: &Path) -> Option<Arc<Bundle>> {
-        let full = self.source(relative);
+        // Looked up before it is recorded as a source: with `ca_file` on
+        // 50,000 services, `sources` (kept by the registry, and statted by
+        // every poll) would otherwise hold the same path 50,000 times.
+        let full = config::resolve(&self.file, relative);
         if let Some(bundle) = self.bundles.get(&full) {
             return Some(bundle.clone());
         }
+        self.sources.push(full.clone());
         let pem = match config::read_capped_bytes(&full, MAX_AUX_FILE_BYTES) {
             Ok(pem) => pem,
             Err(e) => {

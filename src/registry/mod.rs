@@ -12,6 +12,7 @@
 //! handle: Checks load from it, the reloader stores into it.
 
 mod build;
+mod exposure;
 mod fragments;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +31,7 @@ use crate::token::TokenSettings;
 use crate::trust::{self, Bundle, Revocations};
 
 pub use build::{CrlError, LoadError, Loaded, Origin, Problem, Warning};
+pub use exposure::Readers;
 
 /// The header verify mode sets to the verified token's subject; no registry
 /// header may take its name.

@@ -26,6 +26,10 @@ use crate::config::{OtlpProtocol, Telemetry};
 
 /// Export interval when neither the config nor `OTEL_METRIC_EXPORT_INTERVAL` sets one.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// The collector when neither the config nor an `OTEL_EXPORTER_OTLP_*`
+/// endpoint variable names one: the OTLP exporter's own defaults.
+pub const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
+pub const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318";
 /// `service.name` when neither the config nor `OTEL_SERVICE_NAME` sets one.
 pub const DEFAULT_SERVICE_NAME: &str = "service-auth";
 
@@ -33,9 +37,10 @@ pub const DEFAULT_SERVICE_NAME: &str = "service-auth";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportSettings {
     pub protocol: OtlpProtocol,
-    /// From `telemetry.otlp.endpoint`. `None` leaves the endpoint to the
-    /// exporter, which reads `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, then
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, then uses localhost.
+    /// From `telemetry.otlp.endpoint`, else the default collector when no
+    /// endpoint variable is set. `None` leaves the endpoint to the exporter,
+    /// which reads `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, then
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub endpoint: Option<String>,
     pub interval: Duration,
     pub service_name: String,
@@ -147,7 +152,20 @@ impl ExportSettings {
             // The exporter reads the variable in effect: check that one.
             None => env_endpoint(&env)?,
         }
-        let endpoint = otlp.endpoint.map(|e| match protocol {
+        // No endpoint anywhere: the exporter's default, spelled out so the
+        // start-up line names it instead of pointing at an empty environment.
+        let endpoint = match (otlp.endpoint, from_env) {
+            (Some(e), _) => Some(e),
+            (None, true) => None,
+            (None, false) => Some(
+                match protocol {
+                    OtlpProtocol::Grpc => DEFAULT_GRPC_ENDPOINT,
+                    OtlpProtocol::HttpProtobuf => DEFAULT_HTTP_ENDPOINT,
+                }
+                .to_owned(),
+            ),
+        }
+        .map(|e| match protocol {
             OtlpProtocol::Grpc => e,
             OtlpProtocol::HttpProtobuf => http_metrics_url(&e),
         });
@@ -420,8 +438,16 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(s.protocol, OtlpProtocol::Grpc);
+        assert_eq!(s.endpoint.as_deref(), Some("http://localhost:4317"));
         assert_eq!(s.interval, DEFAULT_INTERVAL);
         assert_eq!(s.service_name, DEFAULT_SERVICE_NAME);
+        let http = ExportSettings::resolve(&otlp(None, Some(OtlpProtocol::HttpProtobuf)), env(&[]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            http.endpoint.as_deref(),
+            Some("http://localhost:4318/v1/metrics")
+        );
         let vars = env(&[
             ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),

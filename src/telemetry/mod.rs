@@ -18,6 +18,7 @@ use opentelemetry::metrics::Meter;
 use crate::check::Decision;
 use crate::config::LogFormat;
 use crate::enforcement::Disposition;
+use crate::identity::{San, SanKind};
 use crate::registry::{LoadError, Registry, Snapshot};
 use crate::request::Attributes;
 use crate::throttle::Throttle;
@@ -88,7 +89,10 @@ pub fn init_logging(
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        // Colour codes belong on a terminal, not in a file or a collector.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
     result.map_err(|e| LogError::Install(e.to_string()))
 }
@@ -105,6 +109,10 @@ pub struct CheckEvent<'a> {
     /// More about a denial decided outside the decision (why a request
     /// could not be read), for the log line.
     pub detail: Option<&'a dyn std::fmt::Display>,
+    /// The SANs presented, for an `unknown_principal` denial: logged
+    /// (bounded and escaped) so an operator can tell what to register.
+    /// Never a metric attribute: the caller chooses them.
+    pub presented_sans: Option<&'a [San]>,
     pub elapsed: Duration,
 }
 
@@ -168,6 +176,9 @@ impl Observer {
             peer_address = truncate(peer_address, 64),
             peer_port,
             detail = event.detail.map(tracing::field::display),
+            presented_sans = event
+                .presented_sans
+                .map(|s| tracing::field::display(SanList(s))),
             "{message}"
         );
     }
@@ -214,6 +225,37 @@ pub fn log_registry_warnings(registry: &Registry) {
     }
 }
 
+/// At most this many presented SANs are logged, each cut at
+/// [`MAX_LOGGED_SAN`] bytes: a certificate may carry many, and long ones.
+const MAX_LOGGED_SANS: usize = 4;
+const MAX_LOGGED_SAN: usize = 256;
+
+/// Presented SANs for a log line: `uri "spiffe://…", dns "a.example"`, each
+/// quoted and escaped (`Debug`), so a hostile value cannot forge log syntax.
+struct SanList<'a>(&'a [San]);
+
+impl std::fmt::Display for SanList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, san) in self.0.iter().take(MAX_LOGGED_SANS).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            let kind = match san.kind {
+                SanKind::Uri => "uri",
+                SanKind::Dns => "dns",
+            };
+            write!(f, "{kind} {:?}", truncate(&san.value, MAX_LOGGED_SAN))?;
+        }
+        if self.0.len() > MAX_LOGGED_SANS {
+            write!(f, " and {} more", self.0.len() - MAX_LOGGED_SANS)?;
+        }
+        Ok(())
+    }
+}
+
 /// Bounds attacker-influenced strings before they reach a log line.
 fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -224,4 +266,33 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presented_sans_are_quoted_escaped_and_bounded() {
+        let sans = [
+            San::new(SanKind::Uri, "spiffe://mesh.test/ns/a/sa/b"),
+            San::new(SanKind::Dns, "a.example"),
+        ];
+        assert_eq!(
+            SanList(&sans).to_string(),
+            r#"uri "spiffe://mesh.test/ns/a/sa/b", dns "a.example""#
+        );
+        let hostile = [San::new(SanKind::Uri, "x\" forged=\"1\n")];
+        assert_eq!(SanList(&hostile).to_string(), r#"uri "x\" forged=\"1\n""#);
+        let many: Vec<San> = (0..10)
+            .map(|i| San::new(SanKind::Dns, &format!("{}{i}", "a".repeat(1000))))
+            .collect();
+        let text = SanList(&many).to_string();
+        assert!(text.ends_with(" and 6 more"), "{text}");
+        assert!(
+            text.len() < MAX_LOGGED_SANS * (MAX_LOGGED_SAN + 10) + 20,
+            "{text}"
+        );
+        assert_eq!(SanList(&[]).to_string(), "none");
+    }
 }

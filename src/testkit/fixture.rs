@@ -73,6 +73,24 @@ impl Svc {
     }
 }
 
+/// Service `i` of team `team` in a registry at scale: one URI principal and
+/// two API keys, the second with a `not_after`. The benchmarks build their
+/// 10,000- to 50,000-service registries from it.
+pub fn scale_service(team: usize, i: usize) -> Svc {
+    let id = format!("team{team}-svc{i}");
+    let mut svc = Svc::new(
+        &id,
+        &format!("spiffe://mesh.bench/ns/team{team}/sa/svc{i}"),
+        &format!("key-{id}-primary-0123456789"),
+    );
+    svc.keys.push((
+        "secondary".into(),
+        format!("key-{id}-secondary-0123456789"),
+        Some("2030-01-01T00:00:00Z".into()),
+    ));
+    svc
+}
+
 /// A registry fragment holding `services`.
 pub fn fragment(services: &[Svc]) -> RegistryFragment {
     RegistryFragment {
@@ -215,9 +233,21 @@ fn to_yaml(value: &impl serde::Serialize) -> String {
     serde_yaml::to_string(value).unwrap_or_else(|e| panic!("serialize YAML: {e}"))
 }
 
+/// Writes `contents` to `path`, creating it with mode 0600 as a careful
+/// operator would: a secret others can read is a registry warning, which
+/// tests that list warnings would otherwise all see.
 fn write(path: &Path, contents: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{}: {e}", parent.display()));
     }
-    std::fs::write(path, contents).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(contents))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }

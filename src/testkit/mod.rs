@@ -27,7 +27,8 @@ mod request;
 pub use clock::ManualClock;
 #[cfg(feature = "test-util")]
 pub use fixture::{
-    AUDIENCE, Fixture, ISSUER, SECRET, Svc, fragment, registry_file, sha256_hex, static_config,
+    AUDIENCE, Fixture, ISSUER, SECRET, Svc, fragment, registry_file, scale_service, sha256_hex,
+    static_config,
 };
 #[cfg(feature = "test-util")]
 pub use forge::{claims_json, forge_hs256};
