@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use sha2::{Digest, Sha256};
 
 use crate::config::Enforcement;
 use crate::identity::{PeerCertificate, SanKind};
@@ -38,9 +37,12 @@ pub const SERVICE_ID_HEADER: &str = "x-service-id";
 /// SHA-256 of an API key: the only form in which keys are stored.
 pub type KeyHash = [u8; 32];
 
-/// Hashes an API key exactly as the registry stores it.
+/// Hashes an API key exactly as the registry stores it. On every issue-mode
+/// Check, so ring's assembly SHA-256 (see `keys`' HS256 signer for why).
 pub fn hash_api_key(key: &[u8]) -> KeyHash {
-    Sha256::digest(key).into()
+    let mut hash = [0; 32];
+    hash.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, key).as_ref());
+    hash
 }
 
 /// A new random credential: 256 bits, base64url without padding. Used for API
