@@ -23,9 +23,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("upstream") => upstream(args.get(2).ok_or("upstream ADDR")?).await,
         Some("load") => load(&args[2..]).await,
         Some("h2") => h2(&args[2..]).await,
-        _ => Err("usage: mesh_load upstream ADDR | load URL CERT KEY CA API_KEY CONNECTIONS \
+        _ => Err(
+            "usage: mesh_load upstream ADDR | load URL CERT KEY CA API_KEY CONNECTIONS \
                   SECONDS | h2 URL CERT KEY CA API_KEY RATE SECONDS"
-            .into()),
+                .into(),
+        ),
     }
 }
 

@@ -905,10 +905,10 @@ mod tests {
         use ::hmac::Mac;
         let mut mac = <::hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(SECRET).unwrap();
         mac.update(inputs[0]);
-        let expected = mac.finalize().into_bytes();
+        let expected: [u8; 32] = mac.finalize().into_bytes().into();
         for prepared in [key.prepare(prefix), other.prepare(prefix)] {
             let signature = key.sign_prepared(&prepared, inputs[0]).unwrap();
-            assert_eq!(signature.as_ref(), expected.as_slice());
+            assert_eq!(signature.as_ref(), expected);
         }
     }
 
