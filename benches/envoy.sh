@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark users care about: what ext_authz adds to a request through
-# Envoy. The same mTLS client (examples/mesh_load.rs, one HTTP/2
-# connection) drives three Envoys built from the shipped envoy/envoy.yaml
+# Envoy. The same mTLS client (examples/mesh_load.rs, four HTTP/2
+# connections) drives three Envoys built from the shipped envoy/envoy.yaml
 # (one worker each) in front of the same upstream app:
 #   plain  Envoy without the ext_authz filter
 #   noop   Envoy + the no-op ext_authz server (examples/noop_authz.rs,
@@ -144,7 +144,7 @@ for line in open(path):
     res[(setup, rate)] = [list(map(float, r.split())) for r in runs.strip().strip(";").split(";")]
 med = lambda setup, rate, i: statistics.median(r[i] for r in res[(setup, rate)])
 print()
-print(f"Through Envoy (1 worker), one HTTP/2 mTLS client; median of {rounds} interleaved rounds of {secs} s; "
+print(f"Through Envoy (1 worker), one mTLS client on 4 HTTP/2 connections; median of {rounds} interleaved rounds of {secs} s; "
       f"{datetime.date.today()}, {os.cpu_count()} cores, load average {open('/proc/loadavg').read().split()[0]}")
 print()
 print("| load | setup | req/s | p50 / p99 / p99.9 ms | added over Envoy alone, p50 / p99 / p99.9 ms | authz CPU per Check | errors |")

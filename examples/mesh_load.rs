@@ -6,10 +6,10 @@
 //! `mesh_load upstream ADDR`
 //! `mesh_load load URL CERT KEY CA API_KEY CONNECTIONS SECONDS`
 //!   closed loop, HTTP/1.1 (reqwest), CONNECTIONS clients back to back
-//! `mesh_load h2 URL CERT KEY CA API_KEY RATE SECONDS`
-//!   one HTTP/2 connection; RATE requests per second sent on schedule
-//!   whether or not earlier ones were answered (open loop), or with RATE 0
-//!   a closed loop of 16 requests in flight
+//! `mesh_load h2 URL CERT KEY CA API_KEY RATE SECONDS [CONNECTIONS]`
+//!   HTTP/2 over CONNECTIONS connections (4), taken in turn; RATE requests
+//!   per second sent on schedule whether or not earlier ones were answered
+//!   (open loop), or with RATE 0 a closed loop of 16 requests in flight
 //!
 //! Each prints one line: `req/s p50 p99 p99.9 errors` (latencies in ms).
 
@@ -25,7 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("h2") => h2(&args[2..]).await,
         _ => Err(
             "usage: mesh_load upstream ADDR | load URL CERT KEY CA API_KEY CONNECTIONS \
-                  SECONDS | h2 URL CERT KEY CA API_KEY RATE SECONDS"
+                  SECONDS | h2 URL CERT KEY CA API_KEY RATE SECONDS [CONNECTIONS]"
                 .into(),
         ),
     }
@@ -134,18 +134,27 @@ type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<hy
 /// Requests in flight in the closed loop (RATE 0).
 const CLOSED_LOOP_IN_FLIGHT: usize = 16;
 
-/// One HTTP/2 connection over mTLS; open loop at RATE/s or closed loop.
+/// HTTP/2 over mTLS; open loop at RATE/s or closed loop. Several
+/// connections, because Envoy allows 100 streams on one: past that a
+/// single connection would queue requests in the client.
 /// Latency runs from when a request is sent to its whole answer; the open
 /// loop's schedule never waits for answers, so a slow answer delays no
 /// later request (no coordinated omission).
 async fn h2(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let [url, cert, key, ca, api_key, rate, seconds] = args else {
-        return Err("h2 URL CERT KEY CA API_KEY RATE SECONDS".into());
+    let (url, cert, key, ca, api_key, rate, seconds, connections) = match args {
+        [u, c, k, ca, a, r, s] => (u, c, k, ca, a, r, s, "4"),
+        [u, c, k, ca, a, r, s, n] => (u, c, k, ca, a, r, s, n.as_str()),
+        _ => return Err("h2 URL CERT KEY CA API_KEY RATE SECONDS [CONNECTIONS]".into()),
     };
     let uri: hyper::Uri = url.parse()?;
     let rate: u32 = rate.parse()?;
     let duration = Duration::from_secs(seconds.parse()?);
-    let sender = h2_connect(&uri, cert, key, ca).await?;
+    let mut senders = Vec::new();
+    for _ in 0..connections.parse::<usize>()?.max(1) {
+        senders.push(h2_connect(&uri, cert, key, ca).await?);
+    }
+    let senders = Arc::new(senders);
+    let sender = move |n: usize| senders[n % senders.len()].clone();
     let request = {
         let (uri, api_key) = (uri.clone(), api_key.clone());
         move || {
@@ -155,8 +164,8 @@ async fn h2(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     // Warm-up: Envoy's upstream and ext_authz connections, and the memos.
-    for _ in 0..200 {
-        if let Err(e) = send(&sender, request()?).await {
+    for n in 0..200 {
+        if let Err(e) = send(&sender(n), request()?).await {
             return Err(format!("warm-up request failed: {e}").into());
         }
     }
@@ -173,8 +182,8 @@ async fn h2(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let deadline = start + duration;
     if rate == 0 {
         let mut tasks = Vec::new();
-        for _ in 0..CLOSED_LOOP_IN_FLIGHT {
-            let (sender, request, results) = (sender.clone(), request.clone(), results.clone());
+        for n in 0..CLOSED_LOOP_IN_FLIGHT {
+            let (sender, request, results) = (sender(n), request.clone(), results.clone());
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < deadline {
                     let outcome = match request() {
@@ -206,7 +215,7 @@ async fn h2(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
                         std::thread::sleep(wait);
                     }
                     let (sender, request, results) =
-                        (sender.clone(), request.clone(), results.clone());
+                        (sender(n as usize), request.clone(), results.clone());
                     tasks.push(handle.spawn(async move {
                         let outcome = match request() {
                             Ok(r) => send(&sender, r).await.map_err(|_| ()),
