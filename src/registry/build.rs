@@ -561,6 +561,12 @@ impl Builder {
             // lets anyone forge tokens this sidecar accepts.
             if dev_secret {
                 uses_dev_secret = true;
+                // The bundled secret is public anyway: who can read its file
+                // adds nothing to the warning that it is the public one.
+                let file_at = format!("{at}.secret_file");
+                self.warnings.retain(
+                    |w| !matches!(w, Warning::ReadableSecret { at: a, .. } if *a == file_at),
+                );
                 self.warnings.push(Warning::DevSecret {
                     at: at.clone(),
                     kid: k.kid.clone(),
