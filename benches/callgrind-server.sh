@@ -19,6 +19,7 @@
 #   METRICS=1 benches/callgrind-server.sh    # the sidecar with its OTLP metrics on
 #                                            # (export interval 1 h: records, never sends)
 #   SIDECAR_BIN=/tmp/old/service-auth benches/callgrind-server.sh sidecar   # another build
+#   ALG=EdDSA benches/callgrind-server.sh sidecar   # tokens signed with dev-pki's Ed25519 key
 #
 # Servers: `sidecar` (service-auth, dev-pki registry, the request of
 # benches/run.sh), `noop` (answers 4 bytes), `noop-token` (answers
@@ -68,6 +69,18 @@ else:
     s = re.sub(r"telemetry:\n(  .*\n)+", "", s)
 open(path, "w").write(s)
 PY
+if [ "${ALG:-HS256}" = EdDSA ]; then
+  # Sign with dev-pki's Ed25519 key instead (the registry comment's recipe):
+  # the HS256 key becomes verify-only, the Ed25519 entry gets its private key.
+  python3 - "$work/pki/registry.yaml" <<'PY'
+import sys, re
+path = sys.argv[1]; s = open(path).read()
+s = re.sub(r"^(      secret_file: .*)$", r"\1\n      verify_only: true", s, count=1, flags=re.M)
+s = s.replace("      public_key_file: keys/ed25519.pub\n      verify_only: true",
+              "      private_key_file: keys/ed25519.pem")
+open(path, "w").write(s)
+PY
+fi
 target/release/examples/encode_check "$work/pki/clients/api_service.crt" "$API_SERVICE_API_KEY" "$work/allow.bin"
 
 URL="http://127.0.0.1:$PORT/envoy.service.auth.v3.Authorization/Check"
