@@ -23,7 +23,7 @@ use common::{Ca, ClientSpec, Fixture, Req, Svc, tcp0};
 use envoy_types::ext_authz::v3::pb::HttpResponse;
 use service_auth::config::RegistryPaths;
 use service_auth::registry::Registry;
-use service_auth::testkit::{fragment, scale_service};
+use service_auth::testkit::{Memory, fragment, scale_service};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -51,16 +51,8 @@ fn write_team(fixture: &Fixture, f: usize, per: usize, extra: Option<Svc>) {
 
 /// `VmHWM` and `VmRSS` of `pid` ("self" for this process), in KiB.
 fn memory_kib(pid: &str) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
+    let m = Memory::of(pid).expect("read /proc/PID/status");
+    (m.peak_kib, m.rss_kib)
 }
 
 fn mib(kib: u64) -> f64 {

@@ -1,7 +1,8 @@
 //! Token key cost per algorithm: signing (what every allowed Check pays)
 //! and verifying through `jsonwebtoken` (what verify mode pays), plus the
-//! backend comparison behind `keys`' choices (ed25519-dalek vs ring for
-//! Ed25519, the p256 crate vs ring for P-256; verifying too, for reference,
+//! backend comparison behind `keys`' choices (hmac + sha2 vs ring for
+//! HS256, ed25519-dalek vs ring for Ed25519, the p256 crate vs ring for
+//! P-256; verifying too, for reference,
 //! since `jsonwebtoken` verifies with ed25519-dalek and p256).
 //! Run: `cargo bench --bench keys`.
 
@@ -94,6 +95,23 @@ fn backends(c: &mut Criterion) {
     let message = message.as_bytes();
     let rng = ring::rand::SystemRandom::new();
     let mut group = c.benchmark_group("backend");
+
+    // HS256: natively both use SHA-NI where the CPU has it; without it
+    // (and under valgrind) `sha2` runs portable code, ring assembly.
+    let secret = [0x5au8; 32];
+    let hmac_key = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&secret).unwrap();
+    group.bench_function("HMAC-SHA256 sign, hmac + sha2", |b| {
+        use hmac::Mac;
+        b.iter(|| {
+            let mut mac = hmac_key.clone();
+            mac.update(black_box(message));
+            mac.finalize().into_bytes()
+        })
+    });
+    let ring_hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    group.bench_function("HMAC-SHA256 sign, ring", |b| {
+        b.iter(|| ring::hmac::sign(&ring_hmac, black_box(message)))
+    });
 
     let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     let ring_ed = Ed25519KeyPair::from_pkcs8(ed.as_ref()).unwrap();

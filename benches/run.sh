@@ -55,10 +55,12 @@ with open(path, "a") as f:
 PY
 sed -i -e "s|^  grpc: .*|  grpc: 127.0.0.1:$SIDECAR_PORT|" "$work/pki/service-auth.yaml"
 # No collector in this benchmark: drop the OTLP block (metrics are a separate concern, see tests/telemetry.rs).
+# No admin listener either: several sidecars run side by side below, and only one could bind its port.
 python3 - "$work/pki/service-auth.yaml" <<'PY'
 import sys, re
 p = sys.argv[1]; s = open(p).read()
-s = re.sub(r"telemetry:\n(  .*\n)+", "", s)
+for block in ("telemetry", "admin"):
+    s = re.sub(rf"^{block}:.*\n(  .*\n)+", "", s, flags=re.M)
 open(p, "w").write(s)
 PY
 $BIN check-config --config "$work/pki/service-auth.yaml" >/dev/null
@@ -113,7 +115,7 @@ import sys, re
 pki, alg, port = sys.argv[1], sys.argv[2], sys.argv[3]
 reg = open(f"{pki}/registry.yaml").read()
 entry = f"  - kid: bench-{alg}\n    algorithm: {alg}\n    private_key_file: signing-{alg}.pem\n"
-reg, n = re.subn(r"^(  keys:\n)", lambda m: m.group(1) + entry, reg, count=1, flags=re.M)
+reg, n = re.subn(r"^(  keys:.*\n)", lambda m: m.group(1) + entry, reg, count=1, flags=re.M)
 assert n == 1, "no token.keys in the dev-pki registry"
 open(f"{pki}/registry-{alg}.yaml", "w").write(reg)
 conf = open(f"{pki}/service-auth.yaml").read()

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use common::procs::{Echo, Envoy, Sidecar};
 use common::{Ca, ClientSpec, Fixture, Svc, tcp0};
 use service_auth::config::{Otlp, OtlpProtocol};
+use service_auth::testkit::Memory;
 use tokio::sync::Mutex;
 
 const A_URI: &str = "spiffe://soak.test/sa/a";
@@ -90,9 +91,7 @@ struct Interval {
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    Memory::of(&pid.to_string()).map(|m| m.rss_kib)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {

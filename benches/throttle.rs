@@ -31,6 +31,7 @@ use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use service_auth::config::ThrottleSection;
 use service_auth::identity::PeerCertificate;
+use service_auth::testkit::Memory;
 use tonic::transport::Channel;
 
 const A_URI: &str = "spiffe://mesh.bench/a";
@@ -45,17 +46,8 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 /// `VmRSS` and `VmHWM` of `pid`, in MiB.
 fn memory_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let m = Memory::of(&pid.to_string()).expect("read /proc/PID/status");
+    (m.rss_mib(), m.peak_mib())
 }
 
 /// A registry with service `a` (callers present a certificate) that also

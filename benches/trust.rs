@@ -6,46 +6,17 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
+use service_auth::testkit::pki::{Ca, ClientSpec};
 use service_auth::trust::{Bundle, Revocations};
-use time::{Duration, OffsetDateTime};
-
-fn ca_params(name: &str) -> CertificateParams {
-    let mut p = CertificateParams::default();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let now = OffsetDateTime::now_utc();
-    p.not_before = now - Duration::days(1);
-    p.not_after = now + Duration::days(365);
-    p
-}
+use time::OffsetDateTime;
 
 fn bench(c: &mut Criterion) {
-    let root = CertifiedIssuer::self_signed(ca_params("bench root"), KeyPair::generate().unwrap())
-        .unwrap();
-    let inter = CertifiedIssuer::signed_by(
-        ca_params("bench intermediate"),
-        KeyPair::generate().unwrap(),
-        &root,
-    )
-    .unwrap();
-    let mut leaf = CertificateParams::default();
-    leaf.distinguished_name.push(DnType::CommonName, "workload");
-    leaf.subject_alt_names = vec![SanType::URI(
-        "spiffe://mesh.bench/ns/default/sa/caller"
-            .try_into()
-            .unwrap(),
-    )];
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let leaf = leaf
-        .signed_by(&KeyPair::generate().unwrap(), &inter)
-        .unwrap();
-    let leaf_der = leaf.der().to_vec();
-    let pem = format!("{}{}", root.pem(), inter.pem());
+    let root = Ca::new("bench root");
+    let inter = root.intermediate("bench intermediate");
+    let leaf = inter
+        .client(&ClientSpec::uri("spiffe://mesh.bench/ns/default/sa/caller").with_cn("workload"));
+    let leaf_der = leaf.der;
+    let pem = Ca::bundle_pem(&[&root, &inter]);
     let bundle = Bundle::from_pem(pem.as_bytes()).unwrap();
     let now = OffsetDateTime::now_utc().unix_timestamp();
     assert!(bundle.verify(&leaf_der, now).is_trusted());

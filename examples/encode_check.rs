@@ -3,7 +3,7 @@
 //! headers), framed for gRPC, so h2load can replay it byte for byte.
 //! Not part of the product.
 //!
-//! `encode_check CERT_PEM_FILE API_KEY OUT_FILE`
+//! `encode_check CERT_PEM_FILE API_KEY OUT_FILE` (the file's first certificate is sent)
 
 use service_auth::testkit::{Req, grpc_frame, pki};
 
@@ -13,7 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: encode_check CERT_PEM_FILE API_KEY OUT_FILE".into());
     };
     let pem = std::fs::read_to_string(cert)?;
-    let request = Req::typical(pki::forwarded(&pem), key).build();
+    // A chain file (dev-pki's clients/*.crt): Envoy forwards the leaf alone.
+    let request = Req::typical(pki::forwarded(pki::leaf_pem(&pem)), key).build();
     std::fs::write(out, grpc_frame(&request))?;
     Ok(())
 }

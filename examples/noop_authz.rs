@@ -1,8 +1,13 @@
 //! The benchmark's baseline: an ext_authz server on the same stack as the
-//! sidecar (tokio + tonic + envoy-types) that allows every Check with one
-//! fixed header and does nothing else. Not part of the product.
+//! sidecar (tokio + tonic + envoy-types, the generated service with its full
+//! prost decode) that allows every Check with one fixed header and does
+//! nothing else. Not part of the product.
 //!
-//! `cargo run --release --example noop_authz -- 127.0.0.1:9292`
+//! `cargo run --release --example noop_authz -- [ADDR] [HEADER_BYTES]`
+//!
+//! ADDR defaults to 127.0.0.1:9292. The header value is `noop` (4 bytes), or
+//! HEADER_BYTES of `n` to answer like a server that returns a token of that
+//! size. Stops cleanly on SIGTERM or Ctrl-C, so profilers see a normal exit.
 
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
@@ -11,7 +16,9 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
-struct Noop;
+struct Noop {
+    value: String,
+}
 
 #[tonic::async_trait]
 impl Authorization for Noop {
@@ -22,7 +29,7 @@ impl Authorization for Noop {
                 headers: vec![HeaderValueOption {
                     header: Some(HeaderValue {
                         key: "x-service-jwt".into(),
-                        value: "noop".into(),
+                        value: self.value.clone(),
                         ..Default::default()
                     }),
                     append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
@@ -37,13 +44,30 @@ impl Authorization for Noop {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args()
-        .nth(1)
+    let mut args = std::env::args().skip(1);
+    let addr = args
+        .next()
         .unwrap_or_else(|| "127.0.0.1:9292".into())
         .parse()?;
+    let value = match args.next() {
+        Some(len) => "n".repeat(len.parse()?),
+        None => "noop".into(),
+    };
+    let shutdown = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
     tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(Noop))
-        .serve(addr)
+        .add_service(AuthorizationServer::new(Noop { value }))
+        .serve_with_shutdown(addr, shutdown)
         .await?;
     Ok(())
 }

@@ -17,12 +17,13 @@ use tokio::task::JoinHandle;
 
 use crate::admin;
 use crate::config::{ListenAddr, RegistryPaths, StaticConfig};
-use crate::listener::{self, ListenError, TlsError, TlsState};
+use crate::listener::{self, ListenError, TlsState};
+use crate::preflight::{self, Preflight, PreflightError};
 use crate::registry::{LoadError, Registry, Snapshot};
 use crate::reload::Reloader;
 use crate::server::{self, AuthzService, Readiness};
 use crate::telemetry::credentials::{Expiry, ExpirySource, ExpirySources};
-use crate::telemetry::export::{ExportSettings, MetricsExport, TelemetryError};
+use crate::telemetry::export::{MetricsExport, TelemetryError};
 use crate::telemetry::{self, Observer};
 use crate::throttle::Throttle;
 
@@ -33,23 +34,32 @@ const METRICS_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Why the sidecar did not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("listen.tls: {0}")]
-    Tls(#[from] TlsError),
+    /// What `preflight` refused (the same as `check-config` reports).
+    #[error("{}", joined("refusing to start", .0))]
+    Preflight(Vec<PreflightError>),
     #[error(transparent)]
     Listen(#[from] ListenError),
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
-    #[error("invalid registry:\n  {}", joined(.0))]
+    #[error("{}", joined("invalid registry", .0))]
     Registry(Vec<LoadError>),
-    #[error("the gRPC server failed: {0}")]
+    /// The cause is the source (tonic's own message says only "transport
+    /// error"), for the caller to print with the chain.
+    #[error("the gRPC server failed")]
     Serve(#[from] tonic::transport::Error),
     #[error("a sidecar task panicked")]
     Panicked,
 }
 
-fn joined(errors: &[LoadError]) -> String {
-    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    lines.join("\n  ")
+/// One error as it is; several under a heading, one per line.
+fn joined<E: std::fmt::Display>(heading: &str, errors: &[E]) -> String {
+    match errors {
+        [one] => one.to_string(),
+        many => {
+            let lines: Vec<String> = many.iter().map(ToString::to_string).collect();
+            format!("{heading}:\n  {}", lines.join("\n  "))
+        }
+    }
 }
 
 /// A running sidecar.
@@ -66,22 +76,36 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Binds and starts serving (NOT_SERVING until the registry is
-    /// installed). Returns once the listener is bound; see [`Sidecar::ready`].
+    /// Checks `config` as `check-config` does ([`preflight::check`], with
+    /// the process environment), then binds and starts serving
+    /// (NOT_SERVING until the registry is installed). Returns once the
+    /// listener is bound; see [`Sidecar::ready`].
     pub async fn start(config: &StaticConfig) -> Result<Sidecar, RunError> {
+        let checked =
+            preflight::check(config, |var| std::env::var(var).ok()).map_err(RunError::Preflight)?;
+        Sidecar::start_checked(config, checked).await
+    }
+
+    /// [`Sidecar::start`] with the settings `preflight::check` returned for
+    /// this `config` (`serve` installs the log filter from them first).
+    pub async fn start_checked(
+        config: &StaticConfig,
+        checked: Preflight,
+    ) -> Result<Sidecar, RunError> {
         let snapshot = Snapshot::default();
         let mut background = Vec::new();
         let mut expiries = ExpirySources::default();
-        let tls = match &config.listen.tls {
-            Some(files) => {
-                let (tls_config, not_after) = listener::load_tls(files)?;
+        let tls = match checked.tls {
+            Some(tls) => {
                 let state = Arc::new(TlsState {
-                    config: ArcSwap::from_pointee(tls_config),
-                    not_after: not_after.into(),
+                    config: ArcSwap::from_pointee(tls.server),
+                    not_after: tls.not_after.into(),
                 });
-                expiries.0.push(listener_expiry(state.clone(), &files.cert));
+                expiries
+                    .0
+                    .push(listener_expiry(state.clone(), &tls.files.cert));
                 background.push(tokio::spawn(listener::watch_tls(
-                    files.clone(),
+                    tls.files,
                     state.clone(),
                     config.reload.poll_interval,
                 )));
@@ -90,8 +114,7 @@ impl Sidecar {
             None => None,
         };
         let throttle = Arc::new(Throttle::new());
-        let export = ExportSettings::resolve(&config.telemetry, |var| std::env::var(var).ok())?;
-        let (metrics, observer) = match &export {
+        let (metrics, observer) = match &checked.export {
             Some(settings) => {
                 let metrics = MetricsExport::start(settings)?;
                 let observer = Observer::with_metrics(
@@ -233,11 +256,13 @@ impl Drop for Sidecar {
 }
 
 /// Runs the sidecar until `shutdown` resolves, then drains and stops.
+/// `checked` is what `preflight::check` returned for `config`.
 pub async fn run(
     config: &StaticConfig,
+    checked: Preflight,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let mut sidecar = Sidecar::start(config).await?;
+    let mut sidecar = Sidecar::start_checked(config, checked).await?;
     tokio::pin!(shutdown);
     tokio::select! {
         ready = sidecar.ready() => {

@@ -19,9 +19,8 @@ use crate::request::{Attributes, Header, Headers, RouteMode};
 use crate::token::{self, Subject, VerifyError};
 use crate::trust;
 
-/// API keys longer than this are refused without hashing. Generated keys
-/// are 43 characters.
-pub const MAX_API_KEY_LEN: usize = 512;
+/// API keys longer than this are refused without hashing.
+pub use crate::registry::MAX_API_KEY_LEN;
 /// Scope lists longer than this are refused.
 pub const MAX_SCOPE_LEN: usize = 4096;
 
@@ -562,11 +561,7 @@ fn check_api_key(
     key: &[u8],
     now: i64,
 ) -> Result<(), Reason> {
-    // A comma means the header was sent twice and joined (CVE-2021-32777).
-    let well_formed = !key.is_empty()
-        && key.len() <= MAX_API_KEY_LEN
-        && key.iter().all(|&b| b.is_ascii_graphic() && b != b',');
-    if !well_formed {
+    if registry::check_api_key_shape(key).is_err() {
         return Err(Reason::InvalidApiKey);
     }
     let hash = registry::hash_api_key(key);

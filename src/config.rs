@@ -17,6 +17,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::keys::Algorithm;
 
+mod located;
+
 /// Default location of the static config, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "config/service-auth.yaml";
 
@@ -42,6 +44,7 @@ pub enum ConfigError {
         /// The file's size when known, else `limit + 1` (it grew past the
         /// limit while being read).
         size: u64,
+        /// The cap of this kind of file ([`MAX_YAML_BYTES`], [`MAX_AUX_FILE_BYTES`]).
         limit: u64,
     },
     #[error("{}: the file is not valid UTF-8", path.display())]
@@ -83,6 +86,8 @@ pub enum Invalid {
     EmptyAllowList,
     #[error("{0:?} is not a URI or DNS name (printable ASCII, no spaces, no wildcards)")]
     NotASan(String),
+    #[error("is the same address as listen.grpc: one of the two listeners could not bind")]
+    SameAddress,
 }
 
 impl ConfigError {
@@ -106,26 +111,97 @@ impl ConfigError {
     }
 }
 
-/// Reads a YAML file (size-capped) and deserializes it into `T`.
+/// Several errors of one static config, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", lines(.0))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+fn lines(errors: &[ConfigError]) -> String {
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}
+
+/// A file that was refused: every error found, and what could still be
+/// read of it (unknown and duplicate keys left out) so that validation can
+/// report its own errors too. `value` is `None` when the file could not be
+/// read that far.
+#[derive(Debug)]
+pub struct Partial<T> {
+    pub errors: Vec<ConfigError>,
+    /// Boxed: a whole static config would make every `Err` large.
+    pub value: Option<Box<T>>,
+}
+
+/// Reads a YAML file (size-capped) and deserializes it into `T`; the first
+/// error serde_yaml finds (see [`read_yaml_partial`] for all of them).
 pub fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = read_capped(path, MAX_YAML_BYTES)?;
     parse_yaml(path, &text)
 }
 
-/// Deserializes YAML text, attributing errors to `path` with line and column.
+/// Deserializes YAML text, attributing errors to `path` with line and
+/// column; the first error serde_yaml finds (see [`parse_yaml_partial`] for
+/// all of them).
 pub fn parse_yaml<T: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
 ) -> Result<T, ConfigError> {
-    serde_yaml::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-        ConfigError::Yaml {
-            path: path.to_path_buf(),
-            line,
-            column,
-            message: e.to_string(),
-        }
-    })
+    serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))
+}
+
+/// A serde_yaml error, located; serde_yaml's own trailing copy of the
+/// location is dropped (it leads the line already).
+fn yaml_error(path: &Path, error: &serde_yaml::Error) -> ConfigError {
+    let (line, column) = error.location().map_or((0, 0), |l| (l.line(), l.column()));
+    let message = error.to_string();
+    let suffix = format!(" at line {line} column {column}");
+    ConfigError::Yaml {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message: message.strip_suffix(&suffix).unwrap_or(&message).to_owned(),
+    }
+}
+
+/// [`read_yaml`], with every error.
+pub fn read_yaml_partial<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Partial<T>> {
+    let text = read_capped(path, MAX_YAML_BYTES).map_err(|e| Partial {
+        errors: vec![e],
+        value: None,
+    })?;
+    parse_yaml_partial(path, &text)
+}
+
+/// [`parse_yaml`], with every error: serde_yaml reads the file; when it
+/// refuses it, `located` re-reads it for every error it can place, in file
+/// order (see there for what is reported when).
+pub fn parse_yaml_partial<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, Partial<T>> {
+    let refused = match serde_yaml::from_str(text) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
+    match located::diagnose::<T>(text) {
+        Some(diagnosis) if !diagnosis.errors.is_empty() => Err(Partial {
+            errors: diagnosis
+                .errors
+                .into_iter()
+                .map(|e| ConfigError::Yaml {
+                    path: path.to_path_buf(),
+                    line: e.line,
+                    column: e.column,
+                    message: e.message,
+                })
+                .collect(),
+            value: diagnosis.value.map(Box::new),
+        }),
+        _ => Err(Partial {
+            errors: vec![yaml_error(path, &refused)],
+            value: None,
+        }),
+    }
 }
 
 /// Reads a whole UTF-8 file, refusing anything larger than `limit` bytes.
@@ -196,12 +272,33 @@ pub struct StaticConfig {
 }
 
 impl StaticConfig {
-    /// Loads the static config and resolves the paths it names relative to it.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let mut config: StaticConfig = read_yaml(path)?;
+    /// Loads the static config, resolves the paths it names relative to it
+    /// and validates it; every error.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        StaticConfig::load_partial(path).map_err(|p| ConfigErrors(p.errors))
+    }
+
+    /// [`StaticConfig::load`], keeping what could be read of a refused
+    /// file, so `check-config` can go on to the registry it names.
+    pub fn load_partial(path: &Path) -> Result<Self, Partial<Self>> {
+        let (mut config, mut errors) = match read_yaml_partial::<StaticConfig>(path) {
+            Ok(config) => (config, Vec::new()),
+            Err(Partial {
+                errors,
+                value: Some(config),
+            }) => (*config, errors),
+            Err(refused) => return Err(refused),
+        };
         config.resolve_paths(path);
-        config.validate(path)?;
-        Ok(config)
+        errors.extend(config.validate(path));
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(Partial {
+                errors,
+                value: Some(Box::new(config)),
+            })
+        }
     }
 
     /// Makes every path relative to `path` (the file this config came from).
@@ -223,66 +320,46 @@ impl StaticConfig {
         }
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+    /// Every rule of the static config that a value alone decides.
+    fn validate(&self, path: &Path) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut invalid =
+            |at: String, problem| errors.push(ConfigError::invalid(path, at, problem));
         if self.reload.poll_interval.is_zero() {
-            return Err(ConfigError::invalid(
-                path,
-                "reload.poll_interval",
-                Invalid::NotPositive,
-            ));
+            invalid("reload.poll_interval".into(), Invalid::NotPositive);
         }
         if self.listen.tls.is_some() && matches!(self.listen.grpc, ListenAddr::Unix(_)) {
-            return Err(ConfigError::invalid(
-                path,
-                "listen.tls",
-                Invalid::TlsOnUnixSocket,
-            ));
+            invalid("listen.tls".into(), Invalid::TlsOnUnixSocket);
         }
-        if let Some(tls) = &self.listen.tls {
-            tls.validate().map_err(|problem| {
-                ConfigError::invalid(path, "listen.tls.allowed_sans", problem)
-            })?;
+        if let Some(Err(problem)) = self.listen.tls.as_ref().map(ListenTls::validate) {
+            invalid("listen.tls.allowed_sans".into(), problem);
         }
-        if let Some(name) = self.limits.first_zero() {
-            return Err(ConfigError::invalid(
-                path,
-                format!("limits.{name}"),
-                Invalid::NotPositive,
-            ));
+        for name in self.limits.zeros() {
+            invalid(format!("limits.{name}"), Invalid::NotPositive);
         }
         // The listener counts slots with a semaphore, which has a ceiling.
         if self.limits.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err(ConfigError::invalid(
-                path,
-                "limits.max_connections",
+            invalid(
+                "limits.max_connections".into(),
                 Invalid::AboveMaximum(tokio::sync::Semaphore::MAX_PERMITS),
-            ));
+            );
         }
         if let Some(admin) = &self.admin {
             if admin.max_connections == 0 {
-                return Err(ConfigError::invalid(
-                    path,
-                    "admin.max_connections",
-                    Invalid::NotPositive,
-                ));
+                invalid("admin.max_connections".into(), Invalid::NotPositive);
             }
             if admin.header_timeout.is_zero() {
-                return Err(ConfigError::invalid(
-                    path,
-                    "admin.header_timeout",
-                    Invalid::NotPositive,
-                ));
+                invalid("admin.header_timeout".into(), Invalid::NotPositive);
+            }
+            if admin.listen.clashes_with(&self.listen.grpc) {
+                invalid("admin.listen".into(), Invalid::SameAddress);
             }
         }
         let otlp = self.telemetry.otlp.as_ref();
         if otlp.and_then(|o| o.interval).is_some_and(|i| i.is_zero()) {
-            return Err(ConfigError::invalid(
-                path,
-                "telemetry.otlp.interval",
-                Invalid::NotPositive,
-            ));
+            invalid("telemetry.otlp.interval".into(), Invalid::NotPositive);
         }
-        Ok(())
+        errors
     }
 }
 
@@ -299,6 +376,24 @@ pub struct Listen {
 pub enum ListenAddr {
     Tcp(SocketAddr),
     Unix(PathBuf),
+}
+
+impl ListenAddr {
+    /// Whether two listeners on these addresses could not both bind: the
+    /// same Unix path, or the same fixed TCP port on the same (or a
+    /// wildcard) address.
+    fn clashes_with(&self, other: &ListenAddr) -> bool {
+        match (self, other) {
+            (ListenAddr::Unix(a), ListenAddr::Unix(b)) => a == b,
+            // A wildcard address takes the port on every address.
+            (ListenAddr::Tcp(a), ListenAddr::Tcp(b)) => {
+                a.port() == b.port()
+                    && a.port() != 0
+                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+            }
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for ListenAddr {
@@ -541,8 +636,8 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The first limit that is zero (every limit must be positive).
-    fn first_zero(&self) -> Option<&'static str> {
+    /// Every limit that is zero (every limit must be positive).
+    fn zeros(&self) -> Vec<&'static str> {
         let values = [
             ("max_message_bytes", self.max_message_bytes == 0),
             ("max_header_list_bytes", self.max_header_list_bytes == 0),
@@ -554,7 +649,11 @@ impl Limits {
             ("keepalive_interval", self.keepalive_interval.is_zero()),
             ("keepalive_timeout", self.keepalive_timeout.is_zero()),
         ];
-        values.iter().find(|(_, zero)| *zero).map(|(name, _)| *name)
+        values
+            .iter()
+            .filter(|(_, zero)| *zero)
+            .map(|(name, _)| *name)
+            .collect()
     }
 }
 
@@ -1089,10 +1188,10 @@ mod tests {
         }
         let text = "listen:\n  grpc: 127.0.0.1:1\n  tls:\n    cert: c\n    key: k\n    client_ca: ca\n    allowed_sans: []\nregistry: r.yaml\n";
         let config: StaticConfig = serde_yaml::from_str(text).unwrap();
-        let err = config.validate(Path::new("c.yaml")).unwrap_err();
+        let errors = config.validate(Path::new("c.yaml"));
         assert!(
-            matches!(&err, ConfigError::Invalid { at, problem: Invalid::EmptyAllowList, .. } if at == "listen.tls.allowed_sans"),
-            "{err:?}"
+            matches!(&errors[..], [ConfigError::Invalid { at, problem: Invalid::EmptyAllowList, .. }] if at == "listen.tls.allowed_sans"),
+            "{errors:?}"
         );
     }
 
@@ -1103,13 +1202,13 @@ mod tests {
             max_pending_handshakes: 0,
             ..Limits::default()
         };
-        assert_eq!(zero.first_zero(), Some("max_pending_handshakes"));
+        assert_eq!(zero.zeros(), ["max_pending_handshakes"]);
         let text = "listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\nlimits:\n  max_connections: 18446744073709551615\n";
         let config: StaticConfig = serde_yaml::from_str(text).unwrap();
-        let err = config.validate(Path::new("c.yaml")).unwrap_err();
+        let errors = config.validate(Path::new("c.yaml"));
         assert!(
-            matches!(&err, ConfigError::Invalid { at, problem: Invalid::AboveMaximum(_), .. } if at == "limits.max_connections"),
-            "{err:?}"
+            matches!(&errors[..], [ConfigError::Invalid { at, problem: Invalid::AboveMaximum(_), .. }] if at == "limits.max_connections"),
+            "{errors:?}"
         );
     }
 
@@ -1154,14 +1253,89 @@ mod tests {
     }
 
     #[test]
-    fn zero_limits_are_named() {
-        let text =
-            "listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\nlimits:\n  max_connections: 0\n";
+    fn every_zero_limit_is_named() {
+        let text = "listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\nlimits:\n  max_connections: 0\n  request_timeout: 0s\n  keepalive_timeout: 0ms\n  max_message_bytes: 0\nreload:\n  poll_interval: 0s\n";
         let config: StaticConfig = serde_yaml::from_str(text).unwrap();
-        let err = config.validate(Path::new("c.yaml")).unwrap_err();
-        assert!(
-            matches!(&err, ConfigError::Invalid { at, problem: Invalid::NotPositive, .. } if at == "limits.max_connections"),
-            "{err:?}"
+        let errors: Vec<String> = config
+            .validate(Path::new("c.yaml"))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "c.yaml: reload.poll_interval: must be above zero",
+                "c.yaml: limits.max_message_bytes: must be above zero",
+                "c.yaml: limits.max_connections: must be above zero",
+                "c.yaml: limits.request_timeout: must be above zero",
+                "c.yaml: limits.keepalive_timeout: must be above zero",
+            ]
         );
+    }
+
+    #[test]
+    fn the_admin_listener_may_not_take_the_grpc_address() {
+        let clash = |grpc: &str, admin: &str| {
+            let text =
+                format!("listen:\n  grpc: {grpc}\nregistry: r.yaml\nadmin:\n  listen: {admin}\n");
+            let config: StaticConfig = serde_yaml::from_str(&text).unwrap();
+            let errors = config.validate(Path::new("c.yaml"));
+            match &errors[..] {
+                [] => false,
+                [
+                    ConfigError::Invalid {
+                        at,
+                        problem: Invalid::SameAddress,
+                        ..
+                    },
+                ] if at == "admin.listen" => true,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(clash("127.0.0.1:9191", "127.0.0.1:9191"));
+        assert!(clash("0.0.0.0:9191", "127.0.0.1:9191"));
+        assert!(clash("unix:/run/a.sock", "unix:/run/a.sock"));
+        assert!(
+            !clash("127.0.0.1:0", "127.0.0.1:0"),
+            "port 0: the kernel picks two ports"
+        );
+        assert!(!clash("127.0.0.1:9191", "127.0.0.1:9192"));
+        assert!(!clash("127.0.0.1:9191", "127.0.0.2:9191"));
+    }
+
+    #[test]
+    fn every_structural_error_of_a_refused_file_at_its_own_line() {
+        let text = "listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\nreload:\n  pol_interval: 2s\nlimits:\n  max_conections: 1\nlog:\n  level: info\nlog:\n  level: debug\n";
+        let refused = parse_yaml_partial::<StaticConfig>(Path::new("c.yaml"), text).unwrap_err();
+        let lines: Vec<String> = refused.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].starts_with("c.yaml:5:3: reload: unknown field `pol_interval`, expected "),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "c.yaml:7:3: limits: unknown field `max_conections`, expected one of "
+            ),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[2],
+            "c.yaml:10:1: duplicate key `log` (first at line 8 column 1)"
+        );
+        let config = refused.value.expect("read without the refused keys");
+        assert_eq!(
+            config.log.level, "info",
+            "the first copy of a duplicate key is kept"
+        );
+        // A syntax error is serde_yaml's, without its own copy of the
+        // location at the end.
+        let text = "listen:\n  grpc: 127.0.0.1:1\nregistry: r.yaml\nlog: {level: info\n";
+        let refused = parse_yaml_partial::<StaticConfig>(Path::new("c.yaml"), text).unwrap_err();
+        let lines: Vec<String> = refused.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("c.yaml:5:1: "), "{lines:?}");
+        assert!(!lines[0].ends_with(" at line 5 column 1"), "{lines:?}");
+        assert!(refused.value.is_none());
     }
 }

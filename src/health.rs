@@ -32,7 +32,7 @@ pub struct ProbeTls {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("cannot connect to {0}: {1}")]
+    #[error("cannot connect to {}: {}", .0, Chain(.1))]
     Connect(String, tonic::transport::Error),
     #[error("cannot read {}: {error}", path.display())]
     TlsFile {
@@ -41,9 +41,7 @@ pub enum ProbeError {
     },
     #[error("TLS needs a TCP address, not {0}")]
     TlsOnUnixSocket(String),
-    #[error(
-        "{0} closed the connection: if it is a listen.tls listener, probe it with --tls-cert, --tls-key and --tls-ca"
-    )]
+    #[error("{0} is a TLS listener (listen.tls): probe it with --tls-cert, --tls-key and --tls-ca")]
     NeedsTls(String),
     #[error("health check on {0} failed: {1}")]
     Rpc(String, tonic::Status),
@@ -51,6 +49,27 @@ pub enum ProbeError {
     Timeout(String, Duration),
     #[error("{0} is {1}")]
     NotServing(String, String),
+}
+
+/// An error and its causes, each once: tonic's own message is only
+/// "transport error", and some causes repeat their source's text.
+struct Chain<'e>(&'e (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.to_string();
+        f.write_str(&shown)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !shown.contains(&text) {
+                write!(f, ": {text}")?;
+                shown = text;
+            }
+            cause = e.source();
+        }
+        Ok(())
+    }
 }
 
 /// Asks the server at `addr` for its overall health (service `""`), within
@@ -82,34 +101,45 @@ async fn check(addr: &ListenAddr, tls: Option<&ProbeTls>) -> Result<ServingStatu
         .check(HealthCheckRequest {
             service: String::new(),
         })
-        .await
-        .map_err(|e| {
-            // A TLS listener drops a plaintext HTTP/2 client right after its
-            // preface: say so rather than "broken pipe".
-            if tls.is_none() && is_connection_reset(&e) {
-                ProbeError::NeedsTls(name.clone())
-            } else {
-                ProbeError::Rpc(name.clone(), e)
+        .await;
+    match response {
+        Ok(response) => Ok(
+            ServingStatus::try_from(response.get_ref().status).unwrap_or(ServingStatus::Unknown)
+        ),
+        // A TLS listener answers a plaintext client's HTTP/2 preface with a
+        // TLS alert, which the client reads as a bad frame or a reset
+        // connection: ask the listener directly whether it speaks TLS.
+        Err(e) => match addr {
+            ListenAddr::Tcp(socket) if tls.is_none() && speaks_tls(*socket).await => {
+                Err(ProbeError::NeedsTls(name))
             }
-        })?;
-    Ok(ServingStatus::try_from(response.get_ref().status).unwrap_or(ServingStatus::Unknown))
+            _ => Err(ProbeError::Rpc(name, e)),
+        },
+    }
 }
 
-fn is_connection_reset(status: &tonic::Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::UnexpectedEof
-            );
-        }
-        source = e.source();
-    }
-    let message = status.message();
-    message.contains("BrokenPipe") || message.contains("connection reset")
+/// How long the TLS sniff waits for an answer: a plaintext listener waits
+/// for the rest of its preface and says nothing.
+const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Whether the listener at `socket` answers with a TLS record. It is sent
+/// five bytes that are no TLS record (the start of the HTTP/2 preface); a
+/// TLS server reads them whole as a record header and answers with an
+/// alert (`0x15`, version `0x03 0x0N`). Sending no more than it reads keeps
+/// its close clean, so the alert is not lost to a reset.
+async fn speaks_tls(socket: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sniff = async {
+        let mut stream = tokio::net::TcpStream::connect(socket).await.ok()?;
+        stream.write_all(b"PRI *").await.ok()?;
+        let mut header = [0u8; 2];
+        stream.read_exact(&mut header).await.ok()?;
+        Some(matches!(header, [0x15 | 0x16, 0x03]))
+    };
+    matches!(
+        tokio::time::timeout(SNIFF_TIMEOUT, sniff).await,
+        Ok(Some(true))
+    )
 }
 
 async fn connect_tls(addr: &ListenAddr, tls: &ProbeTls) -> Result<Channel, ProbeError> {

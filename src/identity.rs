@@ -14,8 +14,10 @@ use sha2::{Digest, Sha256};
 use x509_parser::prelude::*;
 
 /// Forwarded certificates longer than this are refused before any decoding.
-/// A leaf with a few dozen SANs is about 4 KiB of URL-encoded PEM; this
-/// leaves room while bounding the work an attacker can ask for.
+/// The length is that of the URL-encoded string Envoy sends (a
+/// percent-encoded character takes three bytes): about 15,000 bytes of PEM. A leaf
+/// with a few dozen SANs is about 4 KiB of URL-encoded PEM; this leaves
+/// room while bounding the work an attacker can ask for.
 pub const MAX_FORWARDED_CERT_LEN: usize = 16 * 1024;
 
 /// The kind of a subject alternative name. Type matters: a DNS SAN never

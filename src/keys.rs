@@ -15,14 +15,13 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use const_oid::db::{rfc5912, rfc8410};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
-use hmac::{Hmac, Mac};
 use jsonwebtoken::DecodingKey;
 use pkcs8::PrivateKeyInfo;
 use pkcs8::spki::{AlgorithmIdentifierRef, SubjectPublicKeyInfoRef};
+use ring::hmac;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 /// HS256 secrets shorter than this are refused (RFC 7518 §3.2: a key of at
@@ -165,6 +164,8 @@ pub enum KeyError {
     Random,
     #[error("cannot encode the new key as PKCS#8 PEM")]
     Encode,
+    #[error("cannot encode the public key as SPKI PEM")]
+    EncodePublic,
 }
 
 /// A hint for the PEM blocks people commonly have instead of PKCS#8/SPKI.
@@ -247,8 +248,12 @@ pub enum SignError {
 /// maintained ones in the tree, as measured by `benches/keys.rs`.
 enum Signer {
     /// HMAC state already keyed: each token clones it instead of
-    /// re-deriving the inner and outer pads.
-    Hs256(Hmac<Sha256>),
+    /// re-deriving the inner and outer pads. ring rather than the `hmac`
+    /// crate: its assembly SHA-256 uses SHA-NI where the CPU has it and
+    /// AVX/SSSE3 where it does not, where `sha2` falls back to portable
+    /// code that takes 1.6 times the instructions (the signature is the
+    /// largest part of an allowed Check's own work; docs/performance.md).
+    Hs256(hmac::Key),
     /// ed25519-dalek (deterministic, RFC 8032): measured 10-30 % faster than
     /// ring here. Zeroized on drop.
     EdDsa(ed25519_dalek::SigningKey),
@@ -256,6 +261,32 @@ enum Signer {
     /// arithmetic). It hedges the nonce: fresh CSPRNG output mixed with the
     /// key and the message digest, so a weak RNG alone does not leak the key.
     Es256(EcdsaKeyPair, SystemRandom),
+}
+
+/// The start shared by many signing inputs, prepared once by
+/// [`Key::prepare`]: for an HS256 key the HMAC state after it, so that
+/// [`Key::sign_prepared`] hashes only the rest of an input that starts with
+/// it. EdDSA and ES256 sign whole messages; for them it is just the bytes.
+/// `Debug` shows no key material.
+pub struct Prepared {
+    key: u64,
+    prefix: Box<str>,
+    hmac: Option<hmac::Context>,
+}
+
+impl Prepared {
+    /// The start it was prepared for.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The public half of an asymmetric key, as the JWKS publishes it.
@@ -271,6 +302,9 @@ enum PublicKey {
 /// One token key: its `kid`, algorithm, signing material (if this pod holds
 /// it) and verifying key. `Debug` shows no key material.
 pub struct Key {
+    /// Random: tells this key's [`Prepared`] states from any other key's,
+    /// even one loaded with the same kid.
+    id: u64,
     kid: String,
     algorithm: Algorithm,
     header_b64: String,
@@ -297,10 +331,8 @@ impl Key {
                     });
                 }
                 check_secret(secret)?;
-                let mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
-                    .map_err(|_| KeyError::Malformed("HMAC secret"))?;
                 (
-                    Some(Signer::Hs256(mac)),
+                    Some(Signer::Hs256(hmac::Key::new(hmac::HMAC_SHA256, secret))),
                     None,
                     DecodingKey::from_secret(secret),
                 )
@@ -367,6 +399,7 @@ impl Key {
         let header = serde_json::json!({"alg": algorithm.as_str(), "typ": "JWT", "kid": kid});
         Ok(Key {
             header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
+            id: rand::random(),
             kid,
             algorithm,
             signer,
@@ -400,14 +433,60 @@ impl Key {
         &self.decoding
     }
 
+    /// Prepares `prefix`, the start of many signing inputs to come, for
+    /// [`Key::sign_prepared`]: an HS256 key hashes it now, once.
+    pub fn prepare(&self, prefix: &str) -> Prepared {
+        let hmac = match &self.signer {
+            Some(Signer::Hs256(key)) => {
+                let mut context = hmac::Context::with_key(key);
+                context.update(prefix.as_bytes());
+                Some(context)
+            }
+            _ => None,
+        };
+        Prepared {
+            key: self.id,
+            prefix: prefix.into(),
+            hmac,
+        }
+    }
+
     /// Signs `signing_input` (the JWS `header.claims`, both base64url).
     pub fn sign(&self, signing_input: &[u8]) -> Result<Signature, SignError> {
+        self.sign_with(None, signing_input)
+    }
+
+    /// Signs exactly as [`Key::sign`] does. When `prepared` is this key's
+    /// and `signing_input` starts with its prefix, HS256 hashes only the
+    /// rest of the input.
+    pub fn sign_prepared(
+        &self,
+        prepared: &Prepared,
+        signing_input: &[u8],
+    ) -> Result<Signature, SignError> {
+        self.sign_with(Some(prepared), signing_input)
+    }
+
+    fn sign_with(
+        &self,
+        prepared: Option<&Prepared>,
+        signing_input: &[u8],
+    ) -> Result<Signature, SignError> {
         match &self.signer {
             None => Err(SignError::VerifyOnly),
-            Some(Signer::Hs256(keyed)) => {
-                let mut mac = keyed.clone();
-                mac.update(signing_input);
-                Ok(Signature::new(&mac.finalize().into_bytes()))
+            Some(Signer::Hs256(key)) => {
+                let resumed = prepared.filter(|p| p.key == self.id).and_then(|p| {
+                    let rest = signing_input.strip_prefix(p.prefix.as_bytes())?;
+                    Some((p.hmac.clone()?, rest))
+                });
+                let tag = match resumed {
+                    Some((mut context, rest)) => {
+                        context.update(rest);
+                        context.sign()
+                    }
+                    None => hmac::sign(key, signing_input),
+                };
+                Ok(Signature::new(tag.as_ref()))
             }
             Some(Signer::EdDsa(key)) => {
                 use ed25519_dalek::Signer as _;
@@ -423,7 +502,24 @@ impl Key {
     /// Completes a token in place: `token` holds `header.claims`; appends
     /// `.` and the base64url signature over it.
     pub fn sign_token(&self, token: &mut String) -> Result<(), SignError> {
-        let signature = self.sign(token.as_bytes())?;
+        self.sign_token_with(None, token)
+    }
+
+    /// [`Key::sign_token`] through [`Key::sign_prepared`].
+    pub fn sign_token_prepared(
+        &self,
+        prepared: &Prepared,
+        token: &mut String,
+    ) -> Result<(), SignError> {
+        self.sign_token_with(Some(prepared), token)
+    }
+
+    fn sign_token_with(
+        &self,
+        prepared: Option<&Prepared>,
+        token: &mut String,
+    ) -> Result<(), SignError> {
+        let signature = self.sign_with(prepared, token.as_bytes())?;
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(signature, token);
         Ok(())
@@ -518,6 +614,21 @@ pub fn generate(algorithm: Algorithm) -> Result<Zeroizing<String>, KeyError> {
     pem_rfc7468::encode_string("PRIVATE KEY", pem_rfc7468::LineEnding::LF, &der)
         .map(Zeroizing::new)
         .map_err(|_| KeyError::Encode)
+}
+
+/// A new key pair for `algorithm`: the private key as PKCS#8 PEM (for
+/// `private_key_file`) and its public key as SPKI PEM (for a verify-only
+/// `public_key_file`). The public half comes from loading the private key,
+/// which also proves the new key loads.
+pub fn generate_pair(algorithm: Algorithm) -> Result<(Zeroizing<String>, String), KeyError> {
+    let private = generate(algorithm)?;
+    let key = Key::load(
+        "new",
+        algorithm,
+        KeySource::PrivateKeyPem(private.as_bytes()),
+    )?;
+    let public = key.public_key_pem().ok_or(KeyError::EncodePublic)?;
+    Ok((private, public))
 }
 
 /// A parsed key file, or what it holds when that is not a key we sign with.
@@ -761,11 +872,61 @@ mod tests {
             URL_SAFE_NO_PAD.encode(header),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap();
+        // The `hmac` crate, independent of ring's HMAC that `Key` signs with.
+        use ::hmac::Mac;
+        let mut mac = <::hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret).unwrap();
         mac.update(token.as_bytes());
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(mac.finalize().into_bytes(), &mut token);
         token
+    }
+
+    #[test]
+    fn a_prepared_start_changes_no_signature() {
+        let prefix = "eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJodHRwczovL2lzc3Vlci";
+        let inputs: [&[u8]; 4] = [
+            b"eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJodHRwczovL2lzc3VlciIsInN1YiI6ImFwaSJ9",
+            prefix.as_bytes(),
+            // Shorter than the prefix, and a different start: signed whole.
+            b"eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJodHRw",
+            b"another start entirely",
+        ];
+        for key in signing_keys() {
+            let prepared = key.prepare(prefix);
+            assert_eq!(prepared.prefix(), prefix);
+            for input in inputs {
+                let plain = key.sign(input).unwrap();
+                let resumed = key.sign_prepared(&prepared, input).unwrap();
+                match key.algorithm() {
+                    // Deterministic: the very same bytes.
+                    Algorithm::Hs256 | Algorithm::EdDsa => {
+                        assert_eq!(resumed.as_ref(), plain.as_ref())
+                    }
+                    // Hedged nonces: check it verifies instead.
+                    Algorithm::Es256 => assert!(
+                        jsonwebtoken::crypto::verify(
+                            &URL_SAFE_NO_PAD.encode(resumed),
+                            input,
+                            key.decoding_key(),
+                            jsonwebtoken::Algorithm::ES256,
+                        )
+                        .unwrap()
+                    ),
+                }
+            }
+        }
+        // HS256 agrees with an independent HMAC, and another key's state
+        // (here: the same kid, another secret) is never resumed.
+        let key = load(Algorithm::Hs256, KeySource::Secret(SECRET)).unwrap();
+        let other = load(Algorithm::Hs256, KeySource::Secret(&[7; 32])).unwrap();
+        use ::hmac::Mac;
+        let mut mac = <::hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(SECRET).unwrap();
+        mac.update(inputs[0]);
+        let expected: [u8; 32] = mac.finalize().into_bytes().into();
+        for prepared in [key.prepare(prefix), other.prepare(prefix)] {
+            let signature = key.sign_prepared(&prepared, inputs[0]).unwrap();
+            assert_eq!(signature.as_ref(), expected);
+        }
     }
 
     fn pinned(algorithms: &[jsonwebtoken::Algorithm]) -> Validation {

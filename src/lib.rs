@@ -23,11 +23,15 @@
 //! * `watch` tells when files change; `reload` rebuilds and swaps
 //!   snapshots; `listener` accepts connections; `server` runs the gRPC
 //!   services; `admin` serves the JWKS and probes over plain HTTP;
-//! * `app` wires it all together (`run`, `Sidecar`).
+//! * `preflight` checks what `serve` needs before it binds (log filter,
+//!   listener TLS files, OTLP settings), for `serve` and `check-config`
+//!   alike; `app` wires it all together (`run`, `Sidecar`).
 //!
 //! Beside that flow: `health` probes a running sidecar, `devpki` generates
-//! the development-only demo PKI, `alloc` tunes the allocator, and
-//! `testkit` (feature `test-util`, plus its PKI builder) is shared by tests,
+//! the development-only demo PKI, `alloc` tunes the allocator, `pki` builds
+//! certificates and CRLs for `dev-pki` and the tests (it imports nothing
+//! from the crate, so any module's unit tests may use it), and `testkit`
+//! (feature `test-util`; it re-exports `pki`) is shared by tests,
 //! benchmarks, fuzz targets and `dev-pki`.
 
 pub mod admin;
@@ -42,6 +46,8 @@ pub mod health;
 pub mod identity;
 pub mod keys;
 pub mod listener;
+pub mod pki;
+pub mod preflight;
 pub mod registry;
 pub mod reload;
 pub mod request;

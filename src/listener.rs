@@ -40,7 +40,7 @@ use crate::config::{Limits, ListenAddr};
 use pending::{Pending, Ticket};
 use preface::{PrefaceError, Rewind};
 
-pub use tls::{TlsError, TlsState, load_tls, watch_tls};
+pub use tls::{PemProblem, TlsError, TlsErrors, TlsState, load_tls, watch_tls};
 
 /// Connections that finished their handshake and wait for the gRPC server.
 pub type Incoming = ReceiverStream<io::Result<Conn>>;
@@ -49,8 +49,8 @@ pub type Incoming = ReceiverStream<io::Result<Conn>>;
 pub enum ListenError {
     #[error("cannot listen on {0}: {1}")]
     Bind(String, io::Error),
-    #[error("listen.tls: {0}")]
-    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Tls(#[from] TlsErrors),
 }
 
 /// Why a connection was closed before it was served.
@@ -164,10 +164,17 @@ async fn accept_loop(socket: Socket, admission: Arc<Admission>) {
         };
         match accepted {
             Ok(stream) => {
+                // With nothing to wait for before a slot (plain HTTP/1), the
+                // slot is taken here, in accept order, when one is free: the
+                // first `max_connections` clients are the ones served, not
+                // whichever tasks the runtime happens to poll first.
+                let early = (admission.tls.is_none() && admission.protocol == Protocol::Http1)
+                    .then(|| admission.slots.clone().try_acquire_owned().ok())
+                    .flatten();
                 let shared = admission.clone();
                 admission
                     .pending
-                    .spawn(move |ticket| admit(stream, ticket, shared));
+                    .spawn(move |ticket| admit(stream, ticket, early, shared));
             }
             Err(e) => {
                 tracing::warn!(event = "accept_failed", error = %e);
@@ -179,7 +186,12 @@ async fn accept_loop(socket: Socket, admission: Arc<Admission>) {
 
 /// One pending connection: handshake, then a slot, within the deadline;
 /// then it is handed to the gRPC server.
-async fn admit(stream: Accepted, ticket: Ticket, admission: Arc<Admission>) {
+async fn admit(
+    stream: Accepted,
+    ticket: Ticket,
+    early: Option<OwnedSemaphorePermit>,
+    admission: Arc<Admission>,
+) {
     let deadline = tokio::time::Instant::now() + admission.deadline;
     let handshake = handshake(stream, admission.tls.as_deref(), admission.protocol);
     let (io, replay) = match tokio::time::timeout_at(deadline, handshake).await {
@@ -188,7 +200,12 @@ async fn admit(stream: Accepted, ticket: Ticket, admission: Arc<Admission>) {
         Ok(Err(e)) => return tracing::debug!(event = "handshake_failed", error = %e),
         Err(_) => return tracing::debug!(event = "handshake_timeout"),
     };
-    let slot = admission.slots.clone().acquire_owned();
+    let slot = async {
+        match early {
+            Some(slot) => Ok(slot),
+            None => admission.slots.clone().acquire_owned().await,
+        }
+    };
     let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, slot).await else {
         // Running out of slots is the operator's business: warn.
         return tracing::warn!(

@@ -20,6 +20,9 @@ use jsonwebtoken::Validation;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{self, Algorithm, Key, SignError};
+use start::Starts;
+
+mod start;
 
 /// Tokens longer than this are refused before any decoding. Ours are about
 /// 600 bytes; 8 KiB leaves room for long principals and scope lists.
@@ -111,6 +114,8 @@ pub struct TokenSettings {
     pub header: String,
     keys: Vec<TokenKey>,
     by_kid: HashMap<String, usize>,
+    /// The prepared starts of issued tokens (see `start`).
+    starts: Starts,
     /// One per algorithm, in [`Algorithm::ALL`] order: `jsonwebtoken`
     /// refuses a list mixing algorithm families, and a key's tokens must be
     /// checked against exactly its own algorithm anyway.
@@ -141,6 +146,7 @@ impl TokenSettings {
             }
         }
         let validations = Algorithm::ALL.map(|a| validation(a, &issuer, &audience));
+        let starts = Starts::new(&issuer, &audience);
         Ok(TokenSettings {
             issuer,
             audience,
@@ -149,6 +155,7 @@ impl TokenSettings {
             header,
             keys,
             by_kid,
+            starts,
             validations,
         })
     }
@@ -157,8 +164,12 @@ impl TokenSettings {
     /// sign then ([`TokenKey::may_sign`]). Chosen per token, so a key's
     /// `not_before` takes effect at that second, without a reload.
     pub fn signer(&self, now: i64) -> Option<&TokenKey> {
+        self.signer_index(now).map(|i| &self.keys[i])
+    }
+
+    fn signer_index(&self, now: i64) -> Option<usize> {
         let ttl = self.ttl_secs();
-        self.keys.iter().find(|k| k.may_sign(now, ttl))
+        self.keys.iter().position(|k| k.may_sign(now, ttl))
     }
 
     /// The first second from `now` on at which no key may sign (if the
@@ -284,67 +295,62 @@ pub struct Issued<'r> {
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
     #[error("cannot serialize the claims: {0}")]
-    Claims(#[from] serde_json::Error),
+    Claims(serde_json::Error),
     #[error(
         "no key may sign now (each is verify_only, before its not_before, or too close to its not_after)"
     )]
     NoSigningKey,
     #[error("cannot sign: {0}")]
-    Sign(#[from] SignError),
+    Sign(SignError),
 }
 
-/// The claims as signed: borrowed, so issuing copies no strings.
-#[derive(Serialize)]
-struct ClaimsOut<'a> {
-    iss: &'a str,
-    sub: &'a str,
-    aud: &'a str,
-    iat: i64,
-    nbf: i64,
-    exp: i64,
-    jti: &'a str,
-    scope: &'a str,
-    principal: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cnf: Option<Confirmation>,
+// By hand: `#[from]` would also make the error its source, and a caller
+// printing the chain would print it twice.
+impl From<serde_json::Error> for IssueError {
+    fn from(error: serde_json::Error) -> Self {
+        IssueError::Claims(error)
+    }
+}
+
+impl From<SignError> for IssueError {
+    fn from(error: SignError) -> Self {
+        IssueError::Sign(error)
+    }
 }
 
 /// Signs a token for `subject` at `now` (Unix seconds) with the key that
 /// may sign then ([`TokenSettings::signer`]).
 ///
-/// Issuing is on every allowed Check, so it is done by hand with the key's
-/// precomputed header and signer: one JSON serialization, one buffer. The
-/// result is an ordinary compact JWS, verified by [`verify`] (through
-/// `jsonwebtoken`) and by independent libraries in the tests.
+/// Issuing is on every allowed Check, so it is done by hand: the token's
+/// constant start comes prepared (encoded and, for HS256, hashed: see
+/// `start`), and the rest is one small JSON buffer, one base64url pass and
+/// the signature, in one string. The result is an ordinary compact JWS,
+/// verified by [`verify`] (through `jsonwebtoken`) and by independent
+/// libraries in the tests.
 pub fn issue<'r>(
     settings: &'r TokenSettings,
     subject: &Subject<'_>,
     now: i64,
 ) -> Result<Issued<'r>, IssueError> {
-    let key = &settings.signer(now).ok_or(IssueError::NoSigningKey)?.key;
+    let index = settings.signer_index(now).ok_or(IssueError::NoSigningKey)?;
+    let key = &settings.keys[index].key;
+    let start = settings.starts.get(index, key, subject)?;
     let jti = new_jti();
-    let claims = ClaimsOut {
-        iss: &settings.issuer,
-        sub: subject.service,
-        aud: &settings.audience,
-        iat: now,
-        nbf: now,
-        exp: now.saturating_add(settings.ttl.as_secs() as i64),
-        jti: &jti,
-        scope: &subject.scope,
-        principal: subject.principal,
-        cnf: subject
-            .certificate_sha256
-            .as_ref()
-            .map(Confirmation::for_certificate_sha256),
-    };
-    let json = serde_json::to_vec(&claims)?;
+    let exp = now.saturating_add(settings.ttl.as_secs() as i64);
+    let mut json = Vec::with_capacity(192);
+    start.write_rest(
+        &mut json,
+        now,
+        exp,
+        &jti,
+        subject.certificate_sha256.as_ref(),
+    )?;
     // The signature is at most 64 bytes: 86 base64url characters.
-    let mut token = String::with_capacity(key.header_b64().len() + json.len() * 4 / 3 + 96);
-    token.push_str(key.header_b64());
-    token.push('.');
+    let prefix = start.prefix();
+    let mut token = String::with_capacity(prefix.len() + json.len().div_ceil(3) * 4 + 88);
+    token.push_str(prefix);
     URL_SAFE_NO_PAD.encode_string(&json, &mut token);
-    key.sign_token(&mut token)?;
+    key.sign_token_prepared(start.signing(), &mut token)?;
     Ok(Issued {
         token,
         kid: key.kid(),

@@ -8,10 +8,26 @@ use std::process::{Command, Output, Stdio};
 use common::{Fixture, Svc, tcp0};
 use service_auth::registry::{Problem, Registry};
 
+/// The binary, without the variables that would change what it checks.
+fn bin() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_service-auth"));
+    for var in [
+        "SERVICE_AUTH_CONFIG",
+        "RUST_LOG",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        "OTEL_METRIC_EXPORT_INTERVAL",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
 fn run(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_service-auth"))
+    let mut child = bin()
         .args(args)
-        .env_remove("SERVICE_AUTH_CONFIG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -445,4 +461,429 @@ fn token_issue_refuses_unknown_service_and_scope() {
     let o = token_issue(&config, "a", "admin");
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not allowed"));
+}
+
+// ---------------------------------------------------------------------------
+// check-config runs what serve runs (issue 19, item 1)
+// ---------------------------------------------------------------------------
+
+fn lines(text: &str) -> Vec<String> {
+    text.lines().map(str::to_owned).collect()
+}
+
+/// `serve --config config`, which must exit on its own (it refuses to
+/// start); its stderr. Killed, and the test failed, if it is still running
+/// after a generous deadline.
+fn serve_refuses(config: &str) -> String {
+    let mut child = bin()
+        .args(["serve", "--config", config])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("serve started with {config}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    stderr(&o)
+}
+
+/// A fixture with one service and `config_text` as its static config
+/// (`{registry}` replaced by the registry's path).
+fn configured(config_text: &str) -> (Fixture, String) {
+    let f = Fixture::new(&[Svc::new("a", "spiffe://mesh.test/a", "key-a-0123456789")]);
+    let text = config_text.replace("{registry}", &f.registry_path().display().to_string());
+    let config = f.write_file("service-auth.yaml", text);
+    (f, config.display().to_string())
+}
+
+const LOG_LEVEL_RULE: &str = "is not a level, nor target=level: use error, warn, info, debug or trace, or directives such as info,service_auth=debug";
+
+#[test]
+fn check_config_refuses_what_serve_refuses_and_binds_nothing() {
+    let (f, c) = configured(
+        "listen:\n  grpc: 127.0.0.1:0\n  tls:\n    cert: tls/missing.crt\n    key: tls/missing.key\n    client_ca: tls/missing-ca.crt\nregistry: {registry}\nlog:\n  level: warning\ntelemetry:\n  otlp:\n    endpoint: not a url\n",
+    );
+    let d = f.path().display();
+    let o = run(&["check-config", "--config", &c], "");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "", "stdout holds the result line alone");
+    let no_file = "cannot read: No such file or directory (os error 2)";
+    assert_eq!(
+        lines(&stderr(&o)),
+        [
+            format!("warning: {}", service_auth::config::NO_ALLOWED_SANS_WARNING),
+            "service a: trust domain mesh.test".to_owned(),
+            format!("{c}: log.level: \"warning\" {LOG_LEVEL_RULE}"),
+            format!("{c}: listen.tls.cert: {d}/tls/missing.crt: {no_file}"),
+            format!("{c}: listen.tls.key: {d}/tls/missing.key: {no_file}"),
+            format!("{c}: listen.tls.client_ca: {d}/tls/missing-ca.crt: {no_file}"),
+            format!(
+                "{c}: telemetry.otlp.endpoint: \"not a url\" is not a URL such as http://127.0.0.1:4317"
+            ),
+            "service-auth: 5 error(s)".to_owned(),
+        ]
+    );
+    // serve refuses the same settings, one problem at a time too.
+    let err = serve_refuses(&c);
+    assert!(
+        err.starts_with("service-auth: refusing to start:\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "\n  listen.tls.key: {d}/tls/missing.key: {no_file}\n"
+        )),
+        "{err}"
+    );
+    for (setting, line) in [
+        ("log:\n  level: verbose\n", format!("service-auth: log.level: \"verbose\" {LOG_LEVEL_RULE}")),
+        ("telemetry:\n  otlp:\n    endpoint: https://collector:4317\n", "service-auth: telemetry.otlp.endpoint: \"https://collector:4317\" uses https, which this build's exporter cannot speak: use http:// (a collector on the node, or a TLS-terminating proxy beside the sidecar)".to_owned()),
+    ] {
+        let (_f, c) = configured(&format!("listen:\n  grpc: 127.0.0.1:0\nregistry: {{registry}}\n{setting}"));
+        assert_eq!(lines(&serve_refuses(&c)), std::slice::from_ref(&line));
+        let o = run(&["check-config", "--config", &c], "");
+        assert_eq!(o.status.code(), Some(1));
+        let expected = line.replace("service-auth: ", &format!("{c}: "));
+        assert!(lines(&stderr(&o)).contains(&expected), "{expected} in {}", stderr(&o));
+    }
+
+    // A taken address is not check-config's business: it binds nothing.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_f, c) = configured(&format!(
+        "listen:\n  grpc: {}\nregistry: {{registry}}\nlog:\n  level: info,service_auth=debug\n",
+        taken.local_addr().unwrap()
+    ));
+    let o = run(&["check-config", "--config", &c], "");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn a_log_filter_from_the_environment_follows_the_same_rule() {
+    let (_f, c) = configured("listen:\n  grpc: 127.0.0.1:0\nregistry: {registry}\n");
+    let o = bin()
+        .args(["check-config", "--config", &c])
+        .env("RUST_LOG", "warning")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = lines(&stderr(&o));
+    assert_eq!(
+        err[err.len() - 2..],
+        [
+            format!("RUST_LOG=\"warning\": \"warning\" {LOG_LEVEL_RULE}"),
+            "service-auth: 1 error(s)".to_owned()
+        ]
+    );
+}
+
+#[test]
+fn check_config_loads_the_listener_certificate_key_and_ca() {
+    let ca = common::Ca::new("hop CA");
+    let served = ca.server(&["service-auth"]);
+    let other = ca.server(&["other"]);
+    let (f, c) = configured(
+        "listen:\n  grpc: 127.0.0.1:0\n  tls:\n    cert: tls/sidecar.crt\n    key: tls/sidecar.key\n    client_ca: tls/ca.crt\nregistry: {registry}\n",
+    );
+    let d = f.path().display();
+    let cut = &served.cert_pem[..served.cert_pem.len() / 2];
+    f.write_file("tls/sidecar.crt", cut);
+    f.write_file("tls/sidecar.key", &served.key_pem);
+    f.write_file("tls/ca.crt", ca.key_pem());
+    let o = run(&["check-config", "--config", &c], "");
+    assert_eq!(o.status.code(), Some(1));
+    let err = lines(&stderr(&o));
+    assert_eq!(
+        err[2..],
+        [
+            format!(
+                "{c}: listen.tls.cert: {d}/tls/sidecar.crt: a PEM block has no END line: the file is truncated"
+            ),
+            format!("{c}: listen.tls.client_ca: {d}/tls/ca.crt: no CERTIFICATE block in the file"),
+            "service-auth: 2 error(s)".to_owned(),
+        ]
+    );
+
+    f.write_file("tls/sidecar.crt", &served.cert_pem);
+    f.write_file("tls/sidecar.key", &other.key_pem);
+    f.write_file("tls/ca.crt", ca.cert_pem());
+    let o = run(&["check-config", "--config", &c], "");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        lines(&stderr(&o))[2..],
+        [
+            format!(
+                "{c}: listen.tls.key: {d}/tls/sidecar.key: the private key does not belong to the certificate in {d}/tls/sidecar.crt"
+            ),
+            "service-auth: 1 error(s)".to_owned(),
+        ]
+    );
+
+    f.write_file("tls/sidecar.key", &served.key_pem);
+    let o = run(&["check-config", "--config", &c], "");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!("ok: {c} and {} (1 service)\n", f.registry_path().display())
+    );
+    assert_eq!(
+        lines(&stderr(&o)),
+        [
+            format!("warning: {}", service_auth::config::NO_ALLOWED_SANS_WARNING),
+            "service a: trust domain mesh.test".to_owned(),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Every error at once (item 2)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn every_structural_and_validation_error_is_reported_in_one_run() {
+    let (f, c) = configured(
+        "listen:\n  grpc: 127.0.0.1:0\nregistry: {registry}\nlimits:\n  max_connections: 0\n  max_message_bytes: 0\n  request_timeout: 0s\n  keepalive_timeout: 0s\n  max_conections: 5\n",
+    );
+    f.write_text(
+        "token:\n  issuer: https://issuer.test\n  audience: orders\n  keys:\n    - kid: k1\n      secret_file: secrets/jwt.key\nservices:\n  - id: a\n    principal: spiffe://mesh.test/a\n    principals: [spiffe://mesh.test/a]\n    scopes: [\"wr ite\"]\n  - id: a\n    principals: [spiffe://mesh.test/b]\ntoken:\n  issuer: again\n",
+    );
+    let r = f.registry_path().display().to_string();
+    let o = run(&["check-config", "--config", &c], "");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "");
+    assert_eq!(
+        lines(&stderr(&o)),
+        [
+            format!(
+                "{c}:9:3: limits: unknown field `max_conections`, expected one of `max_message_bytes`, `max_header_list_bytes`, `max_concurrent_streams`, `max_connections`, `max_pending_handshakes`, `handshake_timeout`, `request_timeout`, `keepalive_interval`, `keepalive_timeout`"
+            ),
+            format!("{c}: limits.max_message_bytes: must be above zero"),
+            format!("{c}: limits.max_connections: must be above zero"),
+            format!("{c}: limits.request_timeout: must be above zero"),
+            format!("{c}: limits.keepalive_timeout: must be above zero"),
+            format!(
+                "{r}:9:5: services[0]: unknown field `principal`, expected one of `id`, `principals`, `ca_file`, `certificate_sha256`, `scopes`, `api_keys`, `enforcement`"
+            ),
+            format!("{r}:14:1: duplicate key `token` (first at line 1 column 1)"),
+            format!(
+                "{r}: services[0].scopes[0]: scope \"wr ite\" must be printable ASCII without spaces or commas"
+            ),
+            format!(
+                "{r}: services[1].id: duplicate service id \"a\" (first at {r}: services[0].id)"
+            ),
+            "service-auth: 9 error(s)".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn a_wrong_type_is_reported_with_the_keys_before_it() {
+    let (f, c) = configured("listen:\n  grpc: 127.0.0.1:0\nregistry: {registry}\n");
+    f.write_text(
+        "token:\n  issuer: https://issuer.test\n  audience: orders\n  keys: []\n  extra: 1\nservices:\n  - id: a\n    principals: spiffe://mesh.test/a\n",
+    );
+    let r = f.registry_path().display().to_string();
+    let o = run(&["check-config", "--config", &c], "");
+    assert_eq!(
+        lines(&stderr(&o)),
+        [
+            format!(
+                "{r}:5:3: token: unknown field `extra`, expected one of `issuer`, `audience`, `ttl`, `leeway`, `header`, `keys`"
+            ),
+            format!(
+                "{r}:8:17: services[0].principals: invalid type: string \"spiffe://mesh.test/a\", expected a sequence"
+            ),
+            "service-auth: 2 error(s)".to_owned(),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Messages tell the truth (item 3)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn each_file_kind_reports_its_own_limit_and_the_real_size() {
+    let (f, c) = configured("listen:\n  grpc: 127.0.0.1:0\nregistry: {registry}\n");
+    let d = f.path().display();
+    let r = f.registry_path().display().to_string();
+    f.write_file("secrets/jwt.key", vec![b'k'; 5_000_000]);
+    f.write_file("bigca.pem", vec![b'A'; 2_000_000]);
+    let mut file = f.registry_file(&[Svc::new("a", "spiffe://mesh.test/a", "key-a-0123456789")]);
+    file.services[0].ca_file = Some("bigca.pem".into());
+    f.write(&file);
+    let o = run(&["check-config", "--config", &c], "");
+    assert_eq!(
+        lines(&stderr(&o)),
+        [
+            format!(
+                "{r}: token.keys[0].secret_file: {d}/secrets/jwt.key: 5000000 bytes is above the 1048576-byte limit"
+            ),
+            format!(
+                "{r}: services[0].ca_file: {d}/bigca.pem: 2000000 bytes is above the 1048576-byte limit"
+            ),
+            "service-auth: 2 error(s)".to_owned(),
+        ]
+    );
+    f.write_text(&"#".repeat(16_779_288));
+    let o = run(&["check-config", "--config", &c], "");
+    assert_eq!(
+        lines(&stderr(&o)),
+        [
+            format!("{r}: 16779288 bytes is above the 16777216-byte limit"),
+            "service-auth: 1 error(s)".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn hash_key_takes_off_one_newline_and_refuses_keys_no_check_accepts() {
+    let hash = common::sha256_hex("key-0123");
+    for input in ["key-0123", "key-0123\n", "key-0123\r\n"] {
+        let o = run(&["hash-key"], input);
+        assert_eq!(o.status.code(), Some(0), "{input:?}: {}", stderr(&o));
+        assert_eq!(stdout(&o), format!("{hash}\n"), "{input:?}");
+    }
+    let max = "k".repeat(512);
+    assert_eq!(
+        stdout(&run(&["hash-key"], &max)),
+        format!("{}\n", common::sha256_hex(&max))
+    );
+    let refused = "service-auth: no Check would accept this key, so it is not hashed: ";
+    let rule = "a key is printable ASCII without spaces or commas";
+    for (input, why) in [
+        (
+            "key-0123\n\n",
+            format!("byte 9 of the key is a control character: {rule}"),
+        ),
+        (
+            "key-0123\r",
+            format!("byte 9 of the key is a control character: {rule}"),
+        ),
+        (
+            "key 0123\n",
+            format!("byte 4 of the key is a space: {rule}"),
+        ),
+        (
+            "key,0123\n",
+            format!("byte 4 of the key is a comma: {rule}"),
+        ),
+        (
+            "kéy-0123\n",
+            format!("byte 2 of the key is not ASCII: {rule}"),
+        ),
+        (
+            &"k".repeat(513),
+            "the key is longer than 512 bytes".to_owned(),
+        ),
+        ("\n", "the key is empty".to_owned()),
+        ("", "the key is empty".to_owned()),
+    ] {
+        let o = run(&["hash-key"], input);
+        assert_eq!(o.status.code(), Some(1), "{input:?}");
+        assert_eq!(stdout(&o), "", "{input:?}");
+        assert_eq!(stderr(&o), format!("{refused}{why}\n"), "{input:?}");
+    }
+}
+
+#[test]
+fn errors_are_printed_once_each() {
+    let missing = "/nonexistent/service-auth.yaml";
+    let no_file = "cannot read: No such file or directory (os error 2)";
+    let o = run(&["check-config", "--config", missing], "");
+    assert_eq!(
+        lines(&stderr(&o)),
+        [
+            format!("{missing}: {no_file}"),
+            "service-auth: 1 error(s)".to_owned()
+        ]
+    );
+    for command in ["serve", "jwks"] {
+        let o = run(&[command, "--config", missing], "");
+        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(
+            stderr(&o),
+            format!("service-auth: {missing}: {no_file}\n"),
+            "{command}"
+        );
+    }
+    // Nothing listens there: the cause, once, after tonic's own words.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let o = run(&["health", "--addr", &addr, "--timeout", "10s"], "");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "service-auth: cannot connect to {addr}: transport error: tcp connect error: Connection refused (os error 111)\n"
+        )
+    );
+}
+
+#[tokio::test]
+async fn health_says_a_tls_listener_needs_the_tls_options() {
+    let ca = common::Ca::new("hop CA");
+    let served = ca.server(&["service-auth"]);
+    let client = ca.client(&common::ClientSpec::empty().with_cn("envoy"));
+    let (f, c) = configured(
+        "listen:\n  grpc: 127.0.0.1:0\n  tls:\n    cert: tls/sidecar.crt\n    key: tls/sidecar.key\n    client_ca: tls/ca.crt\nregistry: {registry}\n",
+    );
+    for (name, contents) in [
+        ("tls/sidecar.crt", &served.cert_pem),
+        ("tls/sidecar.key", &served.key_pem),
+        ("tls/client.crt", &client.cert_pem),
+        ("tls/client.key", &client.key_pem),
+        ("tls/ca.crt", &ca.cert_pem()),
+    ] {
+        f.write_file(name, contents);
+    }
+    let config = service_auth::config::StaticConfig::load(std::path::Path::new(&c)).unwrap();
+    let sidecar = common::InProcess::start(&config).await;
+    let addr = sidecar.addr.to_string();
+    let dir = f.path().display().to_string();
+    let probe = move |tls: bool| {
+        let mut args = vec!["health".to_owned(), "--addr".to_owned(), addr.clone()];
+        if tls {
+            let d = &dir;
+            for (option, file) in [
+                ("--tls-cert", "client.crt"),
+                ("--tls-key", "client.key"),
+                ("--tls-ca", "ca.crt"),
+            ] {
+                args.push(option.to_owned());
+                args.push(format!("{d}/tls/{file}"));
+            }
+            args.extend(["--tls-server-name".to_owned(), "service-auth".to_owned()]);
+        }
+        bin().args(&args).output().unwrap()
+    };
+    let plain = tokio::task::spawn_blocking({
+        let probe = probe.clone();
+        move || probe(false)
+    })
+    .await
+    .unwrap();
+    assert_eq!(plain.status.code(), Some(1));
+    assert_eq!(stdout(&plain), "");
+    assert_eq!(
+        stderr(&plain),
+        format!(
+            "service-auth: {} is a TLS listener (listen.tls): probe it with --tls-cert, --tls-key and --tls-ca\n",
+            sidecar.addr
+        )
+    );
+    let with_tls = tokio::task::spawn_blocking(move || probe(true))
+        .await
+        .unwrap();
+    assert_eq!(with_tls.status.code(), Some(0), "{}", stderr(&with_tls));
+    assert_eq!(stdout(&with_tls), "SERVING\n");
 }

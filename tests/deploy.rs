@@ -39,41 +39,72 @@ fn run(cmd: &mut Command) -> Output {
 #[test]
 fn dev_pki_keeps_secrets_private_and_refuses_to_overwrite() {
     let pki = DevPki::generate();
+    let mode = |file: &str| {
+        std::fs::metadata(pki.dir.join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
     for secret in [
         "ca/ca.key",
+        "ca/intermediate.key",
+        "ca/partner-ca.key",
+        "ca/partner-intermediate.key",
         "ca/hop-ca.key",
         "certs/envoy.key",
         "certs/envoy-client.key",
         "sidecar/sidecar.key",
         "clients/api_service.key",
         "clients/billing.key",
+        "clients/reports.key",
         "secrets/jwt-signing.key",
+        "keys/ed25519.pem",
     ] {
-        let mode = std::fs::metadata(pki.dir.join(secret))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "{secret} has mode {mode:o}");
+        assert_eq!(mode(secret), 0o600, "{secret} has mode {:o}", mode(secret));
+    }
+    for public in [
+        "certs/ca.crt",
+        "certs/mesh-bundle.pem",
+        "certs/partner-bundle.pem",
+        "certs/envoy.crt",
+        "clients/billing.crt",
+        "clients/reports.crt",
+        "keys/ed25519.pub",
+        "registry.yaml",
+        "service-auth.yaml",
+    ] {
+        assert_eq!(mode(public), 0o644, "{public} has mode {:o}", mode(public));
     }
     assert!(pki.read("secrets/jwt-signing.key").trim_end().len() >= 32);
 
     // Only hashes reach the registry, and it is a valid one.
     let registry = pki.read("registry.yaml");
-    for service in ["api_service", "billing"] {
+    for service in ["api_service", "billing", "reports"] {
         let key = pki.api_key(service);
         assert!(key.len() >= 43, "{service} key too short");
         assert!(!registry.contains(&key), "plaintext key in registry.yaml");
         assert!(registry.contains(&common::sha256_hex(&key)));
     }
+    // check-config: ok, every service vouched for by the trust domain, and
+    // no warning (the secret is dev-pki's own, not the bundled one).
     let out = run(bin()
         .arg("check-config")
         .arg("--config")
         .arg(pki.dir.join("service-auth.yaml")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stdout).starts_with("ok: "),
+        "{out:?}"
     );
+    assert!(!stderr.contains("warning"), "{stderr}");
+    for service in ["api_service", "billing"] {
+        assert!(
+            stderr.contains(&format!("service {service}: trust domain mesh.local")),
+            "{stderr}"
+        );
+    }
 
     // A second run would invalidate what was handed out: refused, untouched.
     let before = pki.read("certs/ca.crt");
@@ -85,11 +116,162 @@ fn dev_pki_keeps_secrets_private_and_refuses_to_overwrite() {
     let out = run(bin().arg("dev-pki").arg("--force").arg(&pki.dir));
     assert!(out.status.success());
     assert_ne!(pki.read("certs/ca.crt"), before);
-    let mode = std::fs::metadata(pki.dir.join("certs/envoy.key"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(mode("certs/envoy.key"), 0o600);
+    assert_eq!(mode("keys/ed25519.pem"), 0o600);
+}
+
+/// A DER certificate, parsed.
+fn parse_cert(der: &[u8]) -> x509_parser::certificate::X509Certificate<'_> {
+    x509_parser::parse_x509_certificate(der).unwrap().1
+}
+
+#[test]
+fn dev_pki_workload_certificates_chain_root_intermediate_leaf() {
+    use service_auth::trust::Bundle;
+    let pki = DevPki::generate();
+
+    // The roots: one self-signed CA per trust domain, what Envoy and curl
+    // trust (a federated mesh: Envoy accepts either domain's workloads).
+    let root_der = pki.certificates("certs/ca.crt");
+    assert_eq!(root_der.len(), 2, "certs/ca.crt holds the two roots");
+    for der in &root_der {
+        let root = parse_cert(der);
+        assert!(root.is_ca());
+        assert_eq!(root.issuer().as_raw(), root.subject().as_raw());
+        root.verify_signature(None)
+            .expect("each root is self-signed");
+    }
+    let root = parse_cert(&root_der[0]);
+    assert_eq!(
+        pki.certificates("certs/partner-bundle.pem")[0],
+        root_der[1],
+        "the partner bundle starts with the second root"
+    );
+
+    // The bundle: the root, then the intermediate it signed, which may sign
+    // only leaves.
+    let bundle_der = pki.certificates("certs/mesh-bundle.pem");
+    assert_eq!(bundle_der.len(), 2);
+    assert_eq!(bundle_der[0], root_der[0]);
+    let intermediate = parse_cert(&bundle_der[1]);
+    assert!(intermediate.is_ca());
+    assert_eq!(intermediate.issuer().as_raw(), root.subject().as_raw());
+    intermediate
+        .verify_signature(Some(root.public_key()))
+        .expect("the root signed the intermediate");
+    let constraints = intermediate.basic_constraints().unwrap().unwrap().value;
+    assert_eq!(constraints.path_len_constraint, Some(0));
+
+    // Every workload certificate: the leaf, signed by the intermediate, then
+    // the intermediate (what a peer presents to an Envoy that trusts the root).
+    let bundle = Bundle::from_pem(pki.read("certs/mesh-bundle.pem").as_bytes()).unwrap();
+    let partner = Bundle::from_pem(pki.read("certs/partner-bundle.pem").as_bytes()).unwrap();
+    let root_only = Bundle::from_pem(pki.read("certs/ca.crt").as_bytes()).unwrap();
+    for file in [
+        "clients/api_service.crt",
+        "clients/billing.crt",
+        "certs/envoy.crt",
+    ] {
+        let chain = pki.certificates(file);
+        assert_eq!(chain.len(), 2, "{file}: leaf, then intermediate");
+        assert_eq!(chain[1], bundle_der[1], "{file}");
+        let leaf = parse_cert(&chain[0]);
+        assert!(!leaf.is_ca(), "{file}");
+        assert_eq!(
+            leaf.issuer().as_raw(),
+            intermediate.subject().as_raw(),
+            "{file}"
+        );
+        leaf.verify_signature(Some(intermediate.public_key()))
+            .unwrap_or_else(|e| panic!("{file}: not signed by the intermediate: {e}"));
+        if file.starts_with("clients/") {
+            // The sidecar gets only the leaf: the trust domain's bundle
+            // carries the intermediate, and the root alone vouches for nothing.
+            assert!(bundle.verify(&chain[0], unix_now()).is_trusted(), "{file}");
+            assert!(
+                !root_only.verify(&chain[0], unix_now()).is_trusted(),
+                "{file}"
+            );
+            assert!(
+                !partner.verify(&chain[0], unix_now()).is_trusted(),
+                "{file}: the partner domain's CAs do not vouch for mesh.local"
+            );
+        }
+    }
+    // The federated domain's workload chains to its own bundle only.
+    let chain = pki.certificates("clients/reports.crt");
+    assert_eq!(chain.len(), 2, "leaf, then the partner intermediate");
+    assert!(partner.verify(&chain[0], unix_now()).is_trusted());
+    assert!(!bundle.verify(&chain[0], unix_now()).is_trusted());
+}
+
+#[test]
+fn dev_pki_registry_loads_with_its_trust_domain_and_publishes_an_ed25519_key() {
+    let pki = DevPki::generate();
+    let file: RegistryFile =
+        parse_yaml(Path::new("registry.yaml"), &pki.read("registry.yaml")).unwrap();
+    assert_eq!(
+        file.trust_domains.get("mesh.local"),
+        Some(&PathBuf::from("certs/mesh-bundle.pem"))
+    );
+    assert_eq!(
+        file.trust_domains.get("partner.local"),
+        Some(&PathBuf::from("certs/partner-bundle.pem"))
+    );
+    let registry = Registry::load(&pki.dir.join("registry.yaml"))
+        .unwrap_or_else(|e| panic!("{:?}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>()));
+    assert!(registry.warnings().is_empty(), "{:?}", registry.warnings());
+    let domains: Vec<(&str, Vec<&str>)> = registry
+        .services()
+        .iter()
+        .map(|s| (s.id.as_str(), s.trust_domains()))
+        .collect();
+    assert_eq!(
+        domains,
+        [
+            ("api_service", vec!["mesh.local"]),
+            ("billing", vec!["mesh.local"]),
+            ("reports", vec!["partner.local"]),
+        ]
+    );
+
+    // HS256 signs; the Ed25519 key only verifies, and is what the JWKS holds.
+    let [hs256, ed25519] = file.token.keys.as_slice() else {
+        panic!("two token keys: {:?}", file.token.keys);
+    };
+    assert_eq!(
+        hs256.secret_file.as_deref(),
+        Some(Path::new("secrets/jwt-signing.key"))
+    );
+    assert!(!hs256.verify_only);
+    assert_eq!(ed25519.algorithm, service_auth::keys::Algorithm::EdDsa);
+    assert!(ed25519.verify_only);
+    assert_eq!(
+        ed25519.public_key_file.as_deref(),
+        Some(Path::new("keys/ed25519.pub"))
+    );
+    let out = run(bin()
+        .arg("jwks")
+        .arg("--config")
+        .arg(pki.dir.join("service-auth.yaml")));
+    assert!(out.status.success(), "{out:?}");
+    let jwks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{jwks}");
+    assert_eq!(keys[0]["kid"].as_str(), Some(ed25519.kid.as_str()));
+    assert_eq!(keys[0]["alg"], "EdDSA");
+
+    // The pair matches: the public file is the private key's public half.
+    let private = service_auth::keys::Key::load(
+        "dev",
+        service_auth::keys::Algorithm::EdDsa,
+        service_auth::keys::KeySource::PrivateKeyPem(pki.read("keys/ed25519.pem").as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        private.public_key_pem().unwrap(),
+        pki.read("keys/ed25519.pub")
+    );
 }
 
 #[tokio::test]
@@ -132,6 +314,29 @@ async fn dev_pki_output_gives_an_allowed_call_through_real_envoy() {
         "spiffe://mesh.local/ns/default/sa/api_service"
     );
     assert_eq!(claims.scope, "read write");
+    // Signed by the HS256 key; the Ed25519 key is published at the admin
+    // listener (as the README's curl reads it), not used.
+    let header = jsonwebtoken::decode_header(jwt).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::HS256);
+    let Some(ListenAddr::Tcp(admin)) = sidecar.admin_addr() else {
+        panic!("the generated config has no TCP admin listener");
+    };
+    let jwks: serde_json::Value = reqwest::get(format!("http://{admin}/.well-known/jwks.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        matches!(kids.as_slice(), [kid] if kid.starts_with("dev-ed25519-")),
+        "{jwks}"
+    );
 
     // billing may read but not write; and may not use another service's key.
     let status = |req: reqwest::RequestBuilder| async move { req.send().await.unwrap().status() };
@@ -486,6 +691,8 @@ fn compose_file_names_only_existing_files_and_runs_the_tested_envoy_config() {
     );
     let generated = pki.static_config();
     assert_eq!(generated.listen.grpc.to_string(), "127.0.0.1:9191");
+    let admin = generated.admin.expect("an admin listener for the JWKS");
+    assert_eq!(admin.listen.to_string(), "127.0.0.1:9192");
     let endpoint = generated.telemetry.otlp.and_then(|o| o.endpoint).unwrap();
     assert_eq!(endpoint, "http://otel-collector:4317");
 }
@@ -511,7 +718,10 @@ fn compose_mounts_only_what_each_container_needs() {
         "service-auth.yaml",
         "registry.yaml",
         "secrets/jwt-signing.key",
-        "certs/ca.crt",
+        "keys/ed25519.pub",
+        "keys/ed25519.pem",
+        "certs/mesh-bundle.pem",
+        "certs/partner-bundle.pem",
         "certs/hop-ca.crt",
         "sidecar/sidecar.crt",
         "sidecar/sidecar.key",
@@ -521,10 +731,15 @@ fn compose_mounts_only_what_each_container_needs() {
             "the sidecar cannot read {needed}: {seen:?}"
         );
     }
-    let own_keys = ["secrets/jwt-signing.key", "sidecar/sidecar.key"];
+    let own_keys = [
+        "secrets/jwt-signing.key",
+        "keys/ed25519.pem",
+        "sidecar/sidecar.key",
+    ];
     for file in &seen {
+        let private = file.ends_with(".key") || pki.read(file).contains("PRIVATE KEY");
         assert!(
-            !file.ends_with(".key") || own_keys.contains(&file.as_str()),
+            !private || own_keys.contains(&file.as_str()),
             "the sidecar container can read {file}"
         );
     }
@@ -1079,7 +1294,8 @@ fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
         .collect();
     assert_eq!(mounted_by, vec!["envoy", "service-auth"]);
 
-    // The registry is a ConfigMap; every file it names is in a Secret mount,
+    // The registry is a ConfigMap; every file it names is mounted (the
+    // signing key from a Secret, the public mesh bundle from a ConfigMap),
     // and with dev-pki files in their place, it is valid as a whole.
     let static_config = kubernetes_static_config(&docs);
     let (kind, name, key) =
@@ -1093,17 +1309,13 @@ fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
     let pki = DevPki::generate();
     let stand_in = |path: &mut PathBuf| {
         let (kind, _, key) = mounted_source(pod, sidecar, path.to_str().unwrap());
-        assert_eq!(
-            kind,
-            "Secret",
-            "{} should come from a Secret",
-            path.display()
-        );
-        *path = match key.as_str() {
-            "jwt-signing.key" => pki.dir.join("secrets/jwt-signing.key"),
-            "ca.crt" => pki.dir.join("certs/ca.crt"),
+        let (expected_kind, generated) = match key.as_str() {
+            "jwt-signing.key" => ("Secret", "secrets/jwt-signing.key"),
+            "mesh-bundle.pem" => ("ConfigMap", "certs/mesh-bundle.pem"),
             other => panic!("unexpected file {other}"),
         };
+        assert_eq!(kind, expected_kind, "where {} comes from", path.display());
+        *path = pki.dir.join(generated);
     };
     let mut relocated = registry.clone();
     let secret_files = relocated
@@ -1111,16 +1323,23 @@ fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
         .keys
         .iter_mut()
         .filter_map(|k| k.secret_file.as_mut());
-    let ca_files = relocated
-        .services
-        .iter_mut()
-        .filter_map(|s| s.ca_file.as_mut());
-    let mut named = 0;
-    for path in secret_files.chain(ca_files) {
+    let bundles = relocated.trust_domains.values_mut();
+    let mut named = Vec::new();
+    for path in secret_files.chain(bundles) {
         stand_in(path);
-        named += 1;
+        named.push(path.clone());
     }
-    assert!(named > 0);
+    assert_eq!(
+        named,
+        [
+            pki.dir.join("secrets/jwt-signing.key"),
+            pki.dir.join("certs/mesh-bundle.pem")
+        ]
+    );
+    assert!(
+        relocated.services.iter().all(|s| s.ca_file.is_none()),
+        "the trust domain's bundle vouches for every service"
+    );
     let file = pki.dir.join("k8s-registry.yaml");
     std::fs::write(&file, serde_yaml::to_string(&relocated).unwrap()).unwrap();
     if let Err(errors) = Registry::load(&file) {
@@ -1129,14 +1348,16 @@ fn kubernetes_example_parses_and_its_registry_and_mounts_agree() {
             errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()
         );
     }
-    // Envoy's private key never reaches the sidecar: its CA volume holds
-    // only ca.crt.
-    let ca_volume = volume_at(pod, sidecar, "/etc/service-auth/ca");
-    assert_eq!(
-        ca_volume["secret"]["items"][0]["key"].as_str(),
-        Some("ca.crt")
-    );
-    assert_eq!(ca_volume["secret"]["items"].as_sequence().unwrap().len(), 1);
+    // Envoy's private key never reaches the sidecar: no volume of its
+    // comes from Envoy's TLS Secret.
+    for mount in sidecar["volumeMounts"].as_sequence().unwrap() {
+        let path = mount["mountPath"].as_str().unwrap();
+        assert_ne!(
+            volume_at(pod, sidecar, path)["secret"]["secretName"].as_str(),
+            Some("orders-envoy-tls"),
+            "the sidecar mounts Envoy's TLS Secret at {path}"
+        );
+    }
 
     for (what, value) in [
         ("requests", "cpu"),

@@ -1,8 +1,8 @@
 //! What happens when things break, with the shipped `envoy/envoy.yaml`:
 //! the sidecar is down (Envoy answers 503 and the upstream sees nothing),
 //! the sidecar dies and comes back under load (never a 200 without a valid
-//! token), and clocks at the exact validity boundaries in issue mode (the
-//! verify-mode leeway boundary is `verify.rs::leeway_boundary_is_exact`).
+//! token). The exact clock boundaries of issue mode are in-process tests
+//! (`critical.rs::issue_mode_clock_boundaries_are_exact`).
 
 mod common;
 
@@ -12,12 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::procs::{Echo, Envoy, Sidecar, poll, refusing_addr};
-use common::{Ca, ClientSpec, Fixture, ListenAddr, Req, Svc, tcp0};
-use service_auth::check::{Decision, Reason};
-use service_auth::testkit::decide;
+use common::{Ca, ClientSpec, Fixture, ListenAddr, Svc, tcp0};
 use service_auth::token;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::sync::Mutex;
 
 const A_URI: &str = "spiffe://mesh.test/ns/default/sa/a";
@@ -188,54 +184,4 @@ async fn sidecar_restart_under_load_fails_closed_then_recovers() {
         "the load never saw the outage"
     );
     assert_eq!(m.echo.hits(), ok, "upstream hits must equal allowed calls");
-}
-
-/// An RFC 3339 timestamp at Unix second `t`.
-fn rfc3339(t: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(t)
-        .unwrap()
-        .format(&Rfc3339)
-        .unwrap()
-}
-
-#[test]
-fn issue_mode_clock_boundaries_are_exact() {
-    const EXPIRING_KEY: &str = "key-of-service-a-expiring-0123";
-    let t0 = common::unix_now();
-    let (not_before, not_after, key_not_after) = (t0 - 100, t0 + 100, t0 + 50);
-    let mut svc = Svc::new("a", A_URI, A_KEY);
-    svc.keys.push((
-        "k2".into(),
-        EXPIRING_KEY.into(),
-        Some(rfc3339(key_not_after)),
-    ));
-    let registry = Fixture::new(&[svc]).load();
-    let ca = Ca::new("clock CA");
-    let at = |t: i64| OffsetDateTime::from_unix_timestamp(t).unwrap();
-    let cert = ca.client(&ClientSpec::uri(A_URI).valid(at(not_before), at(not_after)));
-    let outcome = |key: &str, now: i64| match decide(
-        &Req::cert(cert.forwarded()).key(key).build(),
-        &registry,
-        now,
-    ) {
-        Decision::Allow(_) => None,
-        Decision::Deny(d) => Some(d.reason),
-    };
-    // The certificate is valid on both ends of its window, inclusive.
-    assert_eq!(
-        outcome(A_KEY, not_before - 1),
-        Some(Reason::CertificateNotYetValid)
-    );
-    assert_eq!(outcome(A_KEY, not_before), None);
-    assert_eq!(outcome(A_KEY, not_after), None);
-    assert_eq!(
-        outcome(A_KEY, not_after + 1),
-        Some(Reason::CertificateExpired)
-    );
-    // A key is good through its not_after second, expired one second later.
-    assert_eq!(outcome(EXPIRING_KEY, key_not_after), None);
-    assert_eq!(
-        outcome(EXPIRING_KEY, key_not_after + 1),
-        Some(Reason::ExpiredApiKey)
-    );
 }

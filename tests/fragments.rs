@@ -5,20 +5,17 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::load::AllowLoad;
 use common::procs::{Sidecar, poll};
 use common::{Ca, ClientSpec, Fixture, InProcess, Req, Svc, tcp0};
-use envoy_types::ext_authz::v3::pb::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::google::protobuf::value::Kind;
 use service_auth::config::{
     ConfigError, RegistryFile, RegistryFragment, RegistryPaths, RevocationSection, StaticConfig,
 };
 use service_auth::registry::{LoadError, Origin, Problem, Registry};
-use service_auth::testkit::{decide, fragment, unix_now};
+use service_auth::testkit::{decide, fragment, grpc, unix_now};
 use tonic::transport::Channel;
 
 const A_URI: &str = "spiffe://mesh.test/a";
@@ -230,18 +227,20 @@ fn a_fragment_holds_only_services_and_revocation() {
     );
     let empty = f.write_fragment("teams/empty.yaml", &RegistryFragment::default());
     let errors = rejected(&paths(&f, &["teams"]));
-    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(errors.len(), 4, "{errors:#?}");
     assert!(
         matches!(&errors[0], LoadError::Invalid { file, at, problem: Problem::EmptyFragment } if *file == empty && at == "services"),
         "{:?}",
         errors[0]
     );
-    assert!(
-        matches!(&errors[1], LoadError::File(ConfigError::Yaml { path, message, .. })
-            if *path == main_as_fragment && message.contains("unknown field `token`")),
-        "{:?}",
-        errors[1]
-    );
+    // Every key a fragment may not hold, each at its own line.
+    for (error, key) in errors[1..].iter().zip(["token", "identity", "request"]) {
+        assert!(
+            matches!(error, LoadError::File(ConfigError::Yaml { path, message, column: 1, .. })
+                if *path == main_as_fragment && message.contains(&format!("unknown field `{key}`"))),
+            "{error:?}"
+        );
+    }
 }
 
 #[test]
@@ -302,17 +301,7 @@ fn fragment_paths_resolve_against_the_fragment_and_its_revocations_apply() {
 /// "allow", or the denial reason.
 async fn outcome(client: &mut AuthorizationClient<Channel>, req: &Req) -> String {
     let resp = client.check(req.build()).await.expect("Check").into_inner();
-    if let Some(HttpResponse::OkResponse(_)) = resp.http_response {
-        return "allow".into();
-    }
-    let meta = resp.dynamic_metadata.expect("metadata");
-    let Some(Kind::StructValue(inner)) = &meta.fields["service_auth"].kind else {
-        panic!("no service_auth metadata")
-    };
-    match &inner.fields["reason"].kind {
-        Some(Kind::StringValue(s)) => s.clone(),
-        other => panic!("reason {other:?}"),
-    }
+    grpc::outcome(&resp)
 }
 
 async fn until(client: &AuthorizationClient<Channel>, what: &str, req: &Req, want: &str) {
@@ -476,31 +465,11 @@ async fn no_check_fails_while_a_fragment_churns() {
     let ca = Ca::new("churn CA");
     let b = Req::cert(ca.client(&ClientSpec::uri(B_URI)).forwarded()).key(B_KEY);
     let attempts = |sidecar: &Sidecar| reloads(sidecar, "success") + reloads(sidecar, "failure");
-    let stop = Arc::new(AtomicBool::new(false));
-    let checks = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let mut client = sidecar.client().await;
-        let (b, stop, checks) = (b.clone(), stop.clone(), checks.clone());
-        clients.push(tokio::spawn(async move {
-            let mut wrong = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match client.check(b.build()).await {
-                    Ok(resp) => {
-                        if !matches!(
-                            resp.into_inner().http_response,
-                            Some(HttpResponse::OkResponse(_))
-                        ) {
-                            wrong.push("denied".to_string());
-                        }
-                    }
-                    Err(e) => wrong.push(e.to_string()),
-                }
-                checks.fetch_add(1, Ordering::Relaxed);
-            }
-            wrong
-        }));
+        clients.push(sidecar.client().await);
     }
+    let load = AllowLoad::start(clients, b.build());
     let mut extra = Svc::new("c", C_URI, C_KEY);
     for round in 0..20u32 {
         extra.scopes = vec![format!("scope{round}")];
@@ -517,12 +486,8 @@ async fn no_check_fails_while_a_fragment_churns() {
         })
         .await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut wrong = Vec::new();
-    for c in clients {
-        wrong.extend(c.await.unwrap());
-    }
-    assert!(checks.load(Ordering::Relaxed) > 50, "too few Checks");
+    let (checks, wrong) = load.stop().await;
+    assert!(checks > 50, "too few Checks");
     assert!(
         wrong.is_empty(),
         "{} failed Checks: {:?}",
@@ -644,7 +609,8 @@ fn kubernetes_example_projects_team_configmaps_beside_the_registry() {
     assert!(teams.len() >= 2, "{teams:?}");
 
     // Laid out as the kubelet would, with the main registry beside it, the
-    // set loads as one registry (secrets and CA replaced by stand-ins).
+    // set loads as one registry (secrets, CA files and trust bundles replaced
+    // by stand-ins).
     let f = Fixture::new(&[]);
     let ca = Ca::new("k8s example CA");
     let ca_file = f.write_file("ca.crt", ca.cert_pem());
@@ -670,6 +636,10 @@ fn kubernetes_example_projects_team_configmaps_beside_the_registry() {
         key.secret_file = Some(f.path().join("secrets/jwt.key"));
     }
     stand_in(&mut main.services);
+    let bundle = f.write_file("mesh-bundle.pem", ca.cert_pem());
+    for path in main.trust_domains.values_mut() {
+        *path = bundle.clone();
+    }
     f.write(&main);
     let mut fragment_services = 0;
     for team in &teams {

@@ -118,7 +118,13 @@ fn the_bearer_scheme_is_case_insensitive() {
             "{scheme}"
         );
     }
-    for bad in [format!("Basic {jwt}"), format!("Bearer{jwt}"), jwt.clone()] {
+    // `Digest ` is as long as `Bearer `: only the scheme's name tells them apart.
+    for bad in [
+        format!("Basic {jwt}"),
+        format!("Digest {jwt}"),
+        format!("Bearer{jwt}"),
+        jwt.clone(),
+    ] {
         let req = Req::cert(cert.forwarded())
             .header("authorization", &bad)
             .ext("mode", "verify");

@@ -125,81 +125,140 @@ async fn allowed(channel: Channel, ca: &Ca) -> Result<bool, tonic::Status> {
     ))
 }
 
-/// The certificate a fresh TLS handshake is presented with.
-async fn presented_certificate(addr: SocketAddr, ca: &Ca, identity: &Issued) -> Option<Vec<u8>> {
+/// A TLS 1.3 client trusting `ca`, presenting `identity` (or no certificate).
+fn tls_connector(ca: &Ca, identity: Option<&Issued>) -> tokio_rustls::TlsConnector {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
         .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(&[&rustls::version::TLS13])
     .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(
-        vec![CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).unwrap()],
-        PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap(),
-    )
-    .unwrap();
+    .with_root_certificates(roots);
+    let config = match identity {
+        Some(identity) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+fn server_name() -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from("service-auth").unwrap()
+}
+
+/// The certificate a fresh TLS handshake is presented with.
+async fn presented_certificate(addr: SocketAddr, ca: &Ca, identity: &Issued) -> Option<Vec<u8>> {
     let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("service-auth").unwrap(), stream)
+    let tls = tls_connector(ca, Some(identity))
+        .connect(server_name(), stream)
         .await
         .ok()?;
     Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
 }
 
+/// The TLS alert the sidecar refuses a handshake with. In TLS 1.3 the
+/// client's side of the handshake ends before the server has judged its
+/// certificate, so the refusal may arrive on the first read instead.
+async fn refusal(addr: SocketAddr, ca: &Ca, identity: Option<&Issued>) -> rustls::Error {
+    use tokio::io::AsyncReadExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let attempt = async {
+        match tls_connector(ca, identity)
+            .connect(server_name(), tcp)
+            .await
+        {
+            Ok(mut tls) => match tls.read(&mut [0u8; 64]).await {
+                Ok(n) => panic!("the sidecar accepted the handshake and sent {n} bytes"),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        }
+    };
+    let error = tokio::time::timeout(WAIT, attempt)
+        .await
+        .expect("the sidecar answers the handshake");
+    match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(e) => e.clone(),
+        None => panic!("not a TLS refusal: {error:?}"),
+    }
+}
+
+/// What a plaintext HTTP/2 client (gRPC without TLS) gets back from the TLS
+/// port: every byte the sidecar sends before it closes the connection.
+async fn plaintext_answer(addr: SocketAddr) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The HTTP/2 preface and an empty SETTINGS frame.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the sidecar closes a plaintext connection")
+        .expect("closed cleanly");
+    answer
+}
+
+/// Each refusal is the specific one for its client, and the same sidecar
+/// still serves a good client right after it (a dead sidecar refuses
+/// nothing in particular).
 #[tokio::test]
 async fn only_clients_with_a_certificate_from_client_ca_get_in() {
+    use rustls::AlertDescription::{CertificateRequired, UnknownCA};
     let s = tls_setup();
     let sidecar = s.in_process().await;
     let addr = sidecar.addr;
-    assert!(
-        allowed(s.channel(addr, &s.client).await.unwrap(), &s.ca)
-            .await
-            .unwrap()
-    );
-
-    // Plaintext gRPC to the TLS port.
-    let plain = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await;
-    if let Ok(channel) = plain {
+    let good_client_served = || async {
+        let channel = s.channel(addr, &s.client).await.expect("a good handshake");
         assert!(
-            allowed(channel, &s.ca).await.is_err(),
-            "plaintext must not be served"
+            allowed(channel, &s.ca)
+                .await
+                .expect("a good client's Check")
         );
-    }
+    };
+    good_client_served().await;
+
+    // Plaintext gRPC to the TLS port: not TLS, so the sidecar answers with
+    // one fatal `decode_error` alert record, then closes.
+    const FATAL: u8 = 2;
+    const DECODE_ERROR: u8 = 50;
+    let answer = plaintext_answer(addr).await;
+    assert!(
+        matches!(
+            answer.as_slice(),
+            [0x15, 0x03, _, 0x00, 0x02, FATAL, DECODE_ERROR]
+        ),
+        "expected one fatal decode_error alert, got {answer:02x?}"
+    );
+    good_client_served().await;
+
     // A client certificate from another CA.
     let stranger = Ca::new("another CA").client(&ClientSpec::empty().with_cn("envoy"));
-    let other = s.channel(addr, &stranger).await;
-    if let Ok(channel) = other {
-        assert!(
-            allowed(channel, &s.ca).await.is_err(),
-            "a foreign client cert must be refused"
-        );
-    }
+    assert_eq!(
+        refusal(addr, &s.ca, Some(&stranger)).await,
+        rustls::Error::AlertReceived(UnknownCA)
+    );
+    good_client_served().await;
+
     // No client certificate at all.
-    let anonymous = Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(s.ca.cert_pem()))
-                .domain_name("service-auth"),
-        )
-        .unwrap()
-        .connect()
-        .await;
-    if let Ok(channel) = anonymous {
-        assert!(
-            allowed(channel, &s.ca).await.is_err(),
-            "a client without a certificate must be refused"
-        );
-    }
+    assert_eq!(
+        refusal(addr, &s.ca, None).await,
+        rustls::Error::AlertReceived(CertificateRequired)
+    );
+    good_client_served().await;
 }
 
 #[tokio::test]

@@ -4,16 +4,15 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::load::AllowLoad;
 use common::procs::{Sidecar, poll};
 use common::{Ca, ClientSpec, Fixture, Req, Svc, tcp0};
 use envoy_types::ext_authz::v3::pb::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::google::protobuf::value::Kind;
 use service_auth::config::{KeyEntry, RegistryFile};
+use service_auth::testkit::grpc;
 use tonic::transport::Channel;
 
 const A_URI: &str = "spiffe://mesh.test/a";
@@ -45,17 +44,7 @@ async fn start(services: &[Svc]) -> Harness {
 /// "allow", or the denial reason.
 async fn outcome(client: &mut AuthorizationClient<Channel>, req: &Req) -> String {
     let resp = client.check(req.build()).await.expect("Check").into_inner();
-    if let Some(HttpResponse::OkResponse(_)) = resp.http_response {
-        return "allow".into();
-    }
-    let meta = resp.dynamic_metadata.expect("metadata");
-    let Some(Kind::StructValue(inner)) = &meta.fields["service_auth"].kind else {
-        panic!("no service_auth metadata")
-    };
-    match &inner.fields["reason"].kind {
-        Some(Kind::StringValue(s)) => s.clone(),
-        other => panic!("reason {other:?}"),
-    }
+    grpc::outcome(&resp)
 }
 
 impl Harness {
@@ -225,14 +214,7 @@ async fn signing_key_rotation_and_removal() {
         let req = issue.build();
         async move {
             let resp = client.check(req).await.ok()?.into_inner();
-            let meta = resp.dynamic_metadata?;
-            let Some(Kind::StructValue(inner)) = &meta.fields.get("service_auth")?.kind else {
-                return None;
-            };
-            let Some(Kind::StringValue(kid)) = &inner.fields.get("kid")?.kind else {
-                return None;
-            };
-            (kid == "test-2").then_some(())
+            (grpc::metadata(&resp, "kid")? == "test-2").then_some(())
         }
     })
     .await;
@@ -447,31 +429,11 @@ async fn sighup_forces_a_reload() {
 async fn no_check_fails_while_the_registry_churns() {
     let h = start(&[Svc::new("a", A_URI, A_KEY)]).await;
     let a = h.cert_req(A_URI, A_KEY);
-    let stop = Arc::new(AtomicBool::new(false));
-    let checks = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let mut client = h.sidecar.client().await;
-        let (a, stop, checks) = (a.clone(), stop.clone(), checks.clone());
-        clients.push(tokio::spawn(async move {
-            let mut wrong = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match client.check(a.build()).await {
-                    Ok(resp) => {
-                        if !matches!(
-                            resp.into_inner().http_response,
-                            Some(HttpResponse::OkResponse(_))
-                        ) {
-                            wrong.push("denied".to_string());
-                        }
-                    }
-                    Err(e) => wrong.push(e.to_string()),
-                }
-                checks.fetch_add(1, Ordering::Relaxed);
-            }
-            wrong
-        }));
+        clients.push(h.sidecar.client().await);
     }
+    let load = AllowLoad::start(clients, a.build());
     let mut extra = Svc::new("c", "spiffe://mesh.test/c", "key-of-c-0123456789");
     for round in 0..40u32 {
         extra.scopes = vec![format!("scope{round}")];
@@ -486,15 +448,8 @@ async fn no_check_fails_while_the_registry_churns() {
         // Pace the rewrites by the reloader, not by a clock.
         h.until_reloads_any(before).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut wrong = Vec::new();
-    for c in clients {
-        wrong.extend(c.await.unwrap());
-    }
-    assert!(
-        checks.load(Ordering::Relaxed) > 100,
-        "the clients made too few Checks"
-    );
+    let (checks, wrong) = load.stop().await;
+    assert!(checks > 100, "the clients made too few Checks");
     assert!(
         wrong.is_empty(),
         "{} failed or wrongly denied Checks: {:?}",

@@ -18,6 +18,7 @@ use service_auth::check::Decision;
 use service_auth::config::{Enforcement, Otlp, OtlpProtocol, StaticConfig};
 use service_auth::enforcement::{self, Disposition};
 use service_auth::request::Attributes;
+use service_auth::testkit::grpc::{is_ok, metadata};
 use service_auth::testkit::{claims_json, decide, forge_hs256, unix_now};
 use tonic::transport::Channel;
 
@@ -54,23 +55,6 @@ fn otlp(f: &Fixture, rx: &Receiver) -> StaticConfig {
         interval: Some(Duration::from_millis(200)),
     });
     config
-}
-
-/// Where the reason of a response is: `reason` for a denial, `would_deny`
-/// for a denial only reported.
-fn metadata(resp: &CheckResponse, key: &str) -> Option<String> {
-    let meta = resp.dynamic_metadata.as_ref()?;
-    let Some(Kind::StructValue(inner)) = &meta.fields.get("service_auth")?.kind else {
-        return None;
-    };
-    match &inner.fields.get(key)?.kind {
-        Some(Kind::StringValue(s)) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn is_ok(resp: &CheckResponse) -> bool {
-    matches!(resp.http_response, Some(HttpResponse::OkResponse(_)))
 }
 
 /// "allow", "deny:<reason>" or "would_deny:<reason>".
@@ -335,10 +319,7 @@ async fn a_would_deny_answer_adds_nothing_and_strips_what_could_pass_for_identit
         ["would_deny"],
         "only the reason: no service, kid or jti"
     );
-    assert_eq!(
-        metadata(&resp, "would_deny").as_deref(),
-        Some("invalid_api_key")
-    );
+    assert_eq!(metadata(&resp, "would_deny"), Some("invalid_api_key"));
     sidecar.sidecar.shutdown().await.unwrap();
 }
 

@@ -13,12 +13,11 @@ use common::otlp::Receiver;
 use common::procs::poll;
 use common::{Ca, ClientSpec, Fixture, InProcess, Req, Svc, tcp0};
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse};
-use envoy_types::pb::google::protobuf::value::Kind;
 use service_auth::config::{Enforcement, Otlp, OtlpProtocol, ThrottleSection};
 use service_auth::registry::Snapshot;
 use service_auth::server::AuthzService;
 use service_auth::telemetry::Observer;
-use service_auth::testkit::ManualClock;
+use service_auth::testkit::{ManualClock, grpc};
 use service_auth::throttle::Throttle;
 
 const A_URI: &str = "spiffe://mesh.test/a";
@@ -44,12 +43,8 @@ fn fixture(edit: impl FnOnce(&mut service_auth::config::RegistryFile)) -> Fixtur
 }
 
 fn reason(resp: &CheckResponse) -> String {
-    let meta = resp.dynamic_metadata.as_ref().expect("metadata");
-    let Some(Kind::StructValue(inner)) = &meta.fields["service_auth"].kind else {
-        panic!("{meta:?}")
-    };
     for key in ["reason", "would_deny"] {
-        if let Some(Kind::StringValue(s)) = inner.fields.get(key).and_then(|v| v.kind.as_ref()) {
+        if let Some(s) = grpc::metadata(resp, key) {
             return format!("{key}:{s}");
         }
     }

@@ -8,9 +8,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::load::AllowLoad;
 use common::procs::{Echo, Envoy, poll};
 use common::{Ca, ClientSpec, Fixture, InProcess, Issued, Req, Svc, tcp0, unix_now};
 use envoy_types::ext_authz::v3::pb::HttpResponse;
@@ -669,10 +669,11 @@ async fn bundle_rotation_under_load_fails_no_check_of_the_new_intermediate() {
     let bundle_file = "a.test-bundle.pem";
     let sidecar = InProcess::for_fixture(&fixture).await;
     let client = sidecar.client().await;
+    let check_client = client.clone();
     let old_req = Req::cert(old.client(&ClientSpec::uri(A_URI)).forwarded()).key(A_KEY);
     let new_req = Req::cert(new.client(&ClientSpec::uri(A_URI)).forwarded()).key(A_KEY);
     let check = move |req: Req| {
-        let mut client = client.clone();
+        let mut client = check_client.clone();
         async move {
             let resp = client.check(req.build()).await.expect("Check").into_inner();
             matches!(resp.http_response, Some(HttpResponse::OkResponse(_)))
@@ -691,26 +692,8 @@ async fn bundle_rotation_under_load_fails_no_check_of_the_new_intermediate() {
 
     // 2. Under load with the new intermediate's certificate, the old one
     //    leaves the bundle.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-        let (req, check) = (new_req.clone(), check.clone());
-        load.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if !check(req.clone()).await {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    poll("load to start", WAIT, || {
-        let n = sent.load(Ordering::Relaxed);
-        async move { (n > 50).then_some(()) }
-    })
-    .await;
+    let load = AllowLoad::start(vec![client.clone(); 4], new_req.build());
+    load.wait_for(50, WAIT).await;
     let generation = sidecar.sidecar.snapshot().load().unwrap().generation;
     fixture.write_file(bundle_file, Ca::bundle_pem(&[&root, &new]));
     poll("the old intermediate to be rotated out", WAIT, || {
@@ -718,27 +701,14 @@ async fn bundle_rotation_under_load_fails_no_check_of_the_new_intermediate() {
         async move { (!check.await).then_some(()) }
     })
     .await;
-    let after_swap = sent.load(Ordering::Relaxed);
-    poll("load after the swap", WAIT, || {
-        let n = sent.load(Ordering::Relaxed);
-        async move { (n > after_swap + 50).then_some(()) }
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        task.await.unwrap();
-    }
+    load.wait_for(50, WAIT).await;
+    let (sent, failed) = load.stop().await;
     assert_ne!(
         sidecar.sidecar.snapshot().load().unwrap().generation,
         generation,
         "the rotation was applied by a reload"
     );
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "of {} Checks",
-        sent.load(Ordering::Relaxed)
-    );
+    assert!(failed.is_empty(), "of {sent} Checks: {failed:?}");
     sidecar.sidecar.shutdown().await.unwrap();
 }
 

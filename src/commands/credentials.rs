@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 
 use service_auth::check::unix_now;
 use service_auth::config::StaticConfig;
-use service_auth::keys::{self, Algorithm, Key, KeySource};
+use service_auth::keys::{self, Algorithm};
 use service_auth::registry::{self, Registry};
 use service_auth::token;
 
@@ -51,18 +51,29 @@ pub fn gen_secret(out: Option<&Path>) -> anyhow::Result<()> {
     }
 }
 
+/// Hashes the key on stdin. Exactly one trailing newline (LF or CRLF) is
+/// taken off, as `echo` adds one; anything else is part of the key, and a
+/// key no Check would accept is refused rather than hashed.
 pub fn hash_key() -> anyhow::Result<()> {
-    let mut key = String::new();
+    let mut input = Vec::new();
+    // Enough to tell a too-long key (plus its newline) from a valid one.
     std::io::stdin()
-        .take(64 * 1024)
-        .read_to_string(&mut key)
+        .take(registry::MAX_API_KEY_LEN as u64 + 3)
+        .read_to_end(&mut input)
         .context("cannot read the key from stdin")?;
-    let key = key.trim_end_matches(['\n', '\r']);
-    if key.is_empty() {
-        bail!("no key on stdin");
-    }
-    println!("{}", hex::encode(registry::hash_api_key(key.as_bytes())));
+    let key = strip_one_newline(&input);
+    registry::check_api_key_shape(key)
+        .context("no Check would accept this key, so it is not hashed")?;
+    println!("{}", hex::encode(registry::hash_api_key(key)));
     Ok(())
+}
+
+/// `input` without one trailing `\n` or `\r\n`.
+fn strip_one_newline(input: &[u8]) -> &[u8] {
+    input
+        .strip_suffix(b"\r\n")
+        .or_else(|| input.strip_suffix(b"\n"))
+        .unwrap_or(input)
 }
 
 pub fn token_issue(config_path: &Path, service_id: &str, scopes: &[String]) -> anyhow::Result<()> {
@@ -110,20 +121,11 @@ pub fn token_verify(config_path: &Path, token: &str) -> anyhow::Result<()> {
 /// A new EdDSA or ES256 private key: on stdout, or into a new file `out`
 /// (mode 0600, never over an existing file) with its public key on stdout.
 pub fn gen_signing_key(algorithm: Algorithm, out: Option<&Path>) -> anyhow::Result<()> {
-    let private = keys::generate(algorithm)?;
     let Some(out) = out else {
-        print!("{}", private.as_str());
+        print!("{}", keys::generate(algorithm)?.as_str());
         return Ok(());
     };
-    // The public half, from the key just made: proves it loads, too.
-    let key = Key::load(
-        "new",
-        algorithm,
-        KeySource::PrivateKeyPem(private.as_bytes()),
-    )?;
-    let public = key
-        .public_key_pem()
-        .context("cannot encode the public key")?;
+    let (private, public) = keys::generate_pair(algorithm)?;
     write_private(out, private.as_bytes())?;
     print!("{public}");
     Ok(())

@@ -10,7 +10,7 @@
 //! HTTP/2.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -24,24 +24,70 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
 
-use crate::config::ListenTls;
+use crate::config::{self, ConfigError, ListenTls, MAX_AUX_FILE_BYTES};
 use crate::identity::{self, PeerCertificate, San, SanKind};
 use crate::watch::FileWatch;
 
+/// Why `listen.tls` cannot be served. Each names the key of `listen.tls`
+/// (and the file) it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {message}")]
-    File { path: String, message: String },
-    #[error("{0}")]
-    Rustls(#[from] rustls::Error),
-    #[error("client_ca: {0}")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// The file cannot be read (the error names it), or is over the cap.
+    #[error("listen.tls.{field}: {error}")]
+    Read {
+        field: &'static str,
+        error: ConfigError,
+    },
+    #[error("listen.tls.{field}: {}: {problem}", path.display())]
+    Content {
+        field: &'static str,
+        path: PathBuf,
+        problem: PemProblem,
+    },
+    #[error(
+        "listen.tls.key: {}: the private key does not belong to the certificate in {}",
+        key.display(),
+        cert.display()
+    )]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    /// Anything else rustls refuses in the certificate and key.
+    #[error("listen.tls.cert, listen.tls.key: {0}")]
+    Rustls(rustls::Error),
+    #[error("listen.tls.client_ca: {0}")]
+    Verifier(rustls::server::VerifierBuilderError),
 }
 
-fn file_error(path: &Path, message: impl fmt::Display) -> TlsError {
-    TlsError::File {
-        path: path.display().to_string(),
-        message: message.to_string(),
+/// What is wrong inside a `listen.tls` file, in words (not the PEM
+/// parser's byte dumps).
+#[derive(Debug, thiserror::Error)]
+pub enum PemProblem {
+    #[error("no CERTIFICATE block in the file")]
+    NoCertificate,
+    #[error("no private key block in the file (PKCS#8, PKCS#1 or SEC1 PEM)")]
+    NoKey,
+    #[error("a PEM block has no END line: the file is truncated")]
+    Truncated,
+    #[error("a PEM BEGIN line is malformed")]
+    BadBeginLine,
+    #[error("a PEM block is not valid base64")]
+    BadBase64,
+    #[error("the PEM is malformed")]
+    Malformed,
+    #[error("certificate {index} is not a valid X.509 certificate")]
+    BadCertificate { index: usize },
+    #[error("certificate {index} cannot be a trust anchor: {error}")]
+    BadAnchor { index: usize, error: rustls::Error },
+}
+
+impl From<rustls::pki_types::pem::Error> for PemProblem {
+    fn from(error: rustls::pki_types::pem::Error) -> Self {
+        use rustls::pki_types::pem::Error;
+        match error {
+            Error::MissingSectionEnd { .. } => PemProblem::Truncated,
+            Error::IllegalSectionStart { .. } => PemProblem::BadBeginLine,
+            Error::Base64Decode(_) => PemProblem::BadBase64,
+            _ => PemProblem::Malformed,
+        }
     }
 }
 
@@ -53,37 +99,110 @@ pub struct TlsState {
     pub not_after: AtomicI64,
 }
 
-/// Builds the server TLS configuration from the three files and the
-/// allow-list. Client certificates are mandatory and must chain to
-/// `client_ca` (and, with `allowed_sans`, carry one of those SANs).
-pub fn load_tls(tls: &ListenTls) -> Result<(ServerConfig, i64), TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
-        .map_err(|e| file_error(&tls.cert, e))?
+/// Reads one `listen.tls` file, size-capped like every file a config names.
+fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    config::read_capped_bytes(path, MAX_AUX_FILE_BYTES)
+        .map_err(|error| TlsError::Read { field, error })
+}
+
+/// Every CERTIFICATE block of a `listen.tls` file; at least one.
+fn certificates(
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let content = |problem| TlsError::Content {
+        field,
+        path: path.to_path_buf(),
+        problem,
+    };
+    let pem = read(field, path)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| file_error(&tls.cert, e))?;
+        .map_err(|e| content(PemProblem::from(e)))?;
+    if certs.is_empty() {
+        return Err(content(PemProblem::NoCertificate));
+    }
+    Ok(certs)
+}
+
+/// Every problem of one `listen.tls` load (each file is checked, so a
+/// missing certificate does not hide a missing CA).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", joined(.0))]
+pub struct TlsErrors(pub Vec<TlsError>);
+
+fn joined(errors: &[TlsError]) -> String {
+    let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    parts.join("; ")
+}
+
+/// The certificate chain and its leaf's `notAfter`.
+fn chain(tls: &ListenTls) -> Result<(Vec<CertificateDer<'static>>, i64), TlsError> {
+    let certs = certificates("cert", &tls.cert)?;
+    let content = |problem| TlsError::Content {
+        field: "cert",
+        path: tls.cert.clone(),
+        problem,
+    };
     let leaf = certs
         .first()
-        .ok_or_else(|| file_error(&tls.cert, "no certificate in file"))?;
+        .ok_or_else(|| content(PemProblem::NoCertificate))?;
     let not_after = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| file_error(&tls.cert, e))?
+        .map_err(|_| content(PemProblem::BadCertificate { index: 1 }))?
         .1
         .validity()
         .not_after
         .timestamp();
-    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| file_error(&tls.key, e))?;
+    Ok((certs, not_after))
+}
+
+fn private_key(tls: &ListenTls) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read("key", &tls.key)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Content {
+        field: "key",
+        path: tls.key.clone(),
+        problem: match e {
+            rustls::pki_types::pem::Error::NoItemsFound => PemProblem::NoKey,
+            e => PemProblem::from(e),
+        },
+    })
+}
+
+fn client_roots(tls: &ListenTls) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for ca in
-        CertificateDer::pem_file_iter(&tls.client_ca).map_err(|e| file_error(&tls.client_ca, e))?
+    for (i, ca) in certificates("client_ca", &tls.client_ca)?
+        .into_iter()
+        .enumerate()
     {
-        let ca = ca.map_err(|e| file_error(&tls.client_ca, e))?;
-        roots.add(ca).map_err(|e| file_error(&tls.client_ca, e))?;
+        roots.add(ca).map_err(|error| TlsError::Content {
+            field: "client_ca",
+            path: tls.client_ca.clone(),
+            problem: PemProblem::BadAnchor {
+                index: i + 1,
+                error,
+            },
+        })?;
     }
-    if roots.is_empty() {
-        return Err(file_error(&tls.client_ca, "no CA certificate in file"));
-    }
+    Ok(roots)
+}
+
+/// Builds the server TLS configuration from the three files and the
+/// allow-list. Client certificates are mandatory and must chain to
+/// `client_ca` (and, with `allowed_sans`, carry one of those SANs).
+pub fn load_tls(tls: &ListenTls) -> Result<(ServerConfig, i64), TlsErrors> {
+    let ((certs, not_after), key, roots) = match (chain(tls), private_key(tls), client_roots(tls)) {
+        (Ok(chain), Ok(key), Ok(roots)) => (chain, key, roots),
+        (chain, key, roots) => {
+            let errors = [chain.err(), key.err(), roots.err()];
+            return Err(TlsErrors(errors.into_iter().flatten().collect()));
+        }
+    };
+    let one = |e| TlsErrors(vec![e]);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| one(TlsError::Verifier(e)))?;
     if let Some(allowed) = &tls.allowed_sans {
         verifier = Arc::new(AllowListVerifier {
             inner: verifier,
@@ -92,9 +211,21 @@ pub fn load_tls(tls: &ListenTls) -> Result<(ServerConfig, i64), TlsError> {
     }
     // with_single_cert also checks that the key belongs to the certificate.
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .map_err(|e| one(TlsError::Rustls(e)))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            one(match e {
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                    TlsError::KeyMismatch {
+                        cert: tls.cert.clone(),
+                        key: tls.key.clone(),
+                    }
+                }
+                e => TlsError::Rustls(e),
+            })
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok((config, not_after))
 }

@@ -282,8 +282,16 @@ impl Registry {
             bundles: HashMap::new(),
             now: OffsetDateTime::now_utc().unix_timestamp(),
         };
-        let main = config::read_yaml::<RegistryFile>(&paths.main).map_err(LoadError::File);
-        let mut errors = Vec::new();
+        // A file refused only for unknown or duplicate keys is still
+        // validated without them, so every error shows in one load (the
+        // registry is rejected all the same).
+        let (main, mut errors) = match config::read_yaml_partial::<RegistryFile>(&paths.main) {
+            Ok(file) => (Some(file), Vec::new()),
+            Err(refused) => (
+                refused.value.map(|file| *file),
+                refused.errors.into_iter().map(LoadError::File).collect(),
+            ),
+        };
         let mut fragments = Vec::new();
         match fragments::files(&paths.fragments, &mut builder.sources) {
             Ok(files) => {
@@ -292,12 +300,15 @@ impl Registry {
             Err(e) => errors.extend(e),
         }
         let result = match main {
-            Ok(file) if errors.is_empty() => builder.build(paths, file, fragments),
-            Ok(_) => Err(errors),
-            Err(e) => {
-                errors.insert(0, e);
-                Err(errors)
-            }
+            Some(file) => match builder.build(paths, file, fragments) {
+                Ok(registry) if errors.is_empty() => Ok(registry),
+                Ok(_) => Err(errors),
+                Err(invalid) => {
+                    errors.extend(invalid);
+                    Err(errors)
+                }
+            },
+            None => Err(errors),
         };
         Loaded {
             result,
@@ -550,6 +561,12 @@ impl Builder {
             // lets anyone forge tokens this sidecar accepts.
             if dev_secret {
                 uses_dev_secret = true;
+                // The bundled secret is public anyway: who can read its file
+                // adds nothing to the warning that it is the public one.
+                let file_at = format!("{at}.secret_file");
+                self.warnings.retain(
+                    |w| !matches!(w, Warning::ReadableSecret { at: a, .. } if *a == file_at),
+                );
                 self.warnings.push(Warning::DevSecret {
                     at: at.clone(),
                     kid: k.kid.clone(),

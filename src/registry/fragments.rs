@@ -85,15 +85,16 @@ fn is_fragment_name(name: &OsStr) -> bool {
     !name.starts_with(b".") && name.ends_with(b".yaml")
 }
 
-/// Reads and parses one fragment, or adds why not to `errors`. A fragment
-/// with neither key is an error: an emptied file must not read as "this
-/// team has no services".
+/// Reads and parses one fragment, adding every error to `errors`; what
+/// could be read of it (unknown and duplicate keys left out) is still
+/// returned for validation. A fragment with neither key is an error: an
+/// emptied file must not read as "this team has no services".
 pub(super) fn read(path: &Path, errors: &mut Vec<LoadError>) -> Option<Fragment> {
-    let file: RegistryFragment = match config::read_yaml(path) {
+    let file: RegistryFragment = match config::read_yaml_partial(path) {
         Ok(file) => file,
-        Err(e) => {
-            errors.push(LoadError::File(e));
-            return None;
+        Err(refused) => {
+            errors.extend(refused.errors.into_iter().map(LoadError::File));
+            *refused.value?
         }
     };
     if file.services.is_none() && file.revocation.is_none() {

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use sha2::{Digest, Sha256};
 
 use crate::config::Enforcement;
 use crate::identity::{PeerCertificate, SanKind};
@@ -40,9 +39,61 @@ pub const SERVICE_ID_HEADER: &str = "x-service-id";
 /// SHA-256 of an API key: the only form in which keys are stored.
 pub type KeyHash = [u8; 32];
 
-/// Hashes an API key exactly as the registry stores it.
+/// API keys longer than this are refused without hashing. Generated keys
+/// are 43 characters.
+pub const MAX_API_KEY_LEN: usize = 512;
+
+/// Why a Check refuses an API key before hashing it (`invalid_api_key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedApiKey {
+    #[error("the key is empty")]
+    Empty,
+    #[error("the key is longer than {MAX_API_KEY_LEN} bytes")]
+    TooLong,
+    /// Byte `position` (from 0) is not printable ASCII, or is a comma.
+    #[error(
+        "byte {} of the key is {}: a key is printable ASCII without spaces or commas",
+        position + 1,
+        describe_byte(*byte)
+    )]
+    BadByte { position: usize, byte: u8 },
+}
+
+/// Names a refused byte without echoing the secret around it.
+fn describe_byte(byte: u8) -> &'static str {
+    match byte {
+        b' ' => "a space",
+        b',' => "a comma",
+        0x80.. => "not ASCII",
+        _ => "a control character",
+    }
+}
+
+/// The shape every API key a Check accepts has: 1 to 512 bytes of printable
+/// ASCII without a comma (Envoy joins a repeated header with commas,
+/// CVE-2021-32777). The Check and `hash-key` both apply it.
+pub fn check_api_key_shape(key: &[u8]) -> Result<(), MalformedApiKey> {
+    if key.is_empty() {
+        return Err(MalformedApiKey::Empty);
+    }
+    if key.len() > MAX_API_KEY_LEN {
+        return Err(MalformedApiKey::TooLong);
+    }
+    match key.iter().position(|&b| !b.is_ascii_graphic() || b == b',') {
+        Some(position) => Err(MalformedApiKey::BadByte {
+            position,
+            byte: key[position],
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Hashes an API key exactly as the registry stores it. On every issue-mode
+/// Check, so ring's assembly SHA-256 (see `keys`' HS256 signer for why).
 pub fn hash_api_key(key: &[u8]) -> KeyHash {
-    Sha256::digest(key).into()
+    let mut hash = [0; 32];
+    hash.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, key).as_ref());
+    hash
 }
 
 /// A new random credential: 256 bits, base64url without padding. Used for API

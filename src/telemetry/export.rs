@@ -54,8 +54,55 @@ pub enum TelemetryError {
         value: String,
         reason: &'static str,
     },
+    #[error("telemetry.otlp.endpoint: {value:?} {problem}")]
+    ConfigEndpoint { value: String, problem: BadEndpoint },
+    #[error("{var}={value:?}: the endpoint {problem}")]
+    EnvEndpoint {
+        var: &'static str,
+        value: String,
+        problem: BadEndpoint,
+    },
     #[error("cannot build the OTLP metrics exporter: {0}")]
-    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    Exporter(opentelemetry_otlp::ExporterBuildError),
+}
+
+/// Why an OTLP endpoint cannot be used. Checked before anything is built,
+/// so `check-config` refuses what the exporter would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadEndpoint {
+    #[error("is not a URL such as http://127.0.0.1:4317")]
+    NotAUrl,
+    #[error(
+        "uses https, which this build's exporter cannot speak: use http:// (a collector on the node, or a TLS-terminating proxy beside the sidecar)"
+    )]
+    Https,
+    #[error("must be an http:// URL")]
+    Scheme,
+    #[error("has no host")]
+    NoHost,
+}
+
+/// An endpoint the exporter can use: an `http://` URL with a host.
+pub fn check_endpoint(endpoint: &str) -> Result<(), BadEndpoint> {
+    let uri: http::Uri = endpoint.parse().map_err(|_| BadEndpoint::NotAUrl)?;
+    match uri.scheme_str() {
+        None => return Err(BadEndpoint::NotAUrl),
+        Some("http") => {}
+        Some("https") => return Err(BadEndpoint::Https),
+        Some(_) => return Err(BadEndpoint::Scheme),
+    }
+    match uri.host() {
+        Some(host) if !host.is_empty() => Ok(()),
+        _ => Err(BadEndpoint::NoHost),
+    }
+}
+
+// By hand: `#[from]` would also make the error its source, and a caller
+// printing the chain would print it twice.
+impl From<opentelemetry_otlp::ExporterBuildError> for TelemetryError {
+    fn from(error: opentelemetry_otlp::ExporterBuildError) -> Self {
+        TelemetryError::Exporter(error)
+    }
 }
 
 /// Why the last metrics export at shutdown did not complete.
@@ -95,6 +142,16 @@ impl ExportSettings {
             Some(i) => i,
             None => env_interval(&env)?,
         };
+        match &otlp.endpoint {
+            Some(value) => {
+                check_endpoint(value).map_err(|problem| TelemetryError::ConfigEndpoint {
+                    value: value.clone(),
+                    problem,
+                })?
+            }
+            // The exporter reads the variable in effect: check that one.
+            None => env_endpoint(&env)?,
+        }
         // No endpoint anywhere: the exporter's default, spelled out so the
         // start-up line names it instead of pointing at an empty environment.
         let endpoint = match (otlp.endpoint, from_env) {
@@ -124,6 +181,23 @@ impl ExportSettings {
             service_name,
         }))
     }
+}
+
+/// Checks the endpoint variable the exporter will read, if one is set.
+fn env_endpoint(env: &impl Fn(&str) -> Option<String>) -> Result<(), TelemetryError> {
+    for var in [
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ] {
+        if let Some(value) = env(var) {
+            return check_endpoint(&value).map_err(|problem| TelemetryError::EnvEndpoint {
+                var,
+                value,
+                problem,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn env_protocol(env: &impl Fn(&str) -> Option<String>) -> Result<OtlpProtocol, TelemetryError> {
@@ -262,6 +336,47 @@ mod tests {
             }),
             service_name: None,
         }
+    }
+
+    #[test]
+    fn endpoints_the_exporter_cannot_use_are_refused_before_it_is_built() {
+        for ok in [
+            "http://127.0.0.1:4317",
+            "http://collector",
+            "http://c:4318/v1/metrics",
+        ] {
+            assert_eq!(check_endpoint(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("not a url", BadEndpoint::NotAUrl),
+            ("collector:4317", BadEndpoint::NotAUrl),
+            ("https://collector:4317", BadEndpoint::Https),
+            ("ftp://collector", BadEndpoint::Scheme),
+            ("/v1/metrics", BadEndpoint::NotAUrl),
+        ] {
+            assert_eq!(check_endpoint(bad), Err(why), "{bad}");
+        }
+        let err =
+            ExportSettings::resolve(&otlp(Some("https://c:4317"), None), env(&[])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TelemetryError::ConfigEndpoint {
+                    problem: BadEndpoint::Https,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The variable the exporter would read is checked; the file wins.
+        let vars = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url")]);
+        let err = ExportSettings::resolve(&Telemetry::default(), vars).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "OTEL_EXPORTER_OTLP_ENDPOINT=\"not a url\": the endpoint is not a URL such as http://127.0.0.1:4317"
+        );
+        let vars = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url")]);
+        assert!(ExportSettings::resolve(&otlp(Some("http://c:4317"), None), vars).is_ok());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use opentelemetry::metrics::Meter;
 
 use crate::check::Decision;
-use crate::config::{Log, LogFormat};
+use crate::config::LogFormat;
 use crate::enforcement::Disposition;
 use crate::identity::{San, SanKind};
 use crate::registry::{LoadError, Registry, Snapshot};
@@ -28,31 +28,62 @@ use metrics::Instruments;
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("log.level {level:?}: {error}")]
-    Level {
-        level: String,
-        error: tracing_subscriber::filter::ParseError,
-    },
     #[error("cannot install the log subscriber: {0}")]
     Install(String),
 }
 
-/// Installs the global `tracing` subscriber (JSON or text, to stderr).
-/// `RUST_LOG` overrides the configured level when set.
-pub fn init_logging(log: &Log) -> Result<(), LogError> {
-    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
-        Ok(filter) => filter,
-        Err(_) => {
-            tracing_subscriber::EnvFilter::try_new(&log.level).map_err(|error| LogError::Level {
-                level: log.level.clone(),
-                error,
-            })?
+/// The levels a log filter may name (in any case).
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// Why a log filter (`log.level`, `RUST_LOG`) is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BadLogFilter {
+    /// `tracing` would read a bare word as a target name and log nothing
+    /// else, so a directive must be a level or end in `=level`.
+    #[error(
+        "{0:?} is not a level, nor target=level: use error, warn, info, debug or trace, or directives such as info,service_auth=debug"
+    )]
+    NoLevel(String),
+    #[error("{0}")]
+    Syntax(tracing_subscriber::filter::ParseError),
+}
+
+/// Parses a log filter: comma-separated directives, each a level or
+/// `target[span]=level`, the level one of [`LOG_LEVELS`]. `serve` and
+/// `check-config` both read `log.level` (or `RUST_LOG`) through this.
+pub fn log_filter(spec: &str) -> Result<tracing_subscriber::EnvFilter, BadLogFilter> {
+    let is_level = |word: &str| LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word));
+    let directives: Vec<&str> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Err(BadLogFilter::NoLevel(spec.to_owned()));
+    }
+    for directive in &directives {
+        // The level is after the last `=`; without one, the whole directive.
+        let level = directive
+            .rsplit_once('=')
+            .map_or(*directive, |(_, level)| level);
+        if !is_level(level.trim()) {
+            return Err(BadLogFilter::NoLevel((*directive).to_owned()));
         }
-    };
+    }
+    // `tracing` itself does not trim around commas.
+    tracing_subscriber::EnvFilter::try_new(directives.join(",")).map_err(BadLogFilter::Syntax)
+}
+
+/// Installs the global `tracing` subscriber (JSON or text, to stderr) with
+/// `filter` (see [`log_filter`]).
+pub fn init_logging(
+    filter: tracing_subscriber::EnvFilter,
+    format: LogFormat,
+) -> Result<(), LogError> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let result = match log.format {
+    let result = match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

@@ -88,3 +88,34 @@ impl Decoder for RawCodec {
             .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 }
+
+/// The string `key` of the `service_auth` dynamic metadata a response
+/// carries (`reason`, `would_deny`, `service_id`...), if any.
+pub fn metadata<'r>(resp: &'r CheckResponse, key: &str) -> Option<&'r str> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let meta = resp.dynamic_metadata.as_ref()?;
+    let Some(Kind::StructValue(inner)) = &meta.fields.get("service_auth")?.kind else {
+        return None;
+    };
+    match &inner.fields.get(key)?.kind {
+        Some(Kind::StringValue(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// Whether the response lets the request through (an OK response).
+pub fn is_ok(resp: &CheckResponse) -> bool {
+    use envoy_types::ext_authz::v3::pb::HttpResponse;
+    matches!(resp.http_response, Some(HttpResponse::OkResponse(_)))
+}
+
+/// "allow", or the denial reason the response's metadata names.
+pub fn outcome(resp: &CheckResponse) -> String {
+    if is_ok(resp) {
+        return "allow".into();
+    }
+    match metadata(resp, "reason") {
+        Some(reason) => reason.to_owned(),
+        None => panic!("a denial without a reason: {resp:?}"),
+    }
+}

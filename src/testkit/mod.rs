@@ -3,12 +3,12 @@
 //! registry and config files built from the typed config structs, a token
 //! forger and a clock tests move by hand. Never a second copy of any of them.
 //!
-//! Only [`pki`] is part of a normal build (`dev-pki` generates real
+//! Only [`pki`] (a re-export of the crate's `pki` module) is part of a normal build (`dev-pki` generates real
 //! certificates with it); the rest needs the `test-util` feature, which the
 //! crate's own tests, benchmarks and fuzz targets turn on. Nothing here is
 //! used by `serve`.
 
-pub mod pki;
+pub use crate::pki;
 
 #[cfg(feature = "test-util")]
 mod clock;
@@ -18,6 +18,8 @@ mod fixture;
 mod forge;
 #[cfg(feature = "test-util")]
 pub mod grpc;
+#[cfg(feature = "test-util")]
+mod memory;
 #[cfg(feature = "test-util")]
 mod request;
 
@@ -30,6 +32,8 @@ pub use fixture::{
 };
 #[cfg(feature = "test-util")]
 pub use forge::{claims_json, forge_hs256};
+#[cfg(feature = "test-util")]
+pub use memory::Memory;
 #[cfg(feature = "test-util")]
 pub use request::{Req, decide, grpc_frame};
 

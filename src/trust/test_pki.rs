@@ -1,16 +1,14 @@
-//! Test PKI for the trust tests, generated with rcgen and dated around a
-//! fixed instant so verdict windows are exact.
+//! The trust tests' PKI (compiled only under #[cfg(test)], see `trust.rs`):
+//! the shared builder (`crate::pki`) with every certificate dated around a
+//! fixed instant, so verdict windows are exact.
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
-    SanType, SerialNumber,
-};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose, SanType};
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 use super::Bundle;
+use crate::pki;
 
 /// A fixed "now" so windows are exact; certificates are dated around it.
 pub(super) const NOW: i64 = 1_800_000_000;
@@ -20,23 +18,11 @@ pub(super) fn at(t: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(t).unwrap()
 }
 
-pub(super) struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
+pub(super) struct Ca(pki::Ca);
 
 /// CA parameters valid from NOW - 2 days to NOW + 365 days.
 pub(super) fn ca_params(name: &str) -> CertificateParams {
-    let mut p = CertificateParams::default();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p.not_before = at(NOW - 2 * DAY);
-    p.not_after = at(NOW + 365 * DAY);
-    p
+    pki::ca_params(name, None, at(NOW - 2 * DAY), at(NOW + 365 * DAY))
 }
 
 impl Ca {
@@ -47,9 +33,7 @@ impl Ca {
     pub(super) fn root_with(name: &str, edit: impl FnOnce(&mut CertificateParams)) -> Ca {
         let mut p = ca_params(name);
         edit(&mut p);
-        Ca {
-            issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
-        }
+        Ca(pki::Ca::root_from(p).unwrap())
     }
 
     pub(super) fn intermediate(&self, name: &str) -> Ca {
@@ -63,14 +47,11 @@ impl Ca {
     ) -> Ca {
         let mut p = ca_params(name);
         edit(&mut p);
-        let key = KeyPair::generate().unwrap();
-        Ca {
-            issuer: CertifiedIssuer::signed_by(p, key, &self.issuer).unwrap(),
-        }
+        Ca(self.0.intermediate_from(p).unwrap())
     }
 
     pub(super) fn pem(&self) -> String {
-        self.issuer.pem()
+        self.0.cert_pem()
     }
 
     /// A client leaf for one SPIFFE ID, valid NOW - 1 day .. NOW + 30 days.
@@ -89,28 +70,14 @@ impl Ca {
         p.not_before = at(NOW - DAY);
         p.not_after = at(NOW + 30 * DAY);
         edit(&mut p);
-        let key = KeyPair::generate().unwrap();
-        p.signed_by(&key, &self.issuer).unwrap().der().to_vec()
+        self.0.issue(p).unwrap().der
     }
 
+    /// A CRL revoking `serials`, issued a day before NOW, valid a week.
     pub(super) fn crl(&self, serials: &[&[u8]]) -> String {
-        let params = CertificateRevocationListParams {
-            this_update: at(NOW - DAY),
-            next_update: at(NOW + 7 * DAY),
-            crl_number: SerialNumber::from(1u64),
-            issuing_distribution_point: None,
-            revoked_certs: serials
-                .iter()
-                .map(|s| RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(s),
-                    revocation_time: at(NOW - DAY),
-                    reason_code: None,
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: KeyIdMethod::Sha256,
-        };
-        params.signed_by(&self.issuer).unwrap().pem().unwrap()
+        self.0
+            .try_crl_pem_at(serials, at(NOW - DAY), at(NOW + 7 * DAY), at(NOW - DAY))
+            .unwrap()
     }
 }
 
@@ -136,14 +103,7 @@ pub(super) fn mesh() -> (Ca, Ca) {
     (root, inter)
 }
 
+/// `der` as one PEM block labelled `label`.
 pub(super) fn pem_of(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    pem_rfc7468::encode_string(label, pem_rfc7468::LineEnding::LF, der).unwrap()
 }

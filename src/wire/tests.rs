@@ -1,6 +1,7 @@
-//! Differential tests: the partial decode against prost's full decode of
-//! `CheckRequest`, on valid requests, their mutations, hand-written edge
-//! cases of the wire format, and random input.
+//! Differential tests (compiled only under #[cfg(test)], see `mod.rs`): the
+//! partial decode against prost's full decode of `CheckRequest`, on valid
+//! requests, their mutations, hand-written edge cases of the wire format,
+//! and random input.
 
 use std::collections::HashMap;
 

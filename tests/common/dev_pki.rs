@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use service_auth::config::{StaticConfig, parse_yaml};
+use service_auth::config::{ListenAddr, StaticConfig, parse_yaml};
 
 /// Where the Compose file and the README expect `dev-pki` output.
 pub const DEMO_PKI: &str = "demo-pki";
@@ -69,15 +69,31 @@ impl DevPki {
     }
 
     /// Writes `config` as `service-auth.test.yaml` beside the generated one,
-    /// so its relative paths resolve the same, and returns its path.
+    /// so its relative paths resolve the same, and returns its path. Its admin
+    /// listener, if any, moves to a kernel-chosen port: tests run in
+    /// parallel, and only one of them could bind the generated 9192.
     pub fn write_config(&self, config: &StaticConfig) -> PathBuf {
+        let mut config = config.clone();
+        if let Some(admin) = &mut config.admin {
+            admin.listen = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
+        }
         let path = self.dir.join("service-auth.test.yaml");
-        std::fs::write(&path, serde_yaml::to_string(config).unwrap()).unwrap();
+        std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
         path
     }
 
-    /// An mTLS client presenting `clients/<service>.{crt,key}`, trusting the
-    /// development CA.
+    /// The DER of every certificate in `relative` (a chain or bundle file), in
+    /// file order.
+    pub fn certificates(&self, relative: &str) -> Vec<Vec<u8>> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::pem_slice_iter(self.read(relative).as_bytes())
+            .map(|c| c.unwrap().to_vec())
+            .collect()
+    }
+
+    /// An mTLS client presenting `clients/<service>.{crt,key}` (the
+    /// certificate and the intermediate), trusting the development root CA.
     pub fn client(&self, service: &str) -> reqwest::Client {
         let identity = format!(
             "{}{}",
@@ -96,7 +112,7 @@ impl DevPki {
     }
 
     /// A rustls client config trusting `ca` (relative to the dev-pki dir) and
-    /// presenting the pair `cert`/`key`, for raw TLS connections.
+    /// presenting the chain in `cert` with `key`, for raw TLS connections.
     pub fn rustls_client(&self, ca: &str, cert: &str, key: &str) -> Arc<rustls::ClientConfig> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -111,7 +127,10 @@ impl DevPki {
         .unwrap()
         .with_root_certificates(roots)
         .with_client_auth_cert(
-            vec![CertificateDer::from_pem_slice(self.read(cert).as_bytes()).unwrap()],
+            // The whole chain, as curl sends it: Envoy trusts only the root.
+            CertificateDer::pem_slice_iter(self.read(cert).as_bytes())
+                .map(|c| c.unwrap())
+                .collect(),
             PrivateKeyDer::from_pem_slice(self.read(key).as_bytes()).unwrap(),
         )
         .unwrap();

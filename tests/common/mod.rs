@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod dev_pki;
+pub mod load;
 pub mod otlp;
 pub mod procs;
 

@@ -152,6 +152,12 @@ impl Sidecar {
         authz_client(self.addr()).await
     }
 
+    /// The admin listener's address, from the `admin_listening` log line
+    /// (logged before the sidecar reports SERVING); `None` without one.
+    pub fn admin_addr(&self) -> Option<ListenAddr> {
+        logged_address(&self.log_text(), "admin_listening")
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -201,9 +207,14 @@ impl Drop for Sidecar {
 
 /// The address in the sidecar's `{"event":"listening","address":...}` line.
 fn listening_address(log: &str) -> Option<ListenAddr> {
+    logged_address(log, "listening")
+}
+
+/// The `address` of the first log line with this `event`.
+fn logged_address(log: &str, event: &str) -> Option<ListenAddr> {
     log.lines().find_map(|line| {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        (v["event"] == "listening").then_some(())?;
+        (v["event"] == event).then_some(())?;
         v["address"].as_str()?.parse().ok()
     })
 }

@@ -1,7 +1,8 @@
 //! A PKI built with rcgen: CAs (roots and intermediates), client
 //! certificates of every shape the decision must judge, server
-//! certificates, CRLs, and the URL-encoding Envoy applies to a forwarded
-//! certificate.
+//! certificates, certificate chains as PEM files hold them, CRLs, and the
+//! URL-encoding Envoy applies to a forwarded certificate. Tests, benchmarks,
+//! fuzz targets and `dev-pki` all build their certificates here.
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -37,6 +38,28 @@ impl Issued {
 
     pub fn sha256_hex(&self) -> String {
         hex::encode(self.sha256())
+    }
+
+    /// This certificate followed by the CAs that issued it, leaf first: what
+    /// a TLS peer presents (`certificate_chain`, curl's `--cert`), so a
+    /// verifier that trusts only the root can build the path.
+    pub fn chain_pem(&self, issuers: &[&Ca]) -> String {
+        self.cert_pem.clone() + &Ca::bundle_pem(issuers)
+    }
+}
+
+/// The first PEM block of `pem` (with its END line and newline): the leaf
+/// of a chain file, which is all Envoy forwards of a peer's chain.
+#[cfg(feature = "test-util")]
+pub fn leaf_pem(pem: &str) -> &str {
+    const END: &str = "-----END CERTIFICATE-----";
+    match pem.find(END) {
+        Some(at) => {
+            let end = at + END.len();
+            let end = end + usize::from(pem[end..].starts_with('\n'));
+            &pem[..end]
+        }
+        None => pem,
     }
 }
 
@@ -85,9 +108,16 @@ impl ClientSpec {
         }
     }
 
-    pub fn with_uri(mut self, uri: &str) -> Self {
-        self.sans.push(SanType::URI(ia5(uri)));
-        self
+    pub fn with_uri(self, uri: &str) -> Self {
+        self.try_with_uri(uri)
+            .unwrap_or_else(|_| panic!("{uri:?} is not an IA5 (ASCII) string"))
+    }
+
+    /// Adds a URI SAN, refusing one that is not ASCII (IA5).
+    pub fn try_with_uri(mut self, uri: &str) -> Result<Self, PkiError> {
+        self.sans
+            .push(SanType::URI(rcgen::string::Ia5String::try_from(uri)?));
+        Ok(self)
     }
 
     pub fn with_cn(mut self, cn: &str) -> Self {
@@ -136,16 +166,32 @@ impl Ca {
     /// A self-signed root CA, with an optional path length constraint.
     pub fn try_root(name: &str, path_len: Option<u8>) -> Result<Self, PkiError> {
         let now = OffsetDateTime::now_utc();
-        let key = KeyPair::generate()?;
-        let key_pem = key.serialize_pem();
-        let params = ca_params(
+        Self::root_from(ca_params(
             name,
             path_len,
             now - Duration::days(2),
             now + Duration::days(365),
-        );
+        ))
+    }
+
+    /// A self-signed root CA from `params` as the caller shaped them (see
+    /// [`ca_params`]): for tests of unusual CAs (fixed dates, name
+    /// constraints, missing key usages).
+    pub fn root_from(params: CertificateParams) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
         Ok(Ca {
             issuer: CertifiedIssuer::self_signed(params, key)?,
+            key_pem,
+        })
+    }
+
+    /// An intermediate CA from `params`, signed by this one.
+    pub fn intermediate_from(&self, params: CertificateParams) -> Result<Ca, PkiError> {
+        let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
+        Ok(Ca {
+            issuer: CertifiedIssuer::signed_by(params, key, &self.issuer)?,
             key_pem,
         })
     }
@@ -164,13 +210,7 @@ impl Ca {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Result<Ca, PkiError> {
-        let key = KeyPair::generate()?;
-        let key_pem = key.serialize_pem();
-        let params = ca_params(name, None, not_before, not_after);
-        Ok(Ca {
-            issuer: CertifiedIssuer::signed_by(params, key, &self.issuer)?,
-            key_pem,
-        })
+        self.intermediate_from(ca_params(name, None, not_before, not_after))
     }
 
     pub fn cert_pem(&self) -> String {
@@ -213,7 +253,7 @@ impl Ca {
         if let Some(serial) = &spec.serial {
             params.serial_number = Some(SerialNumber::from_slice(serial));
         }
-        self.sign(params)
+        self.issue(params)
     }
 
     /// A TLS server certificate for `names` (DNS names or IP addresses),
@@ -234,10 +274,12 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(days);
-        self.sign(params)
+        self.issue(params)
     }
 
-    fn sign(&self, params: CertificateParams) -> Result<Issued, PkiError> {
+    /// A certificate from `params` as the caller shaped them, signed by
+    /// this CA with a fresh key.
+    pub fn issue(&self, params: CertificateParams) -> Result<Issued, PkiError> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
@@ -263,10 +305,27 @@ impl Ca {
         serials: &[&[u8]],
         next_update: OffsetDateTime,
     ) -> Result<String, PkiError> {
-        use rcgen::{CertificateRevocationListParams, RevokedCertParams};
         let now = OffsetDateTime::now_utc();
+        self.try_crl_pem_at(
+            serials,
+            next_update.min(now) - Duration::days(1),
+            next_update,
+            now - Duration::minutes(5),
+        )
+    }
+
+    /// A PEM CRL with every date given: issued at `this_update`, valid
+    /// until `next_update`, each serial revoked at `revoked_at`.
+    pub fn try_crl_pem_at(
+        &self,
+        serials: &[&[u8]],
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+        revoked_at: OffsetDateTime,
+    ) -> Result<String, PkiError> {
+        use rcgen::{CertificateRevocationListParams, RevokedCertParams};
         let params = CertificateRevocationListParams {
-            this_update: next_update.min(now) - Duration::days(1),
+            this_update,
             next_update,
             crl_number: SerialNumber::from(1u64),
             issuing_distribution_point: None,
@@ -274,7 +333,7 @@ impl Ca {
                 .iter()
                 .map(|s| RevokedCertParams {
                     serial_number: SerialNumber::from_slice(s),
-                    revocation_time: now - Duration::minutes(5),
+                    revocation_time: revoked_at,
                     reason_code: None,
                     invalidity_date: None,
                 })
@@ -285,7 +344,9 @@ impl Ca {
     }
 }
 
-fn ca_params(
+/// The parameters of a CA certificate (key and CRL signing), for
+/// [`Ca::root_from`] and [`Ca::intermediate_from`] to start from.
+pub fn ca_params(
     name: &str,
     path_len: Option<u8>,
     not_before: OffsetDateTime,
@@ -305,4 +366,23 @@ fn ca_params(
     params.not_before = not_before;
     params.not_after = not_after;
     params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_is_the_leaf_then_its_issuers_and_leaf_pem_takes_the_leaf_back() {
+        let root = Ca::new("root");
+        let intermediate = root.intermediate("intermediate");
+        let leaf = intermediate.client(&ClientSpec::uri("spiffe://t/a"));
+        let chain = leaf.chain_pem(&[&intermediate]);
+        assert_eq!(
+            chain,
+            format!("{}{}", leaf.cert_pem, intermediate.cert_pem())
+        );
+        assert_eq!(leaf_pem(&chain), leaf.cert_pem);
+        assert_eq!(leaf_pem(&leaf.cert_pem), leaf.cert_pem);
+    }
 }
