@@ -129,6 +129,11 @@ fn scenario(
     config.reload.poll_interval = Duration::from_secs(3600);
     let config = fixture.write_config(&config);
 
+    if std::env::var_os("KEEP").is_some() {
+        println!("config: {}", config.display());
+        std::mem::forget(fixture);
+        return;
+    }
     let sidecar = runtime.block_on(Sidecar::start(&config));
     let pid = sidecar.pid();
     let steady = settled_rss(pid);
@@ -159,6 +164,11 @@ fn scenario(
         peaks.push(memory_kib(pid).0);
     }
     let elapsed = started.elapsed();
+    if std::env::var_os("VERBOSE").is_some() {
+        let each: Vec<String> = rest.iter().map(|&k| format!("{:.1}", mib(k))).collect();
+        let high: Vec<String> = peaks.iter().map(|&k| format!("{:.1}", mib(k))).collect();
+        println!("  at rest: {}\n  peaks: {}", each.join(" "), high.join(" "));
+    }
     let highest = peaks.iter().copied().max().unwrap_or(0);
     let at = |n: usize| rest.get(n - 1).copied().unwrap_or(0);
     println!(

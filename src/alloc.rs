@@ -1,34 +1,45 @@
-//! The allocator tuning behind the sidecar's steady memory: the only module
-//! with `unsafe` code (two glibc calls), each with its SAFETY note.
+//! The allocator behind the sidecar's memory across registry reloads: the
+//! only module with `unsafe` code (one kind of jemalloc control call, with
+//! its SAFETY note).
 //!
-//! glibc adapts its trim and mmap thresholds upwards after large frees and
-//! then keeps tens of MiB that a registry reload freed; it also keeps freed
-//! memory in per-thread arenas. Fixed thresholds plus a trim after each
-//! reload give large parse buffers back to the OS: with a 10,000-service
-//! registry, peak RSS during reloads drops from ~65 to ~53 MiB and the
-//! steady state from ~36 to ~17 MiB (see docs/performance.md).
+//! A reload parses the registry files and builds the next registry while the
+//! serving one stays alive, then drops the old one: hundreds of thousands of
+//! small allocations freed in an order unrelated to the one they were made
+//! in. glibc's malloc kept the freed pages wherever one live allocation
+//! shared them, so the RSS at rest crept up by a third after the first
+//! reloads, and its per-thread arenas made the figures depend on which
+//! blocking thread ran each reload. jemalloc groups allocations by size
+//! class and, with its decay times at zero, hands a run of pages back to the
+//! OS as soon as nothing in it is live: RSS at rest stays where the first
+//! load left it, and the reload peak stays under twice that
+//! (docs/performance.md, "Reload memory").
+//!
+//! The binary installs [`Allocator`] as its global allocator (src/main.rs);
+//! tests and benchmarks that run the sidecar in-process keep the system one.
 #![allow(unsafe_code)]
 
-/// Fixes glibc's trim and mmap thresholds. Call once, before any thread starts.
-pub fn tune() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; it is called before
-    // any other thread exists, so no allocation races with the change.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
-}
+/// The global allocator the `service-auth` binary installs.
+pub use tikv_jemallocator::Jemalloc as Allocator;
 
-/// Hands memory freed by a registry reload back to the OS. Parsing a large
-/// registry allocates far more than the snapshot keeps, on whichever
-/// blocking thread ran it; without this, RSS grows with every reload until
-/// every arena has held one parse.
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists and is
-    // thread-safe in glibc.
-    unsafe {
-        libc::malloc_trim(0);
+/// Makes jemalloc return freed pages at once instead of after its default
+/// ten seconds: a reload frees tens of MiB in one go, and an operator sizes
+/// the memory limit by the peak, which a second reload within those ten
+/// seconds would otherwise raise. Call once, before the runtime starts any
+/// thread: arenas created later take the new default, and arena
+/// 0 (the only one then) is set directly. The request path allocates little
+/// and reuses it through jemalloc's thread caches, so it rarely frees a
+/// whole page run (measured: docs/performance.md).
+pub fn tune() {
+    const CONTROLS: [&[u8]; 4] = [
+        b"arenas.dirty_decay_ms\0",
+        b"arenas.muzzy_decay_ms\0",
+        b"arena.0.dirty_decay_ms\0",
+        b"arena.0.muzzy_decay_ms\0",
+    ];
+    for name in CONTROLS {
+        // SAFETY: each of these controls is an `ssize_t` (jemalloc's
+        // mallctl documentation), which `isize` is on every target; a
+        // control the allocator refuses leaves its default in place.
+        let _ = unsafe { tikv_jemalloc_ctl::raw::write(name, 0isize) };
     }
 }

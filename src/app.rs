@@ -309,8 +309,6 @@ async fn load_then_reload(
         services = registry.services().len(),
     );
     snapshot.store(Arc::new(registry));
-    // As after every reload: what parsing freed goes back to the OS.
-    let _ = tokio::task::spawn_blocking(crate::alloc::release_freed_memory).await;
     let reloader = Reloader::start(paths, attempt.sources, snapshot, observer, &reload);
     readiness.serving().await;
     let _ = loaded.send(Ok(()));

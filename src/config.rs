@@ -179,6 +179,9 @@ pub fn parse_yaml_partial<T: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
 ) -> Result<T, Partial<T>> {
+    if let Some(value) = streamed(text) {
+        return Ok(value);
+    }
     let refused = match serde_yaml::from_str(text) {
         Ok(value) => return Ok(value),
         Err(e) => e,
@@ -202,6 +205,21 @@ pub fn parse_yaml_partial<T: serde::de::DeserializeOwned>(
             value: None,
         }),
     }
+}
+
+/// EXPERIMENT: serde-saphyr streams events into `T`.
+fn streamed<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = usize::MAX;
+    budget.max_nodes = usize::MAX;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.strict_booleans = true;
+    options.merge_keys = serde_saphyr::MergeKeyPolicy::Error;
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
+    options.reject_unsupported_tags = true;
+    options.with_snippet = false;
+    serde_saphyr::from_str_with_options(text, options).ok()
 }
 
 /// Reads a whole UTF-8 file, refusing anything larger than `limit` bytes.
@@ -803,6 +821,7 @@ pub struct RegistryFile {
     pub throttle: Option<ThrottleSection>,
     /// Required (`services: []` for none): a truncated file must not read
     /// as an empty registry.
+    #[serde(deserialize_with = "exact::vec")]
     pub services: Vec<ServiceEntry>,
 }
 
@@ -973,14 +992,19 @@ pub struct RevocationSection {
 #[serde(deny_unknown_fields)]
 pub struct ServiceEntry {
     pub id: String,
+    #[serde(deserialize_with = "exact::vec")]
     pub principals: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "exact::vec"
+    )]
     pub certificate_sha256: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact::vec")]
     pub scopes: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact::vec")]
     pub api_keys: Vec<ApiKeyEntry>,
     /// Overrides the registry-wide `enforcement` for this caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -994,6 +1018,25 @@ pub struct ApiKeyEntry {
     pub sha256: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<String>,
+}
+
+/// Lists kept at their length. serde grows a `Vec` by doubling when the
+/// format does not say how long a list is (a streaming YAML reader never
+/// does), and a large registry holds a few lists per service while a reload
+/// builds the next snapshot beside the serving one: with one API key per
+/// service, the spare capacity was a third of the parsed file's memory.
+mod exact {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        let mut items = Vec::<T>::deserialize(d)?;
+        items.shrink_to_fit();
+        Ok(items)
+    }
 }
 
 /// `300ms`, `30s`, `5m`, `1h` (anything `humantime` accepts) both ways.

@@ -8,6 +8,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc, for flat memory across registry reloads (see `alloc`).
+#[global_allocator]
+static ALLOCATOR: service_auth::alloc::Allocator = service_auth::alloc::Allocator;
+
 fn main() -> ExitCode {
     match commands::run(commands::Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -79,7 +79,6 @@ impl Reloader {
                 }
                 Err(errors) => self.observer.reload(Err(&errors)),
             }
-            let _ = tokio::task::spawn_blocking(crate::alloc::release_freed_memory).await;
         }
     }
 }

@@ -282,23 +282,7 @@ impl Registry {
             bundles: HashMap::new(),
             now: OffsetDateTime::now_utc().unix_timestamp(),
         };
-        // A file refused only for unknown or duplicate keys is still
-        // validated without them, so every error shows in one load (the
-        // registry is rejected all the same).
-        let (main, mut errors) = match config::read_yaml_partial::<RegistryFile>(&paths.main) {
-            Ok(file) => (Some(file), Vec::new()),
-            Err(refused) => (
-                refused.value.map(|file| *file),
-                refused.errors.into_iter().map(LoadError::File).collect(),
-            ),
-        };
-        let mut fragments = Vec::new();
-        match fragments::files(&paths.fragments, &mut builder.sources) {
-            Ok(files) => {
-                fragments.extend(files.iter().filter_map(|p| fragments::read(p, &mut errors)));
-            }
-            Err(e) => errors.extend(e),
-        }
+        let (main, mut errors, fragments) = read_files(paths, &mut builder.sources);
         let result = match main {
             Some(file) => match builder.build(paths, file, fragments) {
                 Ok(registry) if errors.is_empty() => Ok(registry),
@@ -317,11 +301,45 @@ impl Registry {
     }
 }
 
-/// The services and revocations of one file, main or fragment.
+/// Reads and parses the main file and every fragment: the main file (what
+/// could be read of it) and its errors, then the fragments.
+fn read_files(
+    paths: &RegistryPaths,
+    sources: &mut Vec<PathBuf>,
+) -> (Option<RegistryFile>, Vec<LoadError>, Vec<Fragment>) {
+    // A file refused only for unknown or duplicate keys is still
+    // validated without them, so every error shows in one load (the
+    // registry is rejected all the same).
+    let (main, mut errors) = match config::read_yaml_partial::<RegistryFile>(&paths.main) {
+        Ok(file) => (Some(file), Vec::new()),
+        Err(refused) => (
+            refused.value.map(|file| *file),
+            refused.errors.into_iter().map(LoadError::File).collect(),
+        ),
+    };
+    let mut fragments = Vec::new();
+    match fragments::files(&paths.fragments, sources) {
+        Ok(files) => {
+            fragments.extend(files.iter().filter_map(|p| fragments::read(p, &mut errors)));
+        }
+        Err(e) => errors.extend(e),
+    }
+    (main, errors, fragments)
+}
+
+/// One file, main or fragment: where it is and its revocations. Its
+/// services are consumed one entry at a time (see [`Builder::build`]).
 struct Document<'f> {
     path: &'f Path,
-    services: &'f [ServiceEntry],
     revocation: Option<&'f RevocationSection>,
+}
+
+/// What the uniqueness checks remember of an entry once it is consumed:
+/// where it was written and its id, for the message about a later copy.
+struct Seen {
+    document: usize,
+    index: usize,
+    id: Arc<str>,
 }
 
 struct Builder {
@@ -358,56 +376,78 @@ impl Builder {
     fn build(
         &mut self,
         paths: &RegistryPaths,
-        file: RegistryFile,
-        fragments: Vec<Fragment>,
+        mut file: RegistryFile,
+        mut fragments: Vec<Fragment>,
     ) -> Result<Registry, Vec<LoadError>> {
         let token = self.token(&file);
         let request = self.request(&file);
         let throttle = self.throttle(&file);
         let trust_domains = self.trust_domains(&file);
 
+        // The parsed entries are taken out of their files and dropped one
+        // by one as they become services, so a reload holds the parsed
+        // file and the new registry together only for the entry at hand
+        // (memory: docs/performance.md, "Reload memory").
+        let batches: Vec<Vec<ServiceEntry>> = std::iter::once(std::mem::take(&mut file.services))
+            .chain(
+                fragments
+                    .iter_mut()
+                    .map(|f| f.file.services.take().unwrap_or_default()),
+            )
+            .collect();
         let documents: Vec<Document<'_>> = std::iter::once(Document {
             path: &paths.main,
-            services: &file.services,
             revocation: Some(&file.revocation),
         })
         .chain(fragments.iter().map(|f| Document {
             path: &f.path,
-            services: f.file.services.as_deref().unwrap_or_default(),
             revocation: f.file.revocation.as_ref(),
         }))
         .collect();
-        let total = documents.iter().map(|d| d.services.len()).sum();
+        let total = batches.iter().map(Vec::len).sum();
 
         let mut services = Vec::with_capacity(total);
         let mut by_id = HashMap::with_capacity(total);
-        let mut by_uri: HashMap<String, usize> = HashMap::with_capacity(total);
-        let mut by_dns: HashMap<String, usize> = HashMap::new();
-        let mut by_key_hash: HashMap<KeyHash, usize> = HashMap::with_capacity(total);
+        // Principal and key hash -> (entry, position in it), the position
+        // for the message about a later copy; reduced to the entry below.
+        let mut by_uri: HashMap<String, (usize, usize)> = HashMap::with_capacity(total);
+        let mut by_dns: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut by_key_hash: HashMap<KeyHash, (usize, usize)> = HashMap::with_capacity(total);
         // Uniqueness is checked over every entry as written, valid or not and
         // across every file, so a duplicate is reported even when one of its
-        // copies has other errors. `entries[g]` is entry `g` of the merged
-        // list: (document, index in it, the entry).
-        let mut entries: Vec<(usize, usize, &ServiceEntry)> = Vec::with_capacity(total);
-        let mut seen_ids: HashMap<&str, usize> = HashMap::with_capacity(total);
-        for (d, document) in documents.iter().enumerate() {
-            self.file = document.path.to_path_buf();
-            for (i, entry) in document.services.iter().enumerate() {
-                let g = entries.len();
-                entries.push((d, i, entry));
+        // copies has other errors. `seen[g]` is entry `g` of the merged list.
+        let mut seen: Vec<Seen> = Vec::with_capacity(total);
+        let mut seen_ids: HashMap<Arc<str>, usize> = HashMap::with_capacity(total);
+        let origin = |seen: &[Seen], g: usize, rest: &str| {
+            let first = &seen[g];
+            Origin {
+                file: documents[first.document].path.to_path_buf(),
+                at: format!("services[{}]{rest}", first.index),
+            }
+        };
+        for (d, batch) in batches.into_iter().enumerate() {
+            self.file = documents[d].path.to_path_buf();
+            for (i, entry) in batch.into_iter().enumerate() {
+                let g = seen.len();
                 let at = format!("services[{i}]");
-                if let Some(&other) = seen_ids.get(entry.id.as_str()) {
-                    let first = origin(&documents, &entries, other, ".id");
-                    self.err(
+                let id: Arc<str> = Arc::from(entry.id.as_str());
+                match seen_ids.get(&id) {
+                    Some(&other) => self.err(
                         format!("{at}.id"),
                         Problem::DuplicateServiceId {
                             id: entry.id.clone(),
-                            first,
+                            first: origin(&seen, other, ".id"),
                         },
-                    );
-                } else {
-                    seen_ids.insert(&entry.id, g);
+                    ),
+                    None => {
+                        seen_ids.insert(id.clone(), g);
+                    }
                 }
+                seen.push(Seen {
+                    document: d,
+                    index: i,
+                    id,
+                });
                 for (j, principal) in entry.principals.iter().enumerate() {
                     let Some(san) = normalize_principal(principal) else {
                         continue;
@@ -417,26 +457,19 @@ impl Builder {
                         SanKind::Dns => &mut by_dns,
                     };
                     match map.get(&san.value) {
-                        Some(&other) => {
-                            let (_, _, owner) = entries[other];
-                            let k = owner
-                                .principals
-                                .iter()
-                                .position(|p| normalize_principal(p).as_ref() == Some(&san))
-                                .unwrap_or(0);
-                            let first =
-                                origin(&documents, &entries, other, &format!(".principals[{k}]"));
+                        Some(&(other, k)) => {
+                            let first = origin(&seen, other, &format!(".principals[{k}]"));
                             self.err(
                                 format!("{at}.principals[{j}]"),
                                 Problem::PrincipalClaimed {
                                     principal: san.value,
-                                    owner: owner.id.clone(),
+                                    owner: seen[other].id.to_string(),
                                     first,
                                 },
                             );
                         }
                         None => {
-                            map.insert(san.value, g);
+                            map.insert(san.value, (g, j));
                         }
                     }
                 }
@@ -445,39 +478,38 @@ impl Builder {
                         continue;
                     };
                     match by_key_hash.get(&hash) {
-                        Some(&other) => {
-                            let (_, _, owner) = entries[other];
-                            let k = owner
-                                .api_keys
-                                .iter()
-                                .position(|k| parse_sha256(&k.sha256) == Some(hash))
-                                .unwrap_or(0);
-                            let first = origin(
-                                &documents,
-                                &entries,
-                                other,
-                                &format!(".api_keys[{k}].sha256"),
-                            );
+                        Some(&(other, k)) => {
+                            let first = origin(&seen, other, &format!(".api_keys[{k}].sha256"));
                             self.err(
                                 format!("{at}.api_keys[{j}].sha256"),
                                 Problem::DuplicateKeyHash {
                                     key: key.id.clone(),
-                                    owner: owner.id.clone(),
+                                    owner: seen[other].id.to_string(),
                                     first,
                                 },
                             );
                         }
                         None => {
-                            by_key_hash.insert(hash, g);
+                            by_key_hash.insert(hash, (g, j));
                         }
                     }
                 }
-                if let Some(service) = self.service(entry, &at) {
+                if let Some(service) = self.service(&entry, &at) {
                     by_id.entry(service.id.clone()).or_insert(g);
                     services.push(service);
                 }
             }
         }
+        drop((seen, seen_ids));
+        let entry_of = |(g, _): (usize, usize)| g;
+        let by_uri: HashMap<String, usize> =
+            by_uri.into_iter().map(|(k, v)| (k, entry_of(v))).collect();
+        let by_dns: HashMap<String, usize> =
+            by_dns.into_iter().map(|(k, v)| (k, entry_of(v))).collect();
+        let by_key_hash: HashMap<KeyHash, usize> = by_key_hash
+            .into_iter()
+            .map(|(k, v)| (k, entry_of(v)))
+            .collect();
         let revocations = self.revocations(&documents);
         self.file = paths.main.clone();
         self.header_roles(&file);
@@ -1017,19 +1049,6 @@ impl Builder {
 }
 
 /// Where merged entry `g` is: its file and `services[i]` followed by `rest`.
-fn origin(
-    documents: &[Document<'_>],
-    entries: &[(usize, usize, &ServiceEntry)],
-    g: usize,
-    rest: &str,
-) -> Origin {
-    let (d, i, _) = entries[g];
-    Origin {
-        file: documents[d].path.to_path_buf(),
-        at: format!("services[{i}]{rest}"),
-    }
-}
-
 /// Validates a configured principal and puts it in the form SANs are
 /// compared in. Wildcards are not supported: a principal names exactly one
 /// identity.
