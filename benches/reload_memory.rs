@@ -13,7 +13,8 @@
 //! Run: `cargo bench --bench reload_memory`. Knobs: `SCENARIOS` (default
 //! `10000x2 50000x1 50000x1/50`: services × API keys per service, in the
 //! registry file, which must stay under the 16 MiB cap, or `/N` fragment
-//! files of one directory), `RELOADS` (default 100). Linux only
+//! files of one directory), `RELOADS` (default 100), `VERBOSE` (set: also
+//! print the RSS at rest and the peak of every reload). Linux only
 //! (`/proc`); resetting `VmHWM` needs Linux ≥ 4.0. `cargo test --all-targets`
 //! builds and starts this binary without `--bench`; it then does nothing.
 
@@ -129,11 +130,6 @@ fn scenario(
     config.reload.poll_interval = Duration::from_secs(3600);
     let config = fixture.write_config(&config);
 
-    if std::env::var_os("KEEP").is_some() {
-        println!("config: {}", config.display());
-        std::mem::forget(fixture);
-        return;
-    }
     let sidecar = runtime.block_on(Sidecar::start(&config));
     let pid = sidecar.pid();
     let steady = settled_rss(pid);

@@ -146,7 +146,17 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
 ) -> Result<T, ConfigError> {
+    let text = without_bom(text);
+    if let Some(value) = streamed(text) {
+        return Ok(value);
+    }
     serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))
+}
+
+/// `text` without a leading byte order mark, which some editors write and
+/// serde_yaml would read as part of the first key.
+fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 /// A serde_yaml error, located; serde_yaml's own trailing copy of the
@@ -179,6 +189,7 @@ pub fn parse_yaml_partial<T: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
 ) -> Result<T, Partial<T>> {
+    let text = without_bom(text);
     if let Some(value) = streamed(text) {
         return Ok(value);
     }
@@ -207,9 +218,19 @@ pub fn parse_yaml_partial<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// EXPERIMENT: serde-saphyr streams events into `T`.
+/// Reads `text` as a `T` with serde-saphyr, which streams the parser's
+/// events into the type: serde_yaml 0.9 first collects every event of the
+/// document (about 100 bytes each, 25 to 30 per registry service), and that
+/// buffer was most of a reload's memory peak. `None` when serde-saphyr
+/// refuses the file; serde_yaml then reads it and explains what is wrong,
+/// so every message and location stays serde_yaml's. Set to refuse what
+/// serde_yaml 0.9 reads differently (duplicate and merge keys, YAML 1.1
+/// booleans, tags it does not know), so that a file both accept means the
+/// same to both (tested below).
 fn streamed<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
     let mut budget = serde_saphyr::Budget::default();
+    // Sized for ordinary configs; the file-size cap already bounds these,
+    // and a 50,000-service registry has more than a million events.
     budget.max_events = usize::MAX;
     budget.max_nodes = usize::MAX;
     let mut options = serde_saphyr::Options::default();
@@ -1109,6 +1130,124 @@ mod optional_duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every text the streaming reader accepts, serde_yaml accepts too, with
+    /// the same value: the fast path never changes what a file means.
+    /// Texts it refuses go to serde_yaml, as before.
+    fn same_as_serde_yaml<T>(text: &str) -> Option<T>
+    where
+        T: serde::de::DeserializeOwned + Serialize,
+    {
+        let streamed: Option<T> = streamed(text);
+        if let Some(value) = &streamed {
+            let reference: T = serde_yaml::from_str(text).unwrap_or_else(|e| {
+                panic!("serde_yaml refuses what streamed accepts: {text:?}: {e}")
+            });
+            assert_eq!(
+                serde_json::to_value(value).unwrap(),
+                serde_json::to_value(&reference).unwrap(),
+                "{text:?}"
+            );
+        }
+        streamed
+    }
+
+    #[test]
+    fn the_streaming_reader_accepts_nothing_serde_yaml_reads_otherwise() {
+        let token = "token: {issuer: i, audience: a, keys: []}\n";
+        let service = "- {id: a, principals: [spiffe://d/a], api_keys: [{id: k, sha256: x}]}";
+        let accepted = [
+            format!("{token}services: []\n"),
+            format!("{token}services:\n{service}\n"),
+            format!("{token}services:\n- &s {{id: a, principals: [p]}}\n- *s\n"),
+            format!("{token}services:\n- id: '007'\n  principals: [!!str 12]\n"),
+            format!("{token}services:\n- id: 0x10\n  principals: [true, ~x, 1e3]\n"),
+            format!("---\n{token}services: []\n...\n"),
+        ];
+        for text in &accepted {
+            assert!(
+                same_as_serde_yaml::<RegistryFile>(text).is_some(),
+                "{text:?}"
+            );
+        }
+        // Each of these means something else (or nothing) to serde_yaml:
+        // the streaming reader leaves it to serde_yaml.
+        let left_to_serde_yaml = [
+            format!("{token}services: []\nservices: []\n"),
+            format!("{token}services:\n- {{id: a, id: b, principals: [p]}}\n"),
+            format!("{token}services:\n- &s {{id: a, principals: [p]}}\n- {{<<: *s, id: b}}\n"),
+            format!("{token}identity: {{require_certificate: yes}}\nservices: []\n"),
+            format!("{token}identity: {{require_certificate: on}}\nservices: []\n"),
+            format!("{token}services:\n- {{id: !custom a, principals: [p]}}\n"),
+            format!("{token}services:\n"),
+            format!("{token}services: ~\n"),
+            format!("{token}services: []\n---\n{token}services: []\n"),
+            token.to_string(),
+            String::new(),
+        ];
+        for text in &left_to_serde_yaml {
+            let _ = same_as_serde_yaml::<RegistryFile>(text);
+        }
+        let listen = "listen: {grpc: 127.0.0.1:1}\nregistry: r.yaml\n";
+        let limits = |value: &str| format!("{listen}limits: {{max_message_bytes: {value}}}\n");
+        for value in [
+            "1000",
+            "0o17",
+            "0x10",
+            "+5",
+            "017",
+            "1e3",
+            "-1",
+            "~",
+            "''",
+            "9999999999999999999999",
+        ] {
+            let _ = same_as_serde_yaml::<StaticConfig>(&limits(value));
+        }
+        let identity = |value: &str| {
+            format!("{token}identity: {{require_certificate: {value}}}\nservices: []\n")
+        };
+        for value in ["true", "TRUE", "False", "y", "1", "~"] {
+            let _ = same_as_serde_yaml::<RegistryFile>(&identity(value));
+        }
+        // Where the two part: a number or boolean written quoted, or a
+        // number with `_` separators, is read by the streaming reader for
+        // what it says; serde_yaml refuses it as a string. The meaning is
+        // never in doubt, so the difference is kept (docs/configuration.md).
+        for (value, number) in [("'1000'", 1000), ("1_000", 1000), ("\"0x10\"", 16)] {
+            let text = limits(value);
+            let read: StaticConfig = streamed(&text).unwrap();
+            assert_eq!(read.limits.max_message_bytes, number, "{text}");
+            assert!(serde_yaml::from_str::<StaticConfig>(&text).is_err());
+        }
+        for (value, flag) in [("'true'", true), ("\"false\"", false)] {
+            let text = identity(value);
+            let read: RegistryFile = streamed(&text).unwrap();
+            assert_eq!(read.identity.require_certificate, flag, "{text}");
+            assert!(serde_yaml::from_str::<RegistryFile>(&text).is_err());
+        }
+        for text in ["services:\n", "services: ~\n", "revocation:\n  serials:\n"] {
+            let _ = same_as_serde_yaml::<RegistryFragment>(text);
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_key() {
+        let text = "\u{feff}token: {issuer: i, audience: a, keys: []}\nservices: []\n";
+        assert!(parse_yaml::<RegistryFile>(Path::new("r.yaml"), text).is_ok());
+        assert!(parse_yaml_partial::<RegistryFile>(Path::new("r.yaml"), text).is_ok());
+        // serde_yaml alone reads it as a key named "\u{feff}token".
+        assert!(serde_yaml::from_str::<RegistryFile>(text).is_err());
+    }
+
+    #[test]
+    fn the_shipped_files_read_the_same_both_ways() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let registry = std::fs::read_to_string(root.join("registry.yaml")).unwrap();
+        assert!(same_as_serde_yaml::<RegistryFile>(&registry).is_some());
+        let config = std::fs::read_to_string(root.join("service-auth.yaml")).unwrap();
+        assert!(same_as_serde_yaml::<StaticConfig>(&config).is_some());
+    }
 
     #[test]
     fn listen_addr_forms() {
