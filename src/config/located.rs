@@ -15,8 +15,9 @@
 //! When only keys were left out, the value read without them is returned so
 //! validation can report its own errors too. This pass runs only on a file
 //! both readers refused (serde-saphyr, which reads every accepted file, and
-//! serde_yaml, whose first error it replaces): see `config::parse_yaml_partial`. A file this pass
-//! cannot read like serde_yaml does (a YAML syntax error, anchors and
+//! serde_yaml, whose first error it replaces; see
+//! `config::parse_yaml_partial`). A file this pass cannot read like
+//! serde_yaml does (a YAML syntax error, anchors and
 //! aliases, tags, several documents, nesting deeper than serde_yaml allows)
 //! gets serde_yaml's one error instead.
 
