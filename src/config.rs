@@ -1231,6 +1231,58 @@ mod tests {
         }
     }
 
+    /// The same property over damaged copies of the shipped files: bytes
+    /// deleted, repeated or replaced by YAML's own punctuation, the way a
+    /// half-written or hand-mangled file looks.
+    #[test]
+    fn damaged_files_read_the_same_both_ways_or_not_at_all() {
+        use rand::{Rng, SeedableRng};
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let registry = std::fs::read_to_string(root.join("registry.yaml")).unwrap();
+        let config = std::fs::read_to_string(root.join("service-auth.yaml")).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+        let punctuation = b" \n-:#'\"[]{},&*!|>~0yn_";
+        let damage = |text: &str, rng: &mut rand::rngs::StdRng| {
+            let mut bytes = text.as_bytes().to_vec();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..bytes.len());
+                match rng.random_range(0..3) {
+                    0 => {
+                        let end = (at + rng.random_range(1..8)).min(bytes.len());
+                        bytes.drain(at..end);
+                    }
+                    1 => {
+                        let end = (at + rng.random_range(1..40)).min(bytes.len());
+                        let copy = bytes[at..end].to_vec();
+                        bytes.splice(at..at, copy);
+                    }
+                    _ => bytes[at] = punctuation[rng.random_range(0..punctuation.len())],
+                }
+            }
+            String::from_utf8(bytes).ok()
+        };
+        let (mut read, mut refused) = (0, 0);
+        for _ in 0..1500 {
+            if let Some(text) = damage(&registry, &mut rng) {
+                match same_as_serde_yaml::<RegistryFile>(&text) {
+                    Some(_) => read += 1,
+                    None => refused += 1,
+                }
+            }
+            if let Some(text) = damage(&config, &mut rng) {
+                match same_as_serde_yaml::<StaticConfig>(&text) {
+                    Some(_) => read += 1,
+                    None => refused += 1,
+                }
+            }
+        }
+        // Both kinds happen, so the property was exercised both ways.
+        assert!(
+            read > 100 && refused > 100,
+            "{read} read, {refused} refused"
+        );
+    }
+
     #[test]
     fn a_byte_order_mark_is_not_part_of_the_first_key() {
         let text = "\u{feff}token: {issuer: i, audience: a, keys: []}\nservices: []\n";
