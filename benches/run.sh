@@ -125,7 +125,12 @@ open(f"{pki}/service-auth-{alg}.yaml", "w").write(conf)
 PY
   $BIN serve --config "$work/pki/service-auth-$alg.yaml" 2>"$work/sidecar-$alg.log" &
   pids+=("$!")
-  for _ in $(seq 100); do $BIN health --addr "127.0.0.1:$alg_port" >/dev/null 2>&1 && break; sleep 0.1; done
+  # A busy machine may take a while to start a second sidecar: wait up to
+  # 60 s, and say why if it never answers.
+  for _ in $(seq 600); do $BIN health --addr "127.0.0.1:$alg_port" >/dev/null 2>&1 && break; sleep 0.1; done
+  if ! $BIN health --addr "127.0.0.1:$alg_port" >/dev/null 2>&1; then
+    echo "error: the $alg sidecar is not serving on port $alg_port:" >&2; tail -5 "$work/sidecar-$alg.log" >&2; exit 1
+  fi
   body=$(curl -s --http2-prior-knowledge "${H[@]}" --data-binary @"$work/allow.bin" "$(url "$alg_port")" | tr -d '\0' | strings)
   if ! grep -q "bench-$alg" <<<"$body"; then
     echo "error: the $alg sidecar does not sign with its $alg key:" >&2; tail -5 "$work/sidecar-$alg.log" >&2; exit 1
