@@ -114,8 +114,12 @@ for alg in $ALGS; do
 import sys, re
 pki, alg, port = sys.argv[1], sys.argv[2], sys.argv[3]
 reg = open(f"{pki}/registry.yaml").read()
-entry = f"  - kid: bench-{alg}\n    algorithm: {alg}\n    private_key_file: signing-{alg}.pem\n"
-reg, n = re.subn(r"^(  keys:.*\n)", lambda m: m.group(1) + entry, reg, count=1, flags=re.M)
+# First in token.keys, at the indentation of the list's items.
+def first(m):
+    i = m.group(2)
+    return (m.group(1) + f"{i}- kid: bench-{alg}\n{i}  algorithm: {alg}\n"
+            f"{i}  private_key_file: signing-{alg}.pem\n" + f"{i}- ")
+reg, n = re.subn(r"^(  keys:.*\n)( +)- ", first, reg, count=1, flags=re.M)
 assert n == 1, "no token.keys in the dev-pki registry"
 open(f"{pki}/registry-{alg}.yaml", "w").write(reg)
 conf = open(f"{pki}/service-auth.yaml").read()
