@@ -225,8 +225,11 @@ pub fn parse_yaml_partial<T: serde::de::DeserializeOwned>(
 /// refuses the file; serde_yaml then reads it and explains what is wrong,
 /// so every message and location stays serde_yaml's. Set to refuse what
 /// serde_yaml 0.9 reads differently (duplicate and merge keys, YAML 1.1
-/// booleans, tags it does not know), so that a file both accept means the
-/// same to both (tested below).
+/// booleans, tags it does not know, loose indentation), so that a file both
+/// accept means the same to both (tested below and fuzzed by
+/// `registry_yaml`). It still accepts a few files serde_yaml refuses: a
+/// quoted or `_`-separated number or boolean, and tabs where libyaml's
+/// scanner allows none.
 fn streamed<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
     let mut budget = serde_saphyr::Budget::default();
     // Sized for ordinary configs; the file-size cap already bounds these,
@@ -239,6 +242,7 @@ fn streamed<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
     options.merge_keys = serde_saphyr::MergeKeyPolicy::Error;
     options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
     options.reject_unsupported_tags = true;
+    options.strict_indentation = true;
     options.with_snippet = false;
     serde_saphyr::from_str_with_options(text, options).ok()
 }
@@ -1226,6 +1230,12 @@ mod tests {
             assert_eq!(read.identity.require_certificate, flag, "{text}");
             assert!(serde_yaml::from_str::<RegistryFile>(&text).is_err());
         }
+        // Found by fuzzing: tabs after a lone CR inside a plain scalar,
+        // which libyaml's scanner refuses and saphyr's folds away.
+        let tabs = "token:\n  issuer: i\n  audience: \t\tf\t\r\t\t\n  keys: []\nservices: []\n";
+        let read: RegistryFile = streamed(tabs).unwrap();
+        assert_eq!(read.token.audience, "f");
+        assert!(serde_yaml::from_str::<RegistryFile>(tabs).is_err());
         for text in ["services:\n", "services: ~\n", "revocation:\n  serials:\n"] {
             let _ = same_as_serde_yaml::<RegistryFragment>(text);
         }

@@ -1,7 +1,10 @@
 //! The two YAML files: arbitrary text through the static-config and registry
 //! parsers; text that parses as a registry is written next to the fixture's
 //! secret and CA files and built into a `Registry`. Never panics, every
-//! error renders, and a registry that loads is internally consistent.
+//! error renders, a registry that loads is internally consistent, and a
+//! file both YAML readers accept means the same to both (serde_yaml refuses
+//! some that the streaming reader takes: quoted or `_`-separated numbers and
+//! booleans, some tabs).
 #![no_main]
 
 use std::path::Path;
@@ -12,8 +15,27 @@ use service_auth::identity::principal_kind;
 use service_auth::registry::Registry;
 use service_auth_fuzz::world;
 
+/// `parse_yaml` (serde-saphyr first) against serde_yaml alone.
+fn readers_agree<T>(text: &str)
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let Ok(ours) = parse_yaml::<T>(Path::new("fuzz.yaml"), text) else {
+        return;
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Ok(theirs) = serde_yaml::from_str::<T>(text) {
+        assert_eq!(
+            serde_json::to_value(&ours).unwrap(),
+            serde_json::to_value(&theirs).unwrap()
+        );
+    }
+}
+
 fuzz_target!(|text: &str| {
     let name = Path::new("fuzz.yaml");
+    readers_agree::<StaticConfig>(text);
+    readers_agree::<RegistryFile>(text);
     if let Err(e) = parse_yaml::<StaticConfig>(name, text) {
         let _ = e.to_string();
     }
