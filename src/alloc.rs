@@ -43,3 +43,19 @@ pub fn tune() {
         let _ = unsafe { tikv_jemalloc_ctl::raw::write(name, 0isize) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// `tune` reaches jemalloc: the decay that new arenas take is 0 after
+    /// it (the allocator's controls answer even where, as in this test,
+    /// jemalloc is not the global allocator).
+    #[test]
+    fn tune_sets_the_decay_of_new_arenas_to_zero() {
+        super::tune();
+        for name in [&b"arenas.dirty_decay_ms\0"[..], b"arenas.muzzy_decay_ms\0"] {
+            // SAFETY: both controls are `ssize_t`.
+            let decay: isize = unsafe { tikv_jemalloc_ctl::raw::read(name) }.unwrap();
+            assert_eq!(decay, 0);
+        }
+    }
+}

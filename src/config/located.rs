@@ -17,9 +17,9 @@
 //! both readers refused (serde-saphyr, which reads every accepted file, and
 //! serde_yaml, whose first error it replaces; see
 //! `config::parse_yaml_partial`). A file this pass cannot read like
-//! serde_yaml does (a YAML syntax error, anchors and
-//! aliases, tags, several documents, nesting deeper than serde_yaml allows)
-//! gets serde_yaml's one error instead.
+//! serde_yaml does (a YAML syntax error, anchors and aliases, tags, several
+//! documents, nesting deeper than serde_yaml allows) gets serde_yaml's one
+//! error instead.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
